@@ -1,0 +1,93 @@
+// The one way the step runner starts a child process: arguments as an array (no shell), secrets only through the
+// environment, output streamed with back-pressure, and a non-zero exit turned into an error that carries the last
+// lines of stderr.
+import { spawn } from "node:child_process";
+import { Readable, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+
+export interface RunOptions {
+    /** Data for the child's stdin: a string, or a stream piped with back-pressure. */
+    stdin?: string | Readable;
+    /** Where stdout goes; when given, stdout is streamed there and not kept in memory. */
+    stdout?: Writable;
+    /** Extra environment for the child (e.g. PGPASSWORD), merged over this process's environment. */
+    env?: NodeJS.ProcessEnv;
+    /** Kept stdout is capped so a runaway query cannot fill memory. */
+    maxStdoutBytes?: number;
+}
+
+export interface RunResult {
+    stdout: string;
+    stderr: string;
+}
+
+/** A child process that exited non-zero; `message` ends with the last lines of its stderr. */
+export class ProcessError extends Error {
+    constructor(
+        readonly command: string,
+        readonly exitCode: number | null,
+        readonly stderrTail: string,
+    ) {
+        super(`${command} exited with ${exitCode ?? "a signal"}${stderrTail ? `: ${stderrTail}` : ""}`);
+    }
+}
+
+const STDERR_TAIL_LINES = 12;
+
+export async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    const child = spawn(cmd, args, {
+        env: { ...process.env, ...opts.env },
+        stdio: ["pipe", "pipe", "pipe"],
+    });
+    const maxStdout = opts.maxStdoutBytes ?? 64 * 1024 * 1024;
+    const kept: Buffer[] = [];
+    let keptBytes = 0;
+    let stderrTail: string[] = [];
+    let stderrPartial = "";
+
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (chunk: string) => {
+        const lines = (stderrPartial + chunk).split("\n");
+        stderrPartial = lines.pop() ?? "";
+        stderrTail = stderrTail.concat(lines.filter((l) => l.trim() !== "")).slice(-STDERR_TAIL_LINES);
+    });
+
+    const exited = new Promise<number | null>((resolve, reject) => {
+        child.on("error", reject);
+        child.on("close", (code) => resolve(code));
+    });
+
+    const feeding =
+        opts.stdin === undefined
+            ? Promise.resolve(child.stdin.end())
+            : typeof opts.stdin === "string"
+              ? Promise.resolve(child.stdin.end(opts.stdin))
+              : pipeline(opts.stdin, child.stdin);
+    const draining = opts.stdout
+        ? pipeline(child.stdout, opts.stdout)
+        : new Promise<void>((resolve) => {
+              child.stdout.on("data", (chunk: Buffer) => {
+                  if (keptBytes + chunk.length <= maxStdout) {
+                      kept.push(chunk);
+                      keptBytes += chunk.length;
+                  }
+              });
+              child.stdout.on("end", resolve);
+          });
+
+    // A child that dies early closes its stdin: report the exit (with stderr), not the EPIPE of the feeder.
+    const [code, feed, drain] = await Promise.allSettled([exited, feeding, draining]);
+    if (stderrPartial.trim() !== "") stderrTail = stderrTail.concat(stderrPartial).slice(-STDERR_TAIL_LINES);
+    const stderr = stderrTail.join("\n");
+    const exitCode = code.status === "fulfilled" ? code.value : null;
+    if (code.status === "rejected") throw code.reason;
+    if (exitCode !== 0) throw new ProcessError(describe(cmd, args), exitCode, stderr);
+    if (feed.status === "rejected") throw feed.reason;
+    if (drain.status === "rejected") throw drain.reason;
+    return { stdout: Buffer.concat(kept).toString("utf8"), stderr };
+}
+
+/** `docker exec` / `docker run` plus its first words: enough to say which call failed, never an env value. */
+function describe(cmd: string, args: string[]): string {
+    return [cmd, ...args.filter((a) => !a.startsWith("-")).slice(0, 3)].join(" ");
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds the test stand-ins for the official postgres image, synapse-pg-test/postgres:<major>, from Debian's own
+# packages (no registry can be reached here): debootstrap of the release that ships that major, then docker import.
+#   15 <- bookworm, 17 <- trixie, 18 <- forky
+# A built image carries a label with the hash of this script and the entrypoint; a second run with the same
+# inputs does nothing. The root file systems are cached as tarballs in $CACHE so a rebuild skips debootstrap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE=${SYNAPSE_PG_IMAGE_CACHE:-/var/cache/synapse-pg-test}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MAJORS=${*:-15 17 18}
+mkdir -p "$CACHE"
+
+# The image label follows everything that shapes an image; the cached root file system only what goes into it.
+inputs_hash=$(cat scripts/build-test-images.sh images/postgres/docker-entrypoint.sh | sha256sum | cut -c1-16)
+ROOTFS_RECIPE=1
+rootfs_hash=$( (echo "$ROOTFS_RECIPE"; cat images/postgres/docker-entrypoint.sh) | sha256sum | cut -c1-16)
+
+release_of() {
+	case "$1" in
+		15) echo bookworm ;;
+		17) echo trixie ;;
+		18) echo forky ;;
+		*) echo "build-test-images: no Debian release ships PostgreSQL $1 here (15, 17, 18)" >&2; return 1 ;;
+	esac
+}
+
+build_one() {
+	local major=$1 release tag rootfs tarball script
+	release=$(release_of "$major")
+	tag="synapse-pg-test/postgres:$major"
+	if [ "$(docker image inspect -f '{{ index .Config.Labels "synapse-pg-test.inputs" }}' "$tag" 2>/dev/null)" = "$inputs_hash" ]; then
+		echo "build-test-images: $tag is up to date"
+		return 0
+	fi
+	tarball="$CACHE/rootfs-$release-pg$major-$rootfs_hash.tar"
+	if [ ! -s "$tarball" ]; then
+		rootfs=$(mktemp -d "$CACHE/rootfs-$release.XXXX")
+		# bookworm's debootstrap has no script for forky; sid's is the one that fits testing releases.
+		script=/usr/share/debootstrap/scripts/$release
+		[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
+		echo "build-test-images: debootstrap $release with postgresql-$major (a few minutes)"
+		debootstrap --variant=minbase --include="postgresql-$major,locales" \
+			"$release" "$rootfs" "$MIRROR" "$script" >"$CACHE/debootstrap-$release.log" 2>&1 || {
+			echo "build-test-images: debootstrap of $release failed; last lines of $CACHE/debootstrap-$release.log:" >&2
+			tail -n 20 "$CACHE/debootstrap-$release.log" >&2
+			return 1
+		}
+		# Debian's package creates a cluster of its own; the image's entrypoint creates clusters, so drop it.
+		rm -rf "$rootfs/var/lib/postgresql/$major" "$rootfs/etc/postgresql/$major"
+		# The official image listens on all addresses by default (it edits the sample the same way).
+		sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$rootfs/usr/share/postgresql/$major/postgresql.conf.sample"
+		chroot "$rootfs" localedef -i en_US -c -f UTF-8 en_US.UTF-8
+		install -m 0755 images/postgres/docker-entrypoint.sh "$rootfs/usr/local/bin/docker-entrypoint.sh"
+		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
+		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+		rm -rf "$rootfs"
+	fi
+	local pgdata=/var/lib/postgresql/data volume=/var/lib/postgresql/data
+	if [ "$major" -ge 18 ]; then
+		# The official 18+ image keeps the data below a version folder and declares the parent as the volume.
+		pgdata=/var/lib/postgresql/$major/docker
+		volume=/var/lib/postgresql
+	fi
+	# docker import takes no STOPSIGNAL: the official image's SIGINT (fast shutdown) is set by whoever stops the
+	# container (the program declares stopSignal, the step runner uses docker stop -s SIGINT).
+	docker import \
+		--change "ENV PATH=/usr/lib/postgresql/$major/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		--change "ENV PG_MAJOR=$major" \
+		--change "ENV PGDATA=$pgdata" \
+		--change "ENV LANG=en_US.utf8" \
+		--change "VOLUME $volume" \
+		--change "EXPOSE 5432" \
+		--change "LABEL synapse-pg-test.inputs=$inputs_hash" \
+		--change 'ENTRYPOINT ["docker-entrypoint.sh"]' \
+		--change 'CMD ["postgres"]' \
+		"$tarball" "$tag" >/dev/null
+	echo "build-test-images: built $tag from $release"
+}
+
+pids=()
+for major in $MAJORS; do
+	build_one "$major" &
+	pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+	wait "$pid" || status=1
+done
+exit $status
