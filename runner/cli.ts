@@ -1,0 +1,239 @@
+// synapse-pg: the step runner's command line. Each subcommand parses its flags, calls one step function and
+// prints its result on stdout (dump: the dump's path as the last line). Failures print one sentence on stderr and
+// exit 1. Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
+import { copyConfig } from "./copy-config";
+import { cutover } from "./cutover";
+import { dumpCluster, formatBytes } from "./dump";
+import { parseDataLocation } from "./layout";
+import { preflight } from "./preflight";
+import { ProcessError } from "./process";
+import { restoreCluster } from "./restore";
+import { serveCluster } from "./serve";
+import { StepError } from "./step-error";
+import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
+import { formatReport, verifyClusters } from "./verify";
+import { requireContainer, superuserOf } from "./docker";
+
+export const PASSWORD_ENV = "SYNAPSE_PG_PASSWORD";
+
+type Flags = Record<string, string | boolean>;
+
+interface Subcommand {
+    summary: string;
+    /** flag name -> description; a name ending in "?" is optional, "!" is a boolean switch. */
+    flags: Record<string, string>;
+    run(flags: Flags, out: (line: string) => void): Promise<void>;
+}
+
+function str(flags: Flags, name: string): string {
+    return flags[name] as string;
+}
+
+function int(flags: Flags, name: string): number {
+    const n = Number(flags[name]);
+    if (!Number.isInteger(n) || n <= 0) throw new StepError(`--${name} must be a whole number, not "${flags[name]}".`);
+    return n;
+}
+
+function password(required: boolean): string | undefined {
+    const pw = process.env[PASSWORD_ENV];
+    if (required && !pw) throw new StepError(`Set ${PASSWORD_ENV} in the environment to the database password; it is never taken from the command line.`);
+    return pw || undefined;
+}
+
+export const SUBCOMMANDS: Record<string, Subcommand> = {
+    preflight: {
+        summary: "Check, changing nothing, that the old cluster can be upgraded now.",
+        flags: {
+            container: "the old cluster's container",
+            "target-major": "the major to upgrade to",
+            "target-image": "the image of the new major",
+            "target-data": "the new cluster's volume name or absolute host folder",
+            "backup-dir?": "where the dump will go, to check its free space",
+            "json!": "print the result as JSON",
+        },
+        async run(f, out) {
+            const r = await preflight({
+                container: str(f, "container"),
+                targetMajor: int(f, "target-major"),
+                targetImage: str(f, "target-image"),
+                targetData: parseDataLocation(str(f, "target-data")),
+                backupDir: f["backup-dir"] as string | undefined,
+            });
+            if (f.json) return out(JSON.stringify(r, null, 2));
+            if (r.alreadyUpgraded) return out(`preflight: "${str(f, "container")}" was already switched to ${str(f, "target-major")}; nothing to check.`);
+            out(`preflight: "${str(f, "container")}" runs PostgreSQL ${r.sourceVersion}, ${formatBytes(r.databasesBytes)} of databases, no other clients; new data location: ${r.target}. Ready.`);
+        },
+    },
+    dump: {
+        summary: "Dump every database, roles and password hashes included, into a 0600 file with a manifest.",
+        flags: {
+            container: "the old cluster's container",
+            out: "the backup folder",
+            "name?": "the file name without .sql (default: the container's name)",
+            "tool-image?": "image whose pg_dumpall to use (default: the old container's)",
+        },
+        async run(f, out) {
+            const r = await dumpCluster({
+                container: str(f, "container"),
+                outDir: str(f, "out"),
+                name: f.name as string | undefined,
+                toolImage: f["tool-image"] as string | undefined,
+                password: password(false),
+            });
+            out(`dump: ${formatBytes(r.manifest.bytes)} from PostgreSQL ${r.manifest.source.version}, sha256 ${r.manifest.sha256}`);
+            out(r.path);
+        },
+    },
+    restore: {
+        summary: "Load a dump into a staging container of the new major on the new data location.",
+        flags: {
+            container: "the staging container to create",
+            image: "the new major's image",
+            data: "the new cluster's volume name or absolute host folder",
+            major: "the new major",
+            in: "the dump file written by the dump step",
+        },
+        async run(f, out) {
+            const r = await restoreCluster({
+                container: str(f, "container"),
+                image: str(f, "image"),
+                data: parseDataLocation(str(f, "data")),
+                major: int(f, "major"),
+                dumpPath: str(f, "in"),
+                password: password(true)!,
+            });
+            if (r.setAsideTo) out(`restore: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
+            out(r.alreadyRestored
+                ? `restore: "${str(f, "container")}" already holds this dump (sha256 ${r.manifest.sha256}); nothing to do.`
+                : `restore: loaded ${formatBytes(r.manifest.bytes)} into "${str(f, "container")}".`);
+        },
+    },
+    "copy-config": {
+        summary: "Copy postgresql.conf and postgresql.auto.conf into the new cluster and restart it.",
+        flags: { from: "the old cluster's container", to: "the new (staging) container" },
+        async run(f, out) {
+            const r = await copyConfig({ from: str(f, "from"), to: str(f, "to") });
+            out(r.copied.length === 0
+                ? `copy-config: ${r.unchanged.join(" and ")} already in place; nothing to do.`
+                : `copy-config: copied ${r.copied.join(" and ")}; the new server restarted with them.`);
+        },
+    },
+    verify: {
+        summary: "Compare old and new: databases, roles, row counts, sequences, and a password login.",
+        flags: {
+            old: "the old cluster's container",
+            new: "the new (staging) container",
+            "login-user?": "the role Synapse logs in as (default synapse)",
+            "login-database?": "its database (default synapse)",
+            "json!": "print the report as JSON",
+        },
+        async run(f, out) {
+            const report = await verifyClusters({
+                old: str(f, "old"),
+                new: str(f, "new"),
+                loginUser: (f["login-user"] as string) ?? "synapse",
+                loginDatabase: (f["login-database"] as string) ?? "synapse",
+                password: password(false),
+            });
+            out(f.json ? JSON.stringify(report, null, 2) : formatReport(report));
+            if (report.differences.length > 0) {
+                throw new StepError(`verify found ${report.differences.length} difference(s) between "${report.old}" and "${report.new}", so the switch will not happen: ${report.differences.slice(0, 3).join("; ")}.`);
+            }
+            const newInfo = await requireContainer(str(f, "new"), "new");
+            const marker = await readMarkerIn(newInfo.name, superuserOf(newInfo));
+            if (marker?.state === "restored") await writeMarkerIn(newInfo.name, superuserOf(newInfo), advanceMarker(marker, "verified"));
+        },
+    },
+    cutover: {
+        summary: "Switch: stop and remove the verified staging container, stop the old one (its data stays).",
+        flags: {
+            old: "the old cluster's container",
+            new: "the verified staging container",
+            data: "the new cluster's volume name or absolute host folder",
+            image: "the new major's image",
+            major: "the new major",
+        },
+        async run(f, out) {
+            const r = await cutover({
+                old: str(f, "old"),
+                new: str(f, "new"),
+                data: parseDataLocation(str(f, "data")),
+                image: str(f, "image"),
+                major: int(f, "major"),
+            });
+            out(r.alreadyDone ? "cutover: already switched; nothing to do." : `cutover: stopped ${r.stopped.map((s) => `"${s}"`).join(" and ")}.`);
+        },
+    },
+    serve: {
+        summary: "Make this cluster the one Synapse reaches: stop our other holder of the alias, start this one.",
+        flags: { container: "the cluster's container", network: "the Docker network Synapse uses", alias: "the host name Synapse connects to" },
+        async run(f, out) {
+            const r = await serveCluster({ container: str(f, "container"), network: str(f, "network"), alias: str(f, "alias") });
+            const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
+            out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
+        },
+    },
+};
+
+export function parseFlags(spec: Subcommand["flags"], argv: string[]): Flags {
+    const flags: Flags = {};
+    const known = new Map(Object.keys(spec).map((k) => [k.replace(/[?!]$/, ""), k]));
+    for (let i = 0; i < argv.length; i++) {
+        const arg = argv[i];
+        const name = arg.replace(/^--/, "");
+        const key = known.get(name);
+        if (!arg.startsWith("--") || !key) throw new StepError(`Unknown argument "${arg}"; see --help.`);
+        if (key.endsWith("!")) {
+            flags[name] = true;
+            continue;
+        }
+        const value = argv[++i];
+        if (value === undefined || value.startsWith("--")) throw new StepError(`--${name} needs a value.`);
+        flags[name] = value;
+    }
+    for (const key of Object.keys(spec)) {
+        if (!/[?!]$/.test(key) && flags[key] === undefined) throw new StepError(`--${key} is required (${spec[key]}); see --help.`);
+    }
+    return flags;
+}
+
+function help(name?: string): string {
+    if (name && SUBCOMMANDS[name]) {
+        const s = SUBCOMMANDS[name];
+        const lines = [`synapse-pg ${name}: ${s.summary}`, ""];
+        for (const [k, d] of Object.entries(s.flags)) {
+            const flag = k.replace(/[?!]$/, "");
+            lines.push(`  --${flag}${k.endsWith("!") ? "" : " <value>"}`.padEnd(30) + `${d}${k.endsWith("?") || k.endsWith("!") ? " (optional)" : ""}`);
+        }
+        lines.push("", `The database password is read from ${PASSWORD_ENV}, never from the command line.`);
+        return lines.join("\n");
+    }
+    return ["synapse-pg <step> [flags]   (synapse-pg <step> --help for its flags)", "",
+        ...Object.entries(SUBCOMMANDS).map(([n, s]) => `  ${n.padEnd(12)} ${s.summary}`)].join("\n");
+}
+
+export async function main(argv: string[]): Promise<void> {
+    const [name, ...rest] = argv;
+    if (!name || name === "--help" || name === "-h") {
+        console.log(help());
+        return;
+    }
+    const sub = SUBCOMMANDS[name];
+    if (!sub) {
+        console.error(`synapse-pg: unknown step "${name}".\n${help()}`);
+        process.exitCode = 2;
+        return;
+    }
+    if (rest.includes("--help") || rest.includes("-h")) {
+        console.log(help(name));
+        return;
+    }
+    try {
+        await sub.run(parseFlags(sub.flags, rest), (line) => console.log(line));
+    } catch (err) {
+        const message = err instanceof StepError || err instanceof ProcessError ? err.message : `unexpected failure: ${(err as Error).stack}`;
+        console.error(`synapse-pg ${name}: ${message}`);
+        process.exitCode = 1;
+    }
+}

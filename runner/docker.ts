@@ -1,0 +1,180 @@
+// Talking to containers: inspect, exec psql, start, stop, run a short-lived helper. Every call goes through
+// process.ts; a password is only ever passed by name (`-e PGPASSWORD`), the value coming from our environment.
+import { run, RunOptions } from "./process";
+import { DataLocation, formatDataLocation } from "./layout";
+import { StepError } from "./step-error";
+
+export interface ContainerInfo {
+    name: string;
+    id: string;
+    image: string;
+    imageId: string;
+    running: boolean;
+    env: Record<string, string>;
+    labels: Record<string, string>;
+    mounts: { type: string; name?: string; source: string; destination: string }[];
+    networks: Record<string, { aliases: string[]; ip: string }>;
+}
+
+/** Label on every container and volume this program creates; only those are ever stopped or removed by us. */
+export const MANAGED_LABEL = "synapse-postgres.managed";
+
+export async function inspectContainer(name: string): Promise<ContainerInfo | undefined> {
+    let out: string;
+    try {
+        ({ stdout: out } = await run("docker", ["container", "inspect", name]));
+    } catch (err) {
+        if (String((err as Error).message).includes("No such container")) return undefined;
+        throw err;
+    }
+    const [raw] = JSON.parse(out);
+    const env: Record<string, string> = {};
+    for (const kv of raw.Config.Env ?? []) {
+        const i = kv.indexOf("=");
+        env[kv.slice(0, i)] = kv.slice(i + 1);
+    }
+    const networks: ContainerInfo["networks"] = {};
+    for (const [net, n] of Object.entries<any>(raw.NetworkSettings?.Networks ?? {})) {
+        networks[net] = { aliases: n.Aliases ?? [], ip: n.IPAddress ?? "" };
+    }
+    return {
+        name: String(raw.Name).replace(/^\//, ""),
+        id: raw.Id,
+        image: raw.Config.Image,
+        imageId: raw.Image,
+        running: raw.State.Running === true,
+        env,
+        labels: raw.Config.Labels ?? {},
+        mounts: (raw.Mounts ?? []).map((m: any) => ({
+            type: m.Type,
+            name: m.Name,
+            source: m.Source,
+            destination: m.Destination,
+        })),
+        networks,
+    };
+}
+
+export async function requireContainer(name: string, role: string): Promise<ContainerInfo> {
+    const info = await inspectContainer(name);
+    if (!info) throw new StepError(`The ${role} container "${name}" does not exist.`);
+    return info;
+}
+
+/** The bootstrap superuser of a container made from the official image: POSTGRES_USER, else postgres. */
+export function superuserOf(info: ContainerInfo): string {
+    return info.env.POSTGRES_USER || "postgres";
+}
+
+const FIELD = "\x1f";
+const RECORD = "\x1e";
+
+/**
+ * Runs one SQL statement in the container over its local socket (trusted in the official image) and returns the
+ * rows. Fields and records are split on ASCII separators, so text with commas or newlines survives.
+ */
+export async function query(container: string, user: string, sql: string, database = "postgres"): Promise<string[][]> {
+    const { stdout } = await run("docker", [
+        "exec", container,
+        "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+        "-F", FIELD, "-R", RECORD, "-U", user, "-d", database, "-c", sql,
+    ]);
+    const text = stdout.replace(/\n$/, "");
+    if (text === "") return [];
+    return text.split(RECORD).map((r) => r.replace(/^\n/, "").split(FIELD));
+}
+
+export async function serverVersion(container: string, user: string): Promise<{ text: string; major: number }> {
+    const [[num, text]] = await query(container, user, "SELECT current_setting('server_version_num'), current_setting('server_version')");
+    return { text, major: Math.floor(Number(num) / 10000) };
+}
+
+/**
+ * Waits until the server answers over TCP on 127.0.0.1 inside the container. During first start the image runs
+ * a temporary server on the socket only, so a socket check (or pg_isready on the socket) says "ready" too early.
+ */
+export async function waitUntilAccepting(container: string, user: string, timeoutSeconds = 180): Promise<void> {
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    let last = "";
+    while (Date.now() < deadline) {
+        const info = await inspectContainer(container);
+        if (!info) throw new StepError(`The container "${container}" disappeared while starting.`);
+        if (!info.running) {
+            const logs = await containerLogTail(container);
+            throw new StepError(`PostgreSQL in "${container}" stopped while starting: ${logs}`);
+        }
+        try {
+            await run("docker", ["exec", container, "psql", "-X", "-h", "127.0.0.1", "-U", user, "-d", "postgres", "-Atc", "SELECT 1"]);
+            return;
+        } catch (err) {
+            last = (err as Error).message;
+        }
+        await sleep(1000);
+    }
+    throw new StepError(`PostgreSQL in "${container}" did not accept connections within ${timeoutSeconds} s (${last}).`);
+}
+
+export async function containerLogTail(container: string, lines = 8): Promise<string> {
+    try {
+        // docker logs writes the container's stderr to its own stderr.
+        const { stdout, stderr } = await run("docker", ["logs", "--tail", String(lines), container]);
+        return (stdout + stderr).trim().split("\n").slice(-lines).join(" | ");
+    } catch {
+        return "(no logs)";
+    }
+}
+
+/** SIGINT is PostgreSQL's fast shutdown (the official image's STOPSIGNAL); SIGTERM would wait for every client. */
+export async function stopContainer(name: string, graceSeconds = 120): Promise<void> {
+    await run("docker", ["stop", "--signal", "SIGINT", "--time", String(graceSeconds), name]);
+}
+
+export async function startContainer(name: string): Promise<void> {
+    await run("docker", ["start", name]);
+}
+
+export async function removeContainer(name: string): Promise<void> {
+    // Without --volumes: even an anonymous volume left by a wrong mount is kept rather than deleted.
+    await run("docker", ["rm", "--force", name]);
+}
+
+/**
+ * Runs a short-lived container of `image` with the data location mounted at `mountTarget` and no network, for
+ * file work on a volume or folder whose owner (uid 999 or 70, mode 0700) the host user may not be.
+ */
+export async function runWithData(
+    image: string,
+    mounts: { data: DataLocation; target: string }[],
+    argv: string[],
+    opts: RunOptions = {},
+): Promise<string> {
+    const args = ["run", "--rm", "-i", "--network", "none", "--entrypoint", argv[0]];
+    for (const m of mounts) args.push("-v", `${formatDataLocation(m.data)}:${m.target}`);
+    args.push(image, ...argv.slice(1));
+    return (await run("docker", args, opts)).stdout;
+}
+
+/** Every container (running or not) that mounts this volume or host folder. */
+export async function containersUsing(data: DataLocation): Promise<ContainerInfo[]> {
+    const { stdout } = await run("docker", ["ps", "-aq", "--no-trunc"]);
+    const ids = stdout.split("\n").filter(Boolean);
+    const found: ContainerInfo[] = [];
+    for (const id of ids) {
+        const info = await inspectContainer(id);
+        if (!info) continue;
+        const uses = info.mounts.some((m) =>
+            data.kind === "volume" ? m.type === "volume" && m.name === data.name : m.type === "bind" && m.source === data.path,
+        );
+        if (uses) found.push(info);
+    }
+    return found;
+}
+
+export function sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Quotes an SQL identifier the way PostgreSQL's quote_ident (and pg_dump's fmtId) does. */
+export function quoteIdent(name: string): string {
+    return /^[a-z_][a-z0-9_$]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+}

@@ -1,0 +1,79 @@
+// preflight: everything that can be known before Synapse's database is touched. It changes nothing; each problem
+// is one sentence saying what is wrong and what to do.
+import { databasesSize, formatBytes, freeBytes } from "./dump";
+import { query, requireContainer, serverVersion, superuserOf } from "./docker";
+import { DataLocation, formatDataLocation } from "./layout";
+import { StepError } from "./step-error";
+import { hasServed, readTargetState } from "./target";
+
+export interface PreflightInput {
+    /** The old cluster's container. */
+    container: string;
+    /** The new major, its image and data location. */
+    targetMajor: number;
+    targetImage: string;
+    targetData: DataLocation;
+    /** backupDir, to check free space for the dump. */
+    backupDir?: string;
+}
+
+export interface PreflightResult {
+    sourceVersion: string;
+    sourceMajor: number;
+    databasesBytes: number;
+    /** What the new data location holds now. */
+    target: "empty" | "staging copy (will be redone)" | "served before a revert (will be set aside, kept)";
+    /** The upgrade already switched to the new cluster: nothing is left to check. */
+    alreadyUpgraded: boolean;
+}
+
+/** Current Synapse releases refuse PostgreSQL older than 14. */
+export const MIN_SYNAPSE_MAJOR = 14;
+
+export async function preflight(input: PreflightInput): Promise<PreflightResult> {
+    if (input.targetMajor < MIN_SYNAPSE_MAJOR) {
+        throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_SYNAPSE_MAJOR} or newer); choose a newer target.`);
+    }
+    const old = await requireContainer(input.container, "old");
+    const target = await readTargetState(input.targetData, input.targetMajor, input.targetImage);
+    if (!old.running) {
+        if (target.marker && hasServed(target.marker)) {
+            return { sourceVersion: "", sourceMajor: 0, databasesBytes: 0, target: "served before a revert (will be set aside, kept)", alreadyUpgraded: true };
+        }
+        throw new StepError(`The old container "${input.container}" is not running; start it so it can be checked and dumped.`);
+    }
+    const user = superuserOf(old);
+    const version = await serverVersion(input.container, user);
+    if (version.major >= input.targetMajor) {
+        throw new StepError(`"${input.container}" runs PostgreSQL ${version.text}, not older than the target ${input.targetMajor}: this is a downgrade, which a dump cannot do safely; to go back, revert to the earlier stack config instead.`);
+    }
+
+    // Any other client could write after the dump and lose those writes at the switch: Synapse must be stopped.
+    const clients = await query(input.container, user,
+        `SELECT coalesce(nullif(application_name, ''), 'unnamed client'), coalesce(host(client_addr), 'local socket'), datname
+           FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY 1`);
+    if (clients.length > 0) {
+        const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
+        throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
+    }
+
+    const databasesBytes = await databasesSize(input.container, user);
+    if (input.backupDir) {
+        const free = await freeBytes(input.backupDir).catch(() => {
+            throw new StepError(`The backup folder ${input.backupDir} does not exist; create it or set postgres:backupDir to an existing folder.`);
+        });
+        if (free < databasesBytes) {
+            throw new StepError(`The backup folder ${input.backupDir} has ${formatBytes(free)} free but the dump may need ${formatBytes(databasesBytes)}; free ${formatBytes(databasesBytes - free)} there or set postgres:backupDir to a larger disk.`);
+        }
+    }
+
+    let state: PreflightResult["target"] = "empty";
+    if (target.marker) {
+        state = hasServed(target.marker) ? "served before a revert (will be set aside, kept)" : "staging copy (will be redone)";
+    } else if (!target.isEmpty) {
+        throw new StepError(
+            `The new data location ${formatDataLocation(input.targetData)} already holds files synapse-postgres did not create (${target.entries.slice(0, 5).join(", ")}); move them away or choose another postgres:dataRoot, they are never deleted by this tool.`,
+        );
+    }
+    return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false };
+}

@@ -1,0 +1,56 @@
+// serve: makes one cluster the one Synapse reaches. Declared by Pulumi for the serving cluster only, so a revert
+// (the earlier stack config again) declares it anew for the old cluster and runs it: the other cluster of ours
+// that answers to the alias is stopped cleanly first, so Synapse never sees two servers under one name.
+import { inspectContainer, MANAGED_LABEL, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
+import { run } from "./process";
+import { StepError } from "./step-error";
+import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
+
+export interface ServeInput {
+    container: string;
+    network: string;
+    alias: string;
+}
+
+export interface ServeResult {
+    started: boolean;
+    stoppedOthers: string[];
+    version: string;
+}
+
+export async function serveCluster(input: ServeInput): Promise<ServeResult> {
+    const info = await inspectContainer(input.container);
+    if (!info) throw new StepError(`The container "${input.container}" does not exist; run pulumi up to create it.`);
+    if (!info.networks[input.network]?.aliases.includes(input.alias)) {
+        throw new StepError(`The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`);
+    }
+    const stoppedOthers: string[] = [];
+    for (const other of await holdersOf(input.network, input.alias)) {
+        if (other.name === input.container) continue;
+        if (other.labels[MANAGED_LABEL] !== "true") {
+            throw new StepError(`The container "${other.name}", which synapse-postgres does not manage, also answers to "${input.alias}" on "${input.network}"; stop it so Synapse reaches only one server.`);
+        }
+        await stopContainer(other.name);
+        stoppedOthers.push(other.name);
+    }
+    const started = !info.running;
+    if (started) await startContainer(input.container);
+    const user = superuserOf(info);
+    await waitUntilAccepting(input.container, user);
+    const marker = await readMarkerIn(input.container, user);
+    if (marker && marker.state === "cutover") await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
+    return { started, stoppedOthers, version: (await serverVersion(input.container, user)).text };
+}
+
+/** Running containers on the network that answer to the alias. */
+async function holdersOf(network: string, alias: string) {
+    const { stdout } = await run("docker", ["network", "inspect", "--format", "{{range $id, $c := .Containers}}{{$c.Name}}\n{{end}}", network]).catch(() => {
+        throw new StepError(`The Docker network "${network}" does not exist; create it or set postgres:network to the one Synapse uses.`);
+    });
+    const holders = [];
+    for (const name of stdout.split("\n").filter(Boolean)) {
+        const c = await inspectContainer(name);
+        if (c?.running && c.networks[network]?.aliases.includes(alias)) holders.push(c);
+    }
+    return holders;
+}

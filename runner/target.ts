@@ -1,0 +1,122 @@
+// The new cluster's data location (volume or host folder) and the marker file that says what we did to it.
+// The marker lets every step tell our own work (safe to redo) from data we did not create (never touched), and
+// data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
+import { promises as fs } from "node:fs";
+import { DataLocation, dataLayout, formatDataLocation } from "./layout";
+import { runWithData, containersUsing, query, MANAGED_LABEL } from "./docker";
+import { run, ProcessError } from "./process";
+import { StepError } from "./step-error";
+
+export const MARKER_FILE = "synapse-pg-upgrade.json";
+
+export type MarkerState = "restoring" | "restored" | "verified" | "cutover" | "serving";
+
+export interface Marker {
+    tool: "synapse-postgres";
+    state: MarkerState;
+    major: number;
+    source: { container: string; version: string };
+    dump: { path: string; sha256: string };
+    history: { state: MarkerState; at: string }[];
+}
+
+export interface TargetState {
+    /** Nothing at all in the volume or folder. */
+    isEmpty: boolean;
+    /** Our marker, when PGDATA holds one. */
+    marker?: Marker;
+    /** Top-level entries, for messages about data we did not create. */
+    entries: string[];
+}
+
+function markerPath(major: number): string {
+    return `${dataLayout(major).pgdata}/${MARKER_FILE}`;
+}
+
+export async function readTargetState(data: DataLocation, major: number, image: string): Promise<TargetState> {
+    const { mountTarget } = dataLayout(major);
+    const mounts = [{ data, target: mountTarget }];
+    const listing = await runWithData(image, mounts, ["find", mountTarget, "-mindepth", "1", "-maxdepth", "1"]);
+    const entries = listing.split("\n").filter(Boolean).map((p) => p.slice(mountTarget.length + 1));
+    if (entries.length === 0) return { isEmpty: true, entries };
+    let marker: Marker | undefined;
+    try {
+        marker = JSON.parse(await runWithData(image, mounts, ["cat", markerPath(major)]));
+    } catch (err) {
+        if (!(err instanceof ProcessError)) throw err;
+    }
+    return { isEmpty: false, marker, entries };
+}
+
+export async function writeMarker(data: DataLocation, major: number, image: string, marker: Marker): Promise<void> {
+    const { mountTarget } = dataLayout(major);
+    await runWithData(image, [{ data, target: mountTarget }], ["tee", markerPath(major)], { stdin: JSON.stringify(marker, null, 2) + "\n" });
+}
+
+export function advanceMarker(marker: Marker, state: MarkerState): Marker {
+    return { ...marker, state, history: [...marker.history, { state, at: new Date().toISOString() }] };
+}
+
+/** True once Synapse may have written to this cluster: from then on it is user data, never discarded. */
+export function hasServed(marker: Marker): boolean {
+    return marker.state === "cutover" || marker.state === "serving";
+}
+
+/** Removes everything in the location. Only ever called on a staging copy we made (see the callers' checks). */
+export async function emptyTarget(data: DataLocation, major: number, image: string): Promise<void> {
+    const { mountTarget } = dataLayout(major);
+    await runWithData(image, [{ data, target: mountTarget }], [
+        "find", mountTarget, "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", "+",
+    ]);
+}
+
+/**
+ * Moves a cluster that has served Synapse out of the way so a new upgrade can use the location, keeping every
+ * byte: a host folder is renamed beside itself, a volume is copied into a new volume and then emptied.
+ * Returns where the data now is.
+ */
+export async function setAside(data: DataLocation, major: number, image: string): Promise<string> {
+    const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+    if (data.kind === "folder") {
+        const aside = `${data.path}.reverted-${stamp}`;
+        await fs.rename(data.path, aside);
+        return aside;
+    }
+    const aside = `${data.name}-reverted-${stamp}`;
+    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `synapse-postgres.set-aside-from=${data.name}`, aside]);
+    await runWithData(image, [{ data, target: "/from" }, { data: { kind: "volume", name: aside }, target: "/to" }], ["cp", "-a", "/from/.", "/to/"]);
+    await emptyTarget(data, major, image);
+    return aside;
+}
+
+/** Refuses when a container other than `allowed` mounts the location: two servers on one PGDATA corrupt it. */
+export async function requireUnused(data: DataLocation, allowed: string[] = []): Promise<void> {
+    const users = (await containersUsing(data)).filter((c) => !allowed.includes(c.name));
+    if (users.length > 0) {
+        const names = users.map((c) => `"${c.name}"${c.running ? " (running)" : ""}`).join(", ");
+        throw new StepError(`The data location ${formatDataLocation(data)} is mounted by ${names}; remove that container before upgrading into it.`);
+    }
+}
+
+/** Reads the marker through a running container (PGDATA from the server itself). */
+export async function readMarkerIn(container: string, user: string): Promise<Marker | undefined> {
+    const dir = await dataDirectoryOf(container, user);
+    try {
+        return JSON.parse((await run("docker", ["exec", container, "cat", `${dir}/${MARKER_FILE}`])).stdout);
+    } catch (err) {
+        if (err instanceof ProcessError) return undefined;
+        throw err;
+    }
+}
+
+export async function writeMarkerIn(container: string, user: string, marker: Marker): Promise<void> {
+    const dir = await dataDirectoryOf(container, user);
+    await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", `${dir}/${MARKER_FILE}`], {
+        stdin: JSON.stringify(marker, null, 2) + "\n",
+    });
+}
+
+async function dataDirectoryOf(container: string, user: string): Promise<string> {
+    const [[dir]] = await query(container, user, "SELECT current_setting('data_directory')");
+    return dir;
+}

@@ -1,0 +1,146 @@
+// verify: compares the old and the new cluster before the switch. Databases with encoding and locale, roles with
+// attributes and password hashes, every table's row count, every sequence's value, and a password login as the
+// Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
+import { ContainerInfo, query, requireContainer, superuserOf } from "./docker";
+import { run } from "./process";
+import { StepError } from "./step-error";
+
+export interface VerifyInput {
+    old: string;
+    new: string;
+    /** The role Synapse logs in as, and its database. */
+    loginUser: string;
+    loginDatabase: string;
+    /** Synapse's password (from SYNAPSE_PG_PASSWORD); without it the login check is reported as not run. */
+    password?: string;
+}
+
+export interface Comparison {
+    what: string;
+    old: string;
+    new: string;
+    same: boolean;
+}
+
+export interface VerifyReport {
+    old: string;
+    new: string;
+    comparisons: Comparison[];
+    tables: number;
+    rows: number;
+    login: { user: string; database: string; ok: boolean; error?: string };
+    differences: string[];
+}
+
+interface Snapshot {
+    databases: Map<string, string>;
+    roles: Map<string, string>;
+    tables: Map<string, number>;
+    sequences: Map<string, string>;
+}
+
+async function snapshot(container: string, user: string): Promise<Snapshot> {
+    const databases = new Map<string, string>();
+    const dbRows = await query(container, user,
+        "SELECT datname, pg_encoding_to_char(encoding), datcollate, datctype, datallowconn FROM pg_database WHERE datname <> 'template0' ORDER BY 1");
+    for (const [name, enc, collate, ctype] of dbRows) databases.set(name, `${enc} ${collate}/${ctype}`);
+
+    const roles = new Map<string, string>();
+    // Password hashes are compared, never printed: the report shows only whether they match.
+    const roleRows = await query(container, user,
+        `SELECT rolname, concat_ws(' ', CASE WHEN rolsuper THEN 'superuser' END, CASE WHEN rolcanlogin THEN 'login' END,
+                CASE WHEN rolcreatedb THEN 'createdb' END, CASE WHEN rolcreaterole THEN 'createrole' END,
+                CASE WHEN rolreplication THEN 'replication' END, CASE WHEN rolbypassrls THEN 'bypassrls' END,
+                CASE WHEN NOT rolinherit THEN 'noinherit' END, 'connlimit=' || rolconnlimit),
+                md5(coalesce(rolpassword, ''))
+           FROM pg_authid WHERE rolname !~ '^pg_' ORDER BY 1`);
+    for (const [name, attrs, pw] of roleRows) roles.set(name, `${attrs} password#${pw.slice(0, 8)}`);
+
+    const tables = new Map<string, number>();
+    const sequences = new Map<string, string>();
+    for (const [db, , , , allowConn] of dbRows) {
+        if (allowConn !== "t" || db === "template1") continue;
+        const names = await query(container, user,
+            `SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+              ORDER BY 1`, db);
+        if (names.length > 0) {
+            const counts = await query(container, user,
+                names.map(([t]) => `SELECT ${literal(t)}, count(*) FROM ${t}`).join(" UNION ALL "), db);
+            for (const [t, n] of counts) tables.set(`${db}.${t}`, Number(n));
+        }
+        const seqs = await query(container, user,
+            "SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value::text, 'unused') FROM pg_sequences ORDER BY 1", db);
+        for (const [s, v] of seqs) sequences.set(`${db}.${s}`, v);
+    }
+    return { databases, roles, tables, sequences };
+}
+
+function literal(text: string): string {
+    return `'${text.replace(/'/g, "''")}'`;
+}
+
+function compare(kind: string, a: Map<string, string | number>, b: Map<string, string | number>): Comparison[] {
+    const keys = [...new Set([...a.keys(), ...b.keys()])].sort();
+    return keys.map((k) => {
+        const o = a.has(k) ? String(a.get(k)) : "(missing)";
+        const n = b.has(k) ? String(b.get(k)) : "(missing)";
+        return { what: `${kind} ${k}`, old: o, new: n, same: o === n };
+    });
+}
+
+/** The new container's own address on a Docker network: a connection to it meets pg_hba's host rule. */
+function addressOf(info: ContainerInfo): string | undefined {
+    return Object.values(info.networks).map((n) => n.ip).find((ip) => ip !== "");
+}
+
+async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<VerifyReport["login"]> {
+    const login = { user: input.loginUser, database: input.loginDatabase };
+    if (!input.password) return { ...login, ok: false, error: "no password given (SYNAPSE_PG_PASSWORD)" };
+    const ip = addressOf(info);
+    if (!ip) return { ...login, ok: false, error: `"${info.name}" has no network address to test a TCP login on` };
+    try {
+        await run("docker", ["exec", "-e", "PGPASSWORD", info.name, "psql", "-X", "-h", ip, "-U", input.loginUser, "-d", input.loginDatabase, "-Atc", "SELECT 1"],
+            { env: { PGPASSWORD: input.password } });
+        return { ...login, ok: true };
+    } catch (err) {
+        return { ...login, ok: false, error: (err as Error).message.replace(/^.*?: /, "") };
+    }
+}
+
+export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> {
+    const oldInfo = await requireContainer(input.old, "old");
+    const newInfo = await requireContainer(input.new, "new");
+    for (const c of [oldInfo, newInfo]) {
+        if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
+    }
+    const [a, b] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo))]);
+    const comparisons = [
+        ...compare("database", a.databases, b.databases),
+        ...compare("role", a.roles, b.roles),
+        ...compare("table", a.tables, b.tables),
+        ...compare("sequence", a.sequences, b.sequences),
+    ];
+    const login = await checkLogin(newInfo, input);
+    const differences = comparisons.filter((c) => !c.same).map((c) => `${c.what}: ${c.old} in old, ${c.new} in new`);
+    if (!login.ok) differences.push(`login as ${login.user} to ${login.database} on the new cluster failed: ${login.error}`);
+    return {
+        old: input.old,
+        new: input.new,
+        comparisons,
+        tables: b.tables.size,
+        rows: [...b.tables.values()].reduce((s, n) => s + n, 0),
+        login,
+        differences,
+    };
+}
+
+export function formatReport(r: VerifyReport): string {
+    const w = Math.max(10, ...r.comparisons.map((c) => c.what.length));
+    const v = Math.max(6, ...r.comparisons.flatMap((c) => [c.old.length, c.new.length]));
+    const lines = [`${"check".padEnd(w)}  ${"old".padEnd(v)}  ${"new".padEnd(v)}  result`];
+    for (const c of r.comparisons) lines.push(`${c.what.padEnd(w)}  ${c.old.padEnd(v)}  ${c.new.padEnd(v)}  ${c.same ? "same" : "DIFFERENT"}`);
+    lines.push(`login ${r.login.user}@${r.login.database} over TCP with password: ${r.login.ok ? "ok" : `FAILED (${r.login.error})`}`);
+    lines.push(`${r.tables} tables, ${r.rows} rows compared; ${r.differences.length} difference(s)`);
+    return lines.join("\n");
+}
