@@ -1,0 +1,122 @@
+// A PostgreSQL cluster of one major: its data (volume or host folder), its container, and, while it is the one
+// Synapse should reach, the serve step.
+import * as command from "@pulumi/command";
+import * as docker from "@pulumi/docker";
+import * as pulumi from "@pulumi/pulumi";
+import { DataLocation, dataLayout, formatDataLocation } from "../runner/layout";
+import { stepCommand } from "./command-line";
+
+export interface ClusterArgs {
+    /** The major; a plain number because it decides where the data is mounted. */
+    major: number;
+    /** The image, e.g. postgres:17-alpine or postgres@sha256:<digest>. */
+    image: pulumi.Input<string>;
+    /** Container name, e.g. synapse-pg17. */
+    containerName: string;
+    /** Where the data lives; plain because it decides which resources exist. */
+    data: DataLocation;
+    /** Bootstrap superuser and database, used by the image only on first start of an empty data location. */
+    user: pulumi.Input<string>;
+    database: pulumi.Input<string>;
+    /** The bootstrap superuser's password: a secret, passed only in the container's environment. */
+    password: pulumi.Input<string>;
+    /** initdb arguments for a first start. */
+    initdbArgs: pulumi.Input<string>;
+    /** The Docker network Synapse uses, and the host name Synapse connects to. */
+    network: pulumi.Input<string>;
+    hostAlias: pulumi.Input<string>;
+    /** Publish 5432 on 127.0.0.1:<port>. */
+    port?: pulumi.Input<number>;
+    /** Declare the serve step: this cluster is the one that should answer to hostAlias. */
+    serving: boolean;
+    /** The container is created only after these (an upgrade's cutover). */
+    startAfter?: pulumi.Input<pulumi.Resource[]>;
+}
+
+export class Cluster extends pulumi.ComponentResource {
+    readonly containerName: pulumi.Output<string>;
+    readonly dataLocation: string;
+    readonly volume?: docker.Volume;
+    readonly container: docker.Container;
+    readonly serve?: command.local.Command;
+
+    constructor(name: string, args: ClusterArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("synapse-postgres:index:Cluster", name, {}, opts);
+        const layout = dataLayout(args.major);
+        this.dataLocation = formatDataLocation(args.data);
+
+        if (args.data.kind === "volume") {
+            this.volume = new docker.Volume(`${name}-data`, {
+                name: args.data.name,
+                labels: [
+                    { label: "synapse-postgres.managed", value: "true" },
+                    { label: "synapse-postgres.cluster", value: String(args.major) },
+                ],
+            }, {
+                parent: this,
+                // Removing this cluster from the stack (retire, revert) must never delete its data: the volume
+                // stays in Docker. A host folder needs no resource: nothing here ever deletes it.
+                retainOnDelete: true,
+            });
+        }
+
+        const dependsOn = pulumi.output(args.startAfter ?? []).apply((after) => (this.volume ? [this.volume, ...after] : after));
+        this.container = new docker.Container(`${name}-container`, {
+            name: args.containerName,
+            image: args.image,
+            envs: pulumi.secret(pulumi.all([args.user, args.database, args.password, args.initdbArgs]).apply(([user, db, password, initdb]) => [
+                `POSTGRES_USER=${user}`,
+                `POSTGRES_DB=${db}`,
+                `POSTGRES_PASSWORD=${password}`,
+                `POSTGRES_INITDB_ARGS=${initdb}`,
+                `PGDATA=${layout.pgdata}`,
+            ])),
+            volumes: [
+                args.data.kind === "volume"
+                    ? { volumeName: this.volume!.name, containerPath: layout.mountTarget }
+                    : { hostPath: args.data.path, containerPath: layout.mountTarget },
+            ],
+            networksAdvanced: [{ name: args.network, aliases: [args.hostAlias] }],
+            ports: args.port === undefined ? [] : [{ internal: 5432, external: args.port, ip: "127.0.0.1" }],
+            labels: [
+                { label: "synapse-postgres.managed", value: "true" },
+                { label: "synapse-postgres.cluster", value: String(args.major) },
+            ],
+            // -h 127.0.0.1: the image's first-start server listens on the socket only, so this is healthy only
+            // once the real server runs.
+            healthcheck: {
+                tests: pulumi.all([args.user, args.database]).apply(([u, d]) => ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", u, "-d", d]),
+                interval: "5s",
+                timeout: "5s",
+                retries: 12,
+                startPeriod: "30s",
+            },
+            wait: true,
+            waitTimeout: 300,
+            // unless-stopped, not always: a cluster stopped at cutover must stay stopped after a daemon restart,
+            // or two servers would answer to the alias.
+            restart: "unless-stopped",
+            // The official image's STOPSIGNAL (fast shutdown); the provider's default grace of 0 s is a kill.
+            stopSignal: "SIGINT",
+            destroyGraceSeconds: 120,
+            // Anonymous volumes die with the container by default; keep them, in case an image declares one.
+            removeVolumes: false,
+        }, {
+            parent: this,
+            dependsOn,
+            // A named container cannot exist twice: remove the old one (data stays) before creating its successor.
+            deleteBeforeReplace: true,
+        });
+        this.containerName = this.container.name;
+
+        if (args.serving) {
+            this.serve = new command.local.Command(`${name}-serve`, {
+                create: stepCommand("serve", { container: this.container.name, network: args.network, alias: args.hostAlias }),
+                // A new container (minor update, revert) runs serve again.
+                triggers: [this.container.id],
+            }, { parent: this, dependsOn: [this.container] });
+        }
+
+        this.registerOutputs({ containerName: this.containerName, dataLocation: this.dataLocation });
+    }
+}

@@ -1,0 +1,17 @@
+// The command line a command resource runs: `npx --no-install synapse-pg <step> --flag value ...`, every value
+// shell-quoted. The only place the Pulumi layer names the step runner, so tests can assert exact commands.
+import * as pulumi from "@pulumi/pulumi";
+
+/** Run from the project folder (the Pulumi program's working directory), where npm ci installed the runner. */
+export const STEP_RUNNER = "npx --no-install synapse-pg";
+
+export function shellQuote(value: string): string {
+    return /^[A-Za-z0-9_@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+export function stepCommand(step: string, flags: Record<string, pulumi.Input<string | number>>): pulumi.Output<string> {
+    return pulumi.all(Object.values(flags)).apply((values) => {
+        const parts = Object.keys(flags).flatMap((k, i) => [`--${k}`, shellQuote(String(values[i]))]);
+        return [STEP_RUNNER, step, ...parts].join(" ");
+    });
+}

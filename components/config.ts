@@ -1,0 +1,150 @@
+// The stack's configuration (namespace `postgres:`), read once and validated before any resource is declared.
+// Every error names the key, the value given and what would be accepted; all errors are reported together.
+import * as pulumi from "@pulumi/pulumi";
+import { z } from "zod";
+
+export interface Version {
+    /** As given: "17" or "17.6"; it fills `{version}` in the image template. */
+    text: string;
+    major: number;
+}
+
+export interface StackConfig {
+    /** The major (or major.minor) that serves Synapse. */
+    version: Version;
+    /** The major being migrated from, while an upgrade is in progress or until the old cluster is retired. */
+    upgradeFrom?: number;
+    /** Image template; `{version}` and `{major}` are filled per cluster. */
+    image: string;
+    /** Exact image for the old cluster (e.g. pinned by digest); default: the template with the old major. */
+    upgradeFromImage?: string;
+    /** Host folder holding `pgsql<major>` bind mounts; without it, named volumes `synapse-pgsql<major>`. */
+    dataRoot?: string;
+    user: string;
+    database: string;
+    network: string;
+    hostAlias: string;
+    /** Host folder for dumps; required while upgradeFrom is set. */
+    backupDir?: string;
+    /** Publish 5432 of the serving cluster on 127.0.0.1:<port> (never on other addresses). */
+    port?: number;
+    /** Container names are `<prefix><major>`. */
+    containerPrefix: string;
+    /** initdb arguments for a first deployment; Synapse needs UTF8 with C collation. */
+    initdbArgs: string;
+    /** The bootstrap superuser's (and Synapse's) password: a secret all the way to the container. */
+    password: pulumi.Output<string>;
+}
+
+/** Current Synapse releases need PostgreSQL 14 or newer. */
+export const MIN_MAJOR = 14;
+
+const dockerName = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+const sqlName = /^[a-z_][a-z0-9_]*$/;
+const imageRef = /^[a-z0-9][a-z0-9._\/:{}@-]*$/i;
+
+const schema = z
+    .object({
+        version: z
+            .string({ required_error: "is required: the major (17) or major.minor (17.6) that serves Synapse" })
+            .regex(/^\d+(\.\d+)?$/, "must be a major like 17 or a major.minor like 17.6")
+            .refine((v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= MIN_MAJOR, `must be ${MIN_MAJOR} or newer: current Synapse refuses older PostgreSQL`),
+        upgradeFrom: z
+            .string()
+            .regex(/^\d+$/, "must be the old major as a whole number, like 15")
+            .refine((v) => !/^\d+$/.test(v) || Number(v) >= 10, "must be 10 or newer (what this tool can dump and restore)")
+            .optional(),
+        image: z.string().regex(imageRef, "must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>").default("postgres:{version}-alpine"),
+        upgradeFromImage: z.string().regex(imageRef, "must be an image reference like postgres:15-alpine or postgres@sha256:<digest>").optional(),
+        dataRoot: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse").optional(),
+        user: z.string().regex(sqlName, "must be a lower-case PostgreSQL role name like synapse").default("synapse"),
+        database: z.string().regex(sqlName, "must be a lower-case database name like synapse").default("synapse"),
+        network: z.string().regex(dockerName, "must be a Docker network name like synapse_default").default("synapse"),
+        hostAlias: z.string().regex(dockerName, "must be a host name like db").default("db"),
+        backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
+        port: z
+            .string()
+            .regex(/^\d+$/, "must be a TCP port number")
+            .refine((v) => !/^\d+$/.test(v) || (Number(v) >= 1 && Number(v) <= 65535), "must be a TCP port from 1 to 65535")
+            .optional(),
+        containerPrefix: z.string().regex(dockerName, "must be a Docker container name prefix like synapse-pg").default("synapse-pg"),
+        initdbArgs: z.string().default("--encoding=UTF8 --locale=C"),
+    })
+    .superRefine((c, ctx) => {
+        const major = Number(c.version.split(".")[0]);
+        if (c.upgradeFrom !== undefined && /^\d+$/.test(c.upgradeFrom)) {
+            const from = Number(c.upgradeFrom);
+            if (from === major) {
+                ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: `is the same major as postgres:version; a minor change needs no upgradeFrom: remove it` });
+            } else if (from > major) {
+                ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: `is newer than postgres:version ${c.version}: a downgrade is not a revert; to go back, restore the earlier config (version ${from}, no upgradeFrom)` });
+            }
+            if (c.backupDir === undefined) {
+                ctx.addIssue({ code: "custom", path: ["backupDir"], message: "is required while postgres:upgradeFrom is set: the host folder the dump is written to" });
+            }
+            if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined) {
+                ctx.addIssue({ code: "custom", path: ["upgradeFromImage"], message: "is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too" });
+            }
+        }
+    });
+
+export type RawConfig = Partial<Record<keyof z.input<typeof schema>, string>>;
+
+/** The keys this program reads, in the order they are documented. */
+export const CONFIG_KEYS = Object.keys(schema._def.schema.shape) as (keyof RawConfig)[];
+
+/** Validates raw config strings; throws one Error listing every problem. */
+export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | undefined, unknownKeys: string[] = []): StackConfig {
+    const result = schema.safeParse(raw);
+    const problems: string[] = unknownKeys.map(
+        (k) => `${k} is not a setting of this program (a typo?); the postgres: keys are ${[...CONFIG_KEYS, "password"].join(", ")}`,
+    );
+    if (!result.success) {
+        for (const issue of result.error.issues) {
+            const key = String(issue.path[0]);
+            const given = raw[key as keyof RawConfig];
+            problems.push(`postgres:${key}${given === undefined ? "" : ` is "${given}" but`} ${issue.message.replace(/^is /, given === undefined ? "is " : "")}`);
+        }
+    }
+    if (password === undefined) {
+        problems.push("postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`");
+    }
+    if (problems.length > 0) {
+        throw new Error(`Invalid stack configuration:\n  - ${problems.join("\n  - ")}`);
+    }
+    const c = result.data!;
+    return Object.freeze({
+        version: { text: c.version, major: Number(c.version.split(".")[0]) },
+        upgradeFrom: c.upgradeFrom === undefined ? undefined : Number(c.upgradeFrom),
+        image: c.image,
+        upgradeFromImage: c.upgradeFromImage,
+        dataRoot: c.dataRoot,
+        user: c.user,
+        database: c.database,
+        network: c.network,
+        hostAlias: c.hostAlias,
+        backupDir: c.backupDir,
+        port: c.port === undefined ? undefined : Number(c.port),
+        containerPrefix: c.containerPrefix,
+        initdbArgs: c.initdbArgs,
+        password: password!,
+    });
+}
+
+/** Reads `postgres:*` from the stack. Unknown `postgres:` keys are refused, so a typo is not silently ignored. */
+export function readConfig(): StackConfig {
+    const cfg = new pulumi.Config("postgres");
+    const raw: RawConfig = {};
+    for (const key of CONFIG_KEYS) {
+        const value = cfg.get(key);
+        if (value !== undefined) raw[key] = value;
+    }
+    const known = new Set([...CONFIG_KEYS, "password"].map((k) => `postgres:${k}`));
+    const unknown = Object.keys(pulumi.runtime.allConfig()).filter((k) => k.startsWith("postgres:") && !known.has(k));
+    return parseConfig(raw, cfg.getSecret("password"), unknown);
+}
+
+/** Fills the image template for one cluster. */
+export function imageFor(template: string, version: string): string {
+    return template.replace(/\{version\}/g, version).replace(/\{major\}/g, version.split(".")[0]);
+}

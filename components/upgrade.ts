@@ -1,0 +1,95 @@
+// A major upgrade: preflight, dump, restore, copy-config, verify and cutover, each a command resource running one
+// step of the step runner, chained so that nothing after a failed step runs. The new cluster's serving container
+// depends on the cutover (see stack.ts), so it never takes the alias before verify has passed.
+import * as command from "@pulumi/command";
+import * as pulumi from "@pulumi/pulumi";
+import { DataLocation, formatDataLocation } from "../runner/layout";
+import { stepCommand } from "./command-line";
+
+export interface MajorUpgradeArgs {
+    /** The old cluster's container. */
+    fromContainer: pulumi.Input<string>;
+    /** The new major, its image and data location. */
+    toMajor: number;
+    toImage: pulumi.Input<string>;
+    toData: DataLocation;
+    /** The staging container the restore creates and cutover removes. */
+    stagingContainer: string;
+    /** Host folder for the dump. */
+    backupDir: string;
+    /** The role and database Synapse logs in with, checked by verify with the password. */
+    loginUser: pulumi.Input<string>;
+    loginDatabase: pulumi.Input<string>;
+    /** Secret; reaches the steps only through their environment. */
+    password: pulumi.Input<string>;
+    /** Resources the preflight waits for (the old container, the new data volume). */
+    after: pulumi.Input<pulumi.Resource>[];
+}
+
+export const STEPS = ["preflight", "dump", "restore", "copy-config", "verify", "cutover"] as const;
+
+export class MajorUpgrade extends pulumi.ComponentResource {
+    readonly backupFile: string;
+    readonly steps: Record<(typeof STEPS)[number], command.local.Command>;
+    readonly cutover: command.local.Command;
+    readonly verified: pulumi.Output<string>;
+
+    constructor(name: string, args: MajorUpgradeArgs, opts?: pulumi.ComponentResourceOptions) {
+        super("synapse-postgres:index:MajorUpgrade", name, {}, opts);
+        const dumpName = `${name}`;
+        this.backupFile = `${args.backupDir}/${dumpName}.sql`;
+        const data = formatDataLocation(args.toData);
+        const secretEnv = { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) };
+
+        const lines: Record<(typeof STEPS)[number], { create: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
+            preflight: {
+                create: stepCommand("preflight", {
+                    container: args.fromContainer, "target-major": args.toMajor, "target-image": args.toImage,
+                    "target-data": data, "backup-dir": args.backupDir,
+                }),
+            },
+            dump: {
+                // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.
+                create: stepCommand("dump", { container: args.fromContainer, out: args.backupDir, name: dumpName, "tool-image": args.toImage }),
+                environment: secretEnv,
+            },
+            restore: {
+                create: stepCommand("restore", {
+                    container: args.stagingContainer, image: args.toImage, data, major: args.toMajor, in: this.backupFile,
+                }),
+                environment: secretEnv,
+            },
+            "copy-config": { create: stepCommand("copy-config", { from: args.fromContainer, to: args.stagingContainer }) },
+            verify: {
+                create: stepCommand("verify", {
+                    old: args.fromContainer, new: args.stagingContainer, "login-user": args.loginUser, "login-database": args.loginDatabase,
+                }),
+                environment: secretEnv,
+            },
+            cutover: {
+                create: stepCommand("cutover", {
+                    old: args.fromContainer, new: args.stagingContainer, data, image: args.toImage, major: args.toMajor,
+                }),
+            },
+        };
+
+        let previous: pulumi.Input<pulumi.Resource>[] = args.after;
+        const steps = {} as Record<(typeof STEPS)[number], command.local.Command>;
+        for (const step of STEPS) {
+            steps[step] = new command.local.Command(`${name}-${step}`, lines[step], {
+                parent: this,
+                // Each step starts only after the one before it succeeded: a failure stops the chain there.
+                dependsOn: previous,
+                // A step that succeeded is history: a later change of its inputs (a new minor version, another
+                // image digest) must not run a dump or restore again on a cluster that already serves.
+                ignoreChanges: ["create", "environment"],
+            });
+            previous = [steps[step]];
+        }
+        this.steps = steps;
+        this.cutover = steps.cutover;
+        this.verified = steps.verify.stdout;
+
+        this.registerOutputs({ backupFile: this.backupFile, verified: this.verified });
+    }
+}

@@ -1,0 +1,302 @@
+// The declared graph for each stack config of the lifecycle, evaluated under Pulumi's mocks.
+import { strict as assert } from "node:assert";
+import { declare, Declared, isSecret, unwrapSecrets } from "../fixtures/pulumi-graph";
+
+const BACKUPS = "/srv/backups";
+const DEPLOY_15 = { version: "15" };
+const UPGRADE_17 = { version: "17", upgradeFrom: "15", backupDir: BACKUPS };
+const RUNNER = "npx --no-install synapse-pg";
+
+function short(urns: string[]): string[] {
+    return urns.map((u) => u.split("::").pop()!).sort();
+}
+
+function plain(d: Declared, name: string): Record<string, any> {
+    return unwrapSecrets(d.byName(name).inputs);
+}
+
+describe("first deploy of 15", () => {
+    let d: Declared;
+    before(async () => (d = await declare(DEPLOY_15)));
+
+    it("declares one cluster: its volume, its container and its serve step, nothing else", () => {
+        assert.deepEqual(d.names(), ["pg15", "pg15-container", "pg15-data", "pg15-serve"]);
+        assert.equal(d.byName("pg15").type, "synapse-postgres:index:Cluster");
+        for (const child of ["pg15-container", "pg15-data", "pg15-serve"]) {
+            assert.equal(d.byName(child).parent, d.byName("pg15").urn, `${child} is parented to its cluster`);
+        }
+    });
+
+    it("keeps the synapse-pgsql15 volume when the cluster leaves the stack (retainOnDelete)", () => {
+        const v = d.byName("pg15-data");
+        assert.equal(v.inputs.name, "synapse-pgsql15");
+        assert.equal(v.retainOnDelete, true);
+    });
+
+    it("runs postgres:15-alpine named synapse-pg15 on its volume at /var/lib/postgresql/data", () => {
+        const c = plain(d, "pg15-container");
+        assert.equal(c.name, "synapse-pg15");
+        assert.equal(c.image, "postgres:15-alpine");
+        assert.deepEqual(c.volumes, [{ volumeName: "synapse-pgsql15", containerPath: "/var/lib/postgresql/data" }]);
+        assert.ok(c.envs.includes("PGDATA=/var/lib/postgresql/data"));
+        assert.ok(c.envs.includes("POSTGRES_USER=synapse"));
+        assert.ok(c.envs.includes("POSTGRES_DB=synapse"));
+        assert.ok(c.envs.includes("POSTGRES_INITDB_ARGS=--encoding=UTF8 --locale=C"));
+    });
+
+    it("puts the container on the synapse network under the alias db, with nothing published", () => {
+        const c = plain(d, "pg15-container");
+        assert.deepEqual(c.networksAdvanced, [{ name: "synapse", aliases: ["db"] }]);
+        assert.deepEqual(c.ports, []);
+    });
+
+    it("passes the password only inside the secret env of the container", () => {
+        const c = d.byName("pg15-container");
+        assert.ok(isSecret(c.inputs.envs), "envs is a secret");
+        assert.ok(plain(d, "pg15-container").envs.includes("POSTGRES_PASSWORD=synapse-secret"));
+        for (const r of d.resources) {
+            if (r.name === "pg15-container") continue;
+            assert.ok(!JSON.stringify(unwrapSecrets(r.inputs)).includes("synapse-secret"), `${r.name} does not carry the password`);
+        }
+    });
+
+    it("stops PostgreSQL cleanly, is checked by pg_isready over TCP, and restarts unless stopped", () => {
+        const c = plain(d, "pg15-container");
+        assert.equal(c.stopSignal, "SIGINT");
+        assert.equal(c.destroyGraceSeconds, 120);
+        assert.equal(c.restart, "unless-stopped");
+        assert.equal(c.removeVolumes, false);
+        assert.equal(c.wait, true);
+        assert.deepEqual(c.healthcheck.tests, ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "synapse", "-d", "synapse"]);
+        assert.equal(d.byName("pg15-container").deleteBeforeReplace, true);
+    });
+
+    it("declares the serve step for synapse-pg15 after its container, re-run when the container changes", () => {
+        const s = d.byName("pg15-serve");
+        assert.equal(s.inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db`);
+        assert.deepEqual(s.inputs.triggers, ["pg15-container-id"]);
+        assert.deepEqual(short(s.dependencies), ["pg15-container"]);
+    });
+
+    it("outputs the active version, alias and container", () => {
+        assert.equal(d.outputs.activeVersion, "15");
+        assert.equal(d.outputs.hostAlias, "db");
+        assert.equal(d.outputs.backupFile, undefined);
+    });
+});
+
+describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
+    let before15: Declared;
+    let d: Declared;
+    before(async () => {
+        before15 = await declare(DEPLOY_15);
+        d = await declare(UPGRADE_17);
+    });
+
+    it("declares both clusters and the six upgrade steps", () => {
+        assert.deepEqual(d.names(), [
+            "pg15", "pg15-container", "pg15-data",
+            "pg17", "pg17-container", "pg17-data", "pg17-serve",
+            "upgrade-15-to-17", "upgrade-15-to-17-copy-config", "upgrade-15-to-17-cutover", "upgrade-15-to-17-dump",
+            "upgrade-15-to-17-preflight", "upgrade-15-to-17-restore", "upgrade-15-to-17-verify",
+        ]);
+    });
+
+    it("leaves the old container's inputs exactly as when it served, so entering the upgrade does not replace it", () => {
+        assert.deepEqual(d.byName("pg15-container").inputs, before15.byName("pg15-container").inputs);
+        assert.deepEqual(d.byName("pg15-data").inputs, before15.byName("pg15-data").inputs);
+    });
+
+    it("moves the serve step to 17: 15 has none while the upgrade is declared", () => {
+        assert.equal(d.find("pg15-serve"), undefined);
+        assert.equal(d.byName("pg17-serve").inputs.create, `${RUNNER} serve --container synapse-pg17 --network synapse --alias db`);
+    });
+
+    it("chains the steps: each depends on the one before, preflight on the old container and the new volume", () => {
+        const deps = (step: string) => short(d.byName(`upgrade-15-to-17-${step}`).dependencies);
+        assert.deepEqual(deps("preflight"), ["pg15-container", "pg17-data"]);
+        assert.ok(deps("dump").includes("upgrade-15-to-17-preflight"));
+        assert.ok(deps("restore").includes("upgrade-15-to-17-dump"));
+        assert.ok(deps("copy-config").includes("upgrade-15-to-17-restore"));
+        assert.ok(deps("verify").includes("upgrade-15-to-17-copy-config"));
+        assert.ok(deps("cutover").includes("upgrade-15-to-17-verify"));
+    });
+
+    it("creates the 17 container, with the alias, only after cutover (so never before verify)", () => {
+        const c = d.byName("pg17-container");
+        assert.ok(short(c.dependencies).includes("upgrade-15-to-17-cutover"));
+        assert.deepEqual(plain(d, "pg17-container").networksAdvanced, [{ name: "synapse", aliases: ["db"] }]);
+    });
+
+    it("runs the exact step commands", () => {
+        const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
+        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS}`);
+        assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --tool-image postgres:17-alpine`);
+        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17.sql`);
+        assert.equal(cmd("copy-config"), `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging`);
+        assert.equal(cmd("verify"), `${RUNNER} verify --old synapse-pg15 --new synapse-pg17-staging --login-user synapse --login-database synapse`);
+        assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17`);
+    });
+
+    it("gives the password to dump, restore and verify only as a secret environment variable", () => {
+        for (const step of ["dump", "restore", "verify"]) {
+            const env = d.byName(`upgrade-15-to-17-${step}`).inputs.environment;
+            // The SDK marks the whole environment map secret when a value in it is.
+            assert.ok(isSecret(env) || isSecret(env.SYNAPSE_PG_PASSWORD), `${step}'s password is secret`);
+            assert.equal(unwrapSecrets(env).SYNAPSE_PG_PASSWORD, "synapse-secret");
+        }
+        for (const step of ["preflight", "copy-config", "cutover"]) {
+            assert.equal(d.byName(`upgrade-15-to-17-${step}`).inputs.environment, undefined);
+        }
+        for (const r of d.resources) {
+            assert.ok(!String(r.inputs.create ?? "").includes("synapse-secret"), `${r.name}'s command line has no password`);
+        }
+    });
+
+    it("never re-runs a step that succeeded when its inputs change later (ignoreChanges)", () => {
+        for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"]) {
+            assert.deepEqual(d.byName(`upgrade-15-to-17-${step}`).ignoreChanges, ["create", "environment"]);
+        }
+    });
+
+    it("keeps both data volumes on delete", () => {
+        assert.equal(d.byName("pg15-data").retainOnDelete, true);
+        assert.equal(d.byName("pg17-data").retainOnDelete, true);
+        assert.equal(plain(d, "pg17-data").name, "synapse-pgsql17");
+    });
+
+    it("outputs the backup file and both containers", () => {
+        assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
+        assert.equal(d.outputs.activeVersion, "17");
+    });
+});
+
+describe("minor update 17.5 to 17.6 while the old cluster is kept", () => {
+    let at175: Declared;
+    let at176: Declared;
+    before(async () => {
+        at175 = await declare({ ...UPGRADE_17, version: "17.5" });
+        at176 = await declare({ ...UPGRADE_17, version: "17.6" });
+    });
+
+    it("replaces only the 17 container's image, on the same volume", () => {
+        assert.equal(plain(at175, "pg17-container").image, "postgres:17.5-alpine");
+        assert.equal(plain(at176, "pg17-container").image, "postgres:17.6-alpine");
+        const { image: _a, ...rest175 } = plain(at175, "pg17-container");
+        const { image: _b, ...rest176 } = plain(at176, "pg17-container");
+        assert.deepEqual(rest176, rest175);
+        assert.deepEqual(at176.byName("pg17-data").inputs, at175.byName("pg17-data").inputs);
+    });
+
+    it("declares no new step: the same upgrade steps, whose changed image is ignored, so no dump runs again", () => {
+        assert.deepEqual(at176.names(), at175.names());
+        assert.deepEqual(at176.byName("upgrade-15-to-17-dump").ignoreChanges, ["create", "environment"]);
+        assert.deepEqual(at176.byName("pg15-container").inputs, at175.byName("pg15-container").inputs);
+    });
+});
+
+describe("revert to 15 (the earlier config again)", () => {
+    it("declares exactly what the first deploy declared, so 17's container goes and its volume is kept", async () => {
+        const first = await declare(DEPLOY_15);
+        const reverted = await declare(DEPLOY_15);
+        const upgrading = await declare(UPGRADE_17);
+        assert.deepEqual(reverted.names(), first.names());
+        for (const name of reverted.names()) assert.deepEqual(reverted.byName(name).inputs, first.byName(name).inputs);
+        // The engine deletes what is no longer declared; the 17 volume was declared with retainOnDelete.
+        assert.equal(upgrading.byName("pg17-data").retainOnDelete, true);
+        assert.equal(reverted.find("pg17-data"), undefined);
+        // pg15-serve is declared anew, so pulumi up runs serve for 15 (it was absent during the upgrade).
+        assert.equal(upgrading.find("pg15-serve"), undefined);
+        assert.ok(reverted.find("pg15-serve"));
+    });
+});
+
+describe("retire 15 after a good upgrade (version 17, no upgradeFrom)", () => {
+    it("keeps 17's container and serve step unchanged and drops 15's container and the steps", async () => {
+        const upgrading = await declare(UPGRADE_17);
+        const retired = await declare({ version: "17", backupDir: BACKUPS });
+        assert.deepEqual(retired.names(), ["pg17", "pg17-container", "pg17-data", "pg17-serve"]);
+        for (const name of retired.names()) assert.deepEqual(retired.byName(name).inputs, upgrading.byName(name).inputs, name);
+        assert.equal(upgrading.byName("pg15-data").retainOnDelete, true, "15's volume stays in Docker");
+    });
+});
+
+describe("PostgreSQL 18 data layout", () => {
+    it("mounts the volume at /var/lib/postgresql with PGDATA at /var/lib/postgresql/18/docker", async () => {
+        const d = await declare({ version: "18", upgradeFrom: "17", backupDir: BACKUPS });
+        const c = plain(d, "pg18-container");
+        assert.deepEqual(c.volumes, [{ volumeName: "synapse-pgsql18", containerPath: "/var/lib/postgresql" }]);
+        assert.ok(c.envs.includes("PGDATA=/var/lib/postgresql/18/docker"));
+        assert.deepEqual(plain(d, "pg17-container").volumes, [{ volumeName: "synapse-pgsql17", containerPath: "/var/lib/postgresql/data" }]);
+    });
+});
+
+describe("host folders (postgres:dataRoot)", () => {
+    it("bind-mounts <dataRoot>/pgsql<major> as in the guide and declares no volume", async () => {
+        const d = await declare({ ...UPGRADE_17, dataRoot: "/srv/synapse" });
+        assert.equal(d.find("pg15-data"), undefined);
+        assert.equal(d.find("pg17-data"), undefined);
+        assert.deepEqual(plain(d, "pg15-container").volumes, [{ hostPath: "/srv/synapse/pgsql15", containerPath: "/var/lib/postgresql/data" }]);
+        assert.deepEqual(plain(d, "pg17-container").volumes, [{ hostPath: "/srv/synapse/pgsql17", containerPath: "/var/lib/postgresql/data" }]);
+        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --data \/srv\/synapse\/pgsql17 /);
+        assert.deepEqual(short(d.byName("upgrade-15-to-17-preflight").dependencies), ["pg15-container"]);
+    });
+});
+
+describe("published port and image options", () => {
+    it("publishes 5432 on 127.0.0.1 only", async () => {
+        const d = await declare({ version: "15", port: "25432" });
+        assert.deepEqual(plain(d, "pg15-container").ports, [{ internal: 5432, external: 25432, ip: "127.0.0.1" }]);
+    });
+
+    it("uses postgres:upgradeFromImage for the old cluster, e.g. pinned by digest", async () => {
+        const pinned = "postgres@sha256:" + "a".repeat(64);
+        const d = await declare({ ...UPGRADE_17, upgradeFromImage: pinned });
+        assert.equal(plain(d, "pg15-container").image, pinned);
+        assert.equal(plain(d, "pg17-container").image, "postgres:17-alpine");
+    });
+
+    it("fills {major} and {version} in the image template", async () => {
+        const d = await declare({ version: "17.6", image: "registry.local/pg:{major}-{version}" });
+        assert.equal(plain(d, "pg17-container").image, "registry.local/pg:17-17.6");
+    });
+});
+
+describe("bad stack config is refused before anything is declared", () => {
+    const cases: [string, Record<string, string>, string | null, string][] = [
+        ["a missing version", {}, "pw", "postgres:version is required: the major (17) or major.minor (17.6) that serves Synapse"],
+        ["a version that is not a number", { version: "latest" }, "pw", 'postgres:version is "latest" but must be a major like 17 or a major.minor like 17.6'],
+        ["a version Synapse does not support", { version: "13" }, "pw", 'postgres:version is "13" but must be 14 or newer: current Synapse refuses older PostgreSQL'],
+        ["upgradeFrom that is not a whole number", { version: "17", upgradeFrom: "15.4", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "15.4" but must be the old major as a whole number, like 15'],
+        ["upgradeFrom equal to version", { version: "17", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but the same major as postgres:version; a minor change needs no upgradeFrom: remove it'],
+        ["a downgrade", { version: "15", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but newer than postgres:version 15: a downgrade is not a revert; to go back, restore the earlier config (version 17, no upgradeFrom)'],
+        ["an upgrade without backupDir", { version: "17", upgradeFrom: "15" }, "pw", "postgres:backupDir is required while postgres:upgradeFrom is set: the host folder the dump is written to"],
+        ["a relative backupDir", { version: "17", upgradeFrom: "15", backupDir: "backups" }, "pw", 'postgres:backupDir is "backups" but must be an absolute host folder without spaces or colons, like /srv/synapse/backups'],
+        ["a relative dataRoot", { version: "15", dataRoot: "./data" }, "pw", 'postgres:dataRoot is "./data" but must be an absolute host folder without spaces or colons, like /srv/synapse'],
+        ["a port out of range", { version: "15", port: "70000" }, "pw", 'postgres:port is "70000" but must be a TCP port from 1 to 65535'],
+        ["a port that is not a number", { version: "15", port: "pg" }, "pw", 'postgres:port is "pg" but must be a TCP port number'],
+        ["a user name with capitals", { version: "15", user: "Synapse" }, "pw", 'postgres:user is "Synapse" but must be a lower-case PostgreSQL role name like synapse'],
+        ["a network name with a space", { version: "15", network: "my net" }, "pw", 'postgres:network is "my net" but must be a Docker network name like synapse_default'],
+        ["an alias with a slash", { version: "15", hostAlias: "db/x" }, "pw", 'postgres:hostAlias is "db/x" but must be a host name like db'],
+        ["an image with a space", { version: "15", image: "postgres 15" }, "pw", 'postgres:image is "postgres 15" but must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>'],
+        ["one pinned digest for two majors", { ...UPGRADE_17, image: "postgres@sha256:" + "b".repeat(64) }, "pw", "postgres:upgradeFromImage is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too"],
+        ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
+        ["an unknown key", { version: "15", upgradefrom: "14" }, "pw", "postgres:upgradefrom is not a setting of this program (a typo?)"],
+    ];
+    for (const [what, config, password, message] of cases) {
+        it(`refuses ${what}`, async () => {
+            await assert.rejects(declare(config, password), (err: Error) => {
+                assert.ok(err.message.startsWith("Invalid stack configuration:"), err.message);
+                assert.ok(err.message.includes(`  - ${message}`), `expected "${message}" in:\n${err.message}`);
+                return true;
+            });
+        });
+    }
+
+    it("lists every problem at once", async () => {
+        await assert.rejects(declare({ version: "x", port: "0" }), (err: Error) => {
+            assert.equal(err.message.split("\n  - ").length - 1, 2, err.message);
+            return true;
+        });
+    });
+});
