@@ -12,8 +12,11 @@ export interface Version {
 export interface StackConfig {
     /** The major (or major.minor) that serves Synapse. */
     version: Version;
-    /** The major being migrated from, while an upgrade is in progress or until the old cluster is retired. */
-    upgradeFrom?: number;
+    /**
+     * The version migrated from (major, or major.minor as it ran, so the old container is declared unchanged),
+     * while an upgrade is in progress or until the old cluster is retired.
+     */
+    upgradeFrom?: Version;
     /** Image template; `{version}` and `{major}` are filled per cluster. */
     image: string;
     /** Exact image for the old cluster (e.g. pinned by digest); default: the template with the old major. */
@@ -51,8 +54,8 @@ const schema = z
             .refine((v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= MIN_MAJOR, `must be ${MIN_MAJOR} or newer: current Synapse refuses older PostgreSQL`),
         upgradeFrom: z
             .string()
-            .regex(/^\d+$/, "must be the old major as a whole number, like 15")
-            .refine((v) => !/^\d+$/.test(v) || Number(v) >= 10, "must be 10 or newer (what this tool can dump and restore)")
+            .regex(/^\d+(\.\d+)?$/, "must be the version the old cluster runs, like 15 or 15.8")
+            .refine((v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= 10, "must be 10 or newer (what this tool can dump and restore)")
             .optional(),
         image: z.string().regex(imageRef, "must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>").default("postgres:{version}-alpine"),
         upgradeFromImage: z.string().regex(imageRef, "must be an image reference like postgres:15-alpine or postgres@sha256:<digest>").optional(),
@@ -72,8 +75,8 @@ const schema = z
     })
     .superRefine((c, ctx) => {
         const major = Number(c.version.split(".")[0]);
-        if (c.upgradeFrom !== undefined && /^\d+$/.test(c.upgradeFrom)) {
-            const from = Number(c.upgradeFrom);
+        if (c.upgradeFrom !== undefined && /^\d+(\.\d+)?$/.test(c.upgradeFrom)) {
+            const from = Number(c.upgradeFrom.split(".")[0]);
             if (from === major) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: `is the same major as postgres:version; a minor change needs no upgradeFrom: remove it` });
             } else if (from > major) {
@@ -115,7 +118,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
     const c = result.data!;
     return Object.freeze({
         version: { text: c.version, major: Number(c.version.split(".")[0]) },
-        upgradeFrom: c.upgradeFrom === undefined ? undefined : Number(c.upgradeFrom),
+        upgradeFrom: c.upgradeFrom === undefined ? undefined : { text: c.upgradeFrom, major: Number(c.upgradeFrom.split(".")[0]) },
         image: c.image,
         upgradeFromImage: c.upgradeFromImage,
         dataRoot: c.dataRoot,

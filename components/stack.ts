@@ -54,11 +54,11 @@ export function declareStack(cfg: StackConfig): StackOutputs {
         return { activeVersion: cfg.version.text, hostAlias: cfg.hostAlias, containers: [cluster.containerName] };
     }
 
-    const from = cfg.upgradeFrom;
+    const from = cfg.upgradeFrom.major;
     const old = new Cluster(`pg${from}`, {
         ...common,
         major: from,
-        image: cfg.upgradeFromImage ?? imageFor(cfg.image, String(from)),
+        image: cfg.upgradeFromImage ?? imageFor(cfg.image, cfg.upgradeFrom.text),
         containerName: clusterNames(cfg.containerPrefix, from).container,
         data: dataLocationOf(cfg, from),
         // Declared exactly as when it served, so entering the upgrade does not touch the running old container.

@@ -103,6 +103,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 dumpPath: str(f, "in"),
                 password: password(true)!,
             });
+            if (r.filtered?.attverOptionsDropped) {
+                out(`restore: dropped ${r.filtered.attverOptionsDropped} internal pg_attver column markers of the old server, which PostgreSQL ${str(f, "major")} does not accept.`);
+            }
             if (r.setAsideTo) out(`restore: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
             out(r.alreadyRestored
                 ? `restore: "${str(f, "container")}" already holds this dump (sha256 ${r.manifest.sha256}); nothing to do.`

@@ -38,12 +38,15 @@ export function mountArgument(data: DataLocation, major: number): string {
     return `${formatDataLocation(data)}:${dataLayout(major).mountTarget}`;
 }
 
-/** Names of the cluster of one major, in the guide's style: `synapse-pgsql15` volumes, `pgsql15` folders. */
+/**
+ * Names of the cluster of one major, in the guide's style: with the default prefix `synapse-pg`, container
+ * `synapse-pg15`, volume `synapse-pgsql15`, host folder `pgsql15`.
+ */
 export function clusterNames(prefix: string, major: number) {
     return {
         container: `${prefix}${major}`,
         staging: `${prefix}${major}-staging`,
-        volume: `synapse-pgsql${major}`,
+        volume: `${prefix}sql${major}`,
         folder: `pgsql${major}`,
     };
 }

@@ -3,9 +3,9 @@
 // serving container of the new major is declared by Pulumi and created only after verify and cutover.
 // A failed or interrupted restore is thrown away and redone: it only ever held a copy of the old data.
 import { createReadStream } from "node:fs";
-import { Transform } from "node:stream";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
-import { inspectContainer, MANAGED_LABEL, quoteIdent, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { DumpFilter, FilterCounts } from "./dump-filter";
+import { inspectContainer, MANAGED_LABEL, removeContainer, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, ProcessError } from "./process";
 import { Progress } from "./progress";
@@ -29,6 +29,8 @@ export interface RestoreInput {
 
 export interface RestoreResult {
     alreadyRestored: boolean;
+    /** What the dump filter changed. */
+    filtered?: FilterCounts;
     setAsideTo?: string;
     manifest: DumpManifest;
 }
@@ -83,12 +85,12 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     };
     await writeMarkerIn(input.container, superuser, marker);
 
-    await loadDump(input, manifest);
+    const filtered = await loadDump(input, manifest);
     // pg_dumpall carries no planner statistics: without this Synapse's first queries on the new cluster crawl.
     await run("docker", ["exec", input.container, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
     marker = advanceMarker(marker, "restored");
     await writeMarkerIn(input.container, superuser, marker);
-    return { alreadyRestored: false, setAsideTo, manifest };
+    return { alreadyRestored: false, setAsideTo, manifest, filtered };
 }
 
 async function startStaging(input: RestoreInput, manifest: DumpManifest): Promise<void> {
@@ -119,32 +121,20 @@ async function startStaging(input: RestoreInput, manifest: DumpManifest): Promis
 
 /**
  * Streams the dump into psql with ON_ERROR_STOP, so the first error ends the restore instead of leaving a
- * half-loaded database. The only line removed is the CREATE ROLE of the bootstrap superuser, which the image
- * already created (the guide's `role "synapse" already exists`); its ALTER ROLE, with the password hash, stays.
+ * half-loaded database. DumpFilter removes what the new cluster cannot take (see dump-filter.ts).
  */
-async function loadDump(input: RestoreInput, manifest: DumpManifest): Promise<void> {
+async function loadDump(input: RestoreInput, manifest: DumpManifest): Promise<FilterCounts> {
     const su = manifest.source.superuser;
-    const skip = new Set([`CREATE ROLE ${quoteIdent(su)};`, `CREATE ROLE "${su.replace(/"/g, '""')}";`]);
     const progress = new Progress("restore", manifest.bytes);
-    let carry = "";
     let bytes = 0;
-    const filter = new Transform({
-        transform(chunk: Buffer, _enc, done) {
-            bytes += chunk.length;
-            progress.update(bytes);
-            const lines = (carry + chunk.toString("utf8")).split("\n");
-            carry = lines.pop() ?? "";
-            done(null, lines.filter((l) => !skip.has(l)).map((l) => l + "\n").join(""));
-        },
-        flush(done) {
-            done(null, skip.has(carry) ? "" : carry);
-        },
-    });
+    const source = createReadStream(input.dumpPath);
+    source.on("data", (chunk) => progress.update((bytes += chunk.length)));
+    const filter = new DumpFilter(su);
     try {
         await run(
             "docker",
             ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", su, "-d", "postgres", "-o", "/dev/null"],
-            { stdin: createReadStream(input.dumpPath).pipe(filter) },
+            { stdin: source.pipe(filter) },
         );
     } catch (err) {
         if (err instanceof ProcessError) {
@@ -155,4 +145,5 @@ async function loadDump(input: RestoreInput, manifest: DumpManifest): Promise<vo
         throw err;
     }
     progress.done(bytes);
+    return filter.counts;
 }

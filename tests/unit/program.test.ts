@@ -256,6 +256,19 @@ describe("published port and image options", () => {
         assert.equal(plain(d, "pg17-container").image, "postgres:17-alpine");
     });
 
+    it("declares the old container unchanged when upgradeFrom names the minor it ran (17.6 to 18)", async () => {
+        const serving = await declare({ version: "17.6" });
+        const upgrading = await declare({ version: "18", upgradeFrom: "17.6", backupDir: BACKUPS });
+        assert.deepEqual(upgrading.byName("pg17-container").inputs, serving.byName("pg17-container").inputs);
+        assert.equal(plain(upgrading, "pg17-container").image, "postgres:17.6-alpine");
+    });
+
+    it("names volumes after the container prefix", async () => {
+        const d = await declare({ version: "15", containerPrefix: "chat-pg" });
+        assert.equal(plain(d, "pg15-data").name, "chat-pgsql15");
+        assert.equal(plain(d, "pg15-container").name, "chat-pg15");
+    });
+
     it("fills {major} and {version} in the image template", async () => {
         const d = await declare({ version: "17.6", image: "registry.local/pg:{major}-{version}" });
         assert.equal(plain(d, "pg17-container").image, "registry.local/pg:17-17.6");
@@ -267,7 +280,8 @@ describe("bad stack config is refused before anything is declared", () => {
         ["a missing version", {}, "pw", "postgres:version is required: the major (17) or major.minor (17.6) that serves Synapse"],
         ["a version that is not a number", { version: "latest" }, "pw", 'postgres:version is "latest" but must be a major like 17 or a major.minor like 17.6'],
         ["a version Synapse does not support", { version: "13" }, "pw", 'postgres:version is "13" but must be 14 or newer: current Synapse refuses older PostgreSQL'],
-        ["upgradeFrom that is not a whole number", { version: "17", upgradeFrom: "15.4", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "15.4" but must be the old major as a whole number, like 15'],
+        ["upgradeFrom that is not a version", { version: "17", upgradeFrom: "fifteen", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "fifteen" but must be the version the old cluster runs, like 15 or 15.8'],
+        ["upgradeFrom older than this tool handles", { version: "17", upgradeFrom: "9", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "9" but must be 10 or newer (what this tool can dump and restore)'],
         ["upgradeFrom equal to version", { version: "17", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but the same major as postgres:version; a minor change needs no upgradeFrom: remove it'],
         ["a downgrade", { version: "15", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but newer than postgres:version 15: a downgrade is not a revert; to go back, restore the earlier config (version 17, no upgradeFrom)'],
         ["an upgrade without backupDir", { version: "17", upgradeFrom: "15" }, "pw", "postgres:backupDir is required while postgres:upgradeFrom is set: the host folder the dump is written to"],

@@ -1,0 +1,195 @@
+// Applies what the program declares (recorded under mocks) to the real Docker engine the way `pulumi up` would,
+// because no Pulumi engine or provider can run on this machine. It keeps a small state of what it created and:
+// - creates declared resources in dependency order, and stops at the first failure (nothing after it runs);
+// - for a container whose replacement-forcing inputs changed, deletes the old one first (deleteBeforeReplace)
+//   and creates the new one; a command whose triggers changed is replaced (its create runs again); a command
+//   whose other inputs changed runs create again unless those inputs are in ignoreChanges;
+// - after that, deletes what the config no longer declares, dependents first: a container is stopped with its
+//   stop signal and grace period and removed (anonymous volumes kept, as removeVolumes=false), a volume with
+//   retainOnDelete is only forgotten, a command without a delete command runs nothing.
+//
+// Container inputs that force replacement in the Docker provider (5.x, bridged from Terraform's docker provider):
+// name, image, envs, volumes, mounts, ports, networksAdvanced (aliases too), labels, healthcheck, stopSignal,
+// command, entrypoint, and most others. Updated in place: restart, resource limits, destroyGraceSeconds, wait,
+// waitTimeout, removeVolumes, mustRun. Without `pulumi refresh` nothing is read back: a container stopped by a
+// step stays stopped until something declares a change.
+import { spawn } from "node:child_process";
+import * as path from "node:path";
+import { run } from "../../runner/process";
+import { Declared, DeclaredResource, unwrapSecrets } from "../fixtures/pulumi-graph";
+
+const IN_PLACE_CONTAINER_INPUTS = new Set(["restart", "destroyGraceSeconds", "wait", "waitTimeout", "removeVolumes", "mustRun"]);
+export const REPO = path.resolve(__dirname, "../..");
+
+interface Applied {
+    type: string;
+    inputs: Record<string, any>;
+    retainOnDelete: boolean;
+    dependencies: string[];
+    urn: string;
+}
+
+export interface CommandRun {
+    name: string;
+    command: string;
+    stdout: string;
+    stderr: string;
+}
+
+export class Applier {
+    /** What exists, by resource name: the applier's "state file". */
+    readonly state = new Map<string, Applied>();
+    /** Every command run, in order, for the test's assertions. */
+    readonly commandRuns: CommandRun[] = [];
+    /** The mocks give every resource the id "<name>-id"; the engine would pass the real one (a new container's
+     * new id re-triggers the serve step). */
+    private readonly realIds = new Map<string, string>();
+
+    /** `afterCommand` is called after each successful command (the tests run every step a second time there). */
+    constructor(private readonly afterCommand?: (r: DeclaredResource, env: Record<string, string>) => Promise<void>) {}
+
+    async up(declared: Declared): Promise<void> {
+        const plain = declared.resources.map((r) => ({ ...r, inputs: unwrapSecrets(r.inputs) }));
+        for (const declaredResource of topologicalOrder(plain)) {
+            if (!declaredResource.custom) continue;
+            const r = { ...declaredResource, inputs: this.withRealIds(declaredResource.inputs) };
+            const prior = this.state.get(r.name);
+            if (r.type === "docker:index/volume:Volume") await this.volume(r, prior);
+            else if (r.type === "docker:index/container:Container") await this.container(r, prior);
+            else if (r.type === "command:local:Command") await this.command(r, prior);
+            else throw new Error(`the applier does not know ${r.type}`);
+        }
+        const declaredNames = new Set(plain.map((r) => r.name));
+        const gone = [...this.state.entries()].filter(([name]) => !declaredNames.has(name));
+        // Dependents first: reverse of the order they were created in (the map keeps insertion order).
+        for (const [name, applied] of gone.reverse()) {
+            await this.delete(name, applied);
+            this.state.delete(name);
+        }
+    }
+
+    private withRealIds(inputs: Record<string, any>): Record<string, any> {
+        return JSON.parse(JSON.stringify(inputs), (_k, v) => (typeof v === "string" && this.realIds.has(v) ? this.realIds.get(v) : v));
+    }
+
+    private remember(r: DeclaredResource): void {
+        this.state.delete(r.name);
+        this.state.set(r.name, { type: r.type, inputs: r.inputs, retainOnDelete: r.retainOnDelete, dependencies: r.dependencies, urn: r.urn });
+    }
+
+    private async volume(r: DeclaredResource, prior?: Applied): Promise<void> {
+        if (prior && same(prior.inputs, r.inputs)) return this.remember(r);
+        if (prior) throw new Error(`volume ${r.name} would be replaced; the program never does that`);
+        const args = ["volume", "create"];
+        for (const l of r.inputs.labels ?? []) args.push("--label", `${l.label}=${l.value}`);
+        await run("docker", [...args, r.inputs.name]);
+        this.remember(r);
+    }
+
+    private async container(r: DeclaredResource, prior?: Applied): Promise<void> {
+        if (prior) {
+            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !same(prior.inputs[k], r.inputs[k]));
+            if (changed.every((k) => IN_PLACE_CONTAINER_INPUTS.has(k))) return this.remember(r);
+            await this.delete(r.name, prior); // deleteBeforeReplace
+        }
+        const i = r.inputs;
+        const args = ["run", "-d", "--name", i.name];
+        for (const e of i.envs ?? []) args.push("-e", e);
+        for (const v of i.volumes ?? []) args.push("-v", `${v.volumeName ?? v.hostPath}:${v.containerPath}`);
+        for (const [n, net] of (i.networksAdvanced ?? []).entries()) {
+            if (n > 0) throw new Error("the applier attaches one network per container");
+            args.push("--network", net.name);
+            for (const a of net.aliases ?? []) args.push("--network-alias", a);
+        }
+        for (const p of i.ports ?? []) args.push("-p", `${p.ip}:${p.external}:${p.internal}`);
+        for (const l of i.labels ?? []) args.push("--label", `${l.label}=${l.value}`);
+        if (i.healthcheck) {
+            const [kind, ...cmd] = i.healthcheck.tests;
+            if (kind !== "CMD") throw new Error(`healthcheck kind ${kind}`);
+            args.push("--health-cmd", cmd.join(" "), "--health-interval", i.healthcheck.interval, "--health-timeout", i.healthcheck.timeout,
+                "--health-retries", String(i.healthcheck.retries), "--health-start-period", i.healthcheck.startPeriod);
+        }
+        if (i.restart) args.push("--restart", i.restart);
+        if (i.stopSignal) args.push("--stop-signal", i.stopSignal);
+        const { stdout: id } = await run("docker", [...args, i.image]);
+        this.realIds.set(`${r.name}-id`, id.trim());
+        if (i.wait) await waitHealthy(i.name, i.waitTimeout ?? 60);
+        this.remember(r);
+    }
+
+    private async command(r: DeclaredResource, prior?: Applied): Promise<void> {
+        if (prior) {
+            const ignored = new Set(r.ignoreChanges);
+            const triggersChanged = !same(prior.inputs.triggers, r.inputs.triggers);
+            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !ignored.has(k) && !same(prior.inputs[k], r.inputs[k]));
+            if (!triggersChanged && changed.length === 0) return this.remember(r);
+        }
+        const env = r.inputs.environment ?? {};
+        const { stdout, stderr } = await runShell(r.inputs.create, env);
+        this.commandRuns.push({ name: r.name, command: r.inputs.create, stdout, stderr });
+        this.remember(r);
+        if (this.afterCommand) await this.afterCommand(r, env);
+    }
+
+    private async delete(name: string, applied: Applied): Promise<void> {
+        if (applied.type === "docker:index/container:Container") {
+            const i = applied.inputs;
+            await run("docker", ["stop", "--signal", i.stopSignal ?? "SIGTERM", "--time", String(i.destroyGraceSeconds ?? 0), i.name]).catch(() => undefined);
+            await run("docker", ["rm", "--force", ...(i.removeVolumes === false ? [] : ["--volumes"]), i.name]);
+        } else if (applied.type === "docker:index/volume:Volume") {
+            if (!applied.retainOnDelete) await run("docker", ["volume", "rm", "--force", applied.inputs.name]);
+        } else if (applied.type === "command:local:Command") {
+            if (applied.inputs.delete) await runShell(applied.inputs.delete, applied.inputs.environment ?? {});
+        }
+    }
+}
+
+function same(a: unknown, b: unknown): boolean {
+    return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Dependencies before dependents; among independent resources, the order the program declared them. */
+function topologicalOrder(resources: DeclaredResource[]): DeclaredResource[] {
+    const byUrn = new Map(resources.map((r) => [r.urn, r]));
+    const done = new Set<string>();
+    const out: DeclaredResource[] = [];
+    const visit = (r: DeclaredResource, path: string[]) => {
+        if (done.has(r.urn)) return;
+        if (path.includes(r.urn)) throw new Error(`dependency cycle through ${r.name}`);
+        for (const d of r.dependencies) {
+            const dep = byUrn.get(d);
+            if (dep) visit(dep, [...path, r.urn]);
+        }
+        // A parent (component) comes before its children, as the engine registers it first.
+        done.add(r.urn);
+        out.push(r);
+    };
+    for (const r of resources) visit(r, []);
+    return out;
+}
+
+/** Runs a command resource's command the way @pulumi/command's local.Command does: /bin/sh -c, in the project dir. */
+export function runShell(command: string, env: Record<string, string>): Promise<{ stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+        const child = spawn("/bin/sh", ["-c", command], { cwd: REPO, env: { ...process.env, ...env } });
+        let stdout = "";
+        let stderr = "";
+        child.stdout.on("data", (d) => (stdout += d));
+        child.stderr.on("data", (d) => (stderr += d));
+        child.on("error", reject);
+        child.on("close", (code) => {
+            if (code === 0) resolve({ stdout, stderr });
+            else reject(Object.assign(new Error(`command failed (${code}): ${command}\n${stderr.trim()}`), { stdout, stderr, code }));
+        });
+    });
+}
+
+async function waitHealthy(container: string, timeoutSeconds: number): Promise<void> {
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    while (Date.now() < deadline) {
+        const { stdout } = await run("docker", ["inspect", "-f", "{{.State.Health.Status}}", container]);
+        if (stdout.trim() === "healthy") return;
+        await new Promise((r) => setTimeout(r, 500));
+    }
+    throw new Error(`container ${container} was not healthy within ${timeoutSeconds} s`);
+}

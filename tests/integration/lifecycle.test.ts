@@ -1,0 +1,152 @@
+// The whole lifecycle on real PostgreSQL in real containers: the program is evaluated under mocks for each stack
+// config and what it declares is applied to Docker (applier.ts), running the exact step commands `pulumi up` would.
+// 15 -> 17 (each step run twice), minor update, revert to 15, upgrade again over the reverted 17, retire 15,
+// 17 -> 18 with the 18+ layout. The data is compared with the tests' own snapshot, not with the verify step.
+import { strict as assert } from "node:assert";
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { run } from "../../runner/process";
+import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
+import { seedSynapse } from "../fixtures/seed";
+import { ClusterSnapshot, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
+import { Applier, runShell } from "./applier";
+import { containerState, removeTestResources, requireDockerAndImages, tagImage, TEST_IMAGE, volumeExists, volumesNamed } from "./docker-env";
+
+const PREFIX = "sptest-life-";
+const PASSWORD = "Synapse-Pässword-🔒-1";
+const PORT = 25432;
+
+describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade again, retire, 17 -> 18", function () {
+    this.timeout(15 * 60 * 1000);
+    let backups: string;
+    let base: Record<string, string>;
+    let original: ClusterSnapshot;
+    const reruns: string[] = [];
+    const login = { port: PORT, user: "synapse", password: PASSWORD };
+
+    // Every step command runs a second time right after it succeeded, as a person re-running it by hand would.
+    const applier = new Applier(async (r: DeclaredResource, env) => {
+        const again = await runShell(r.inputs.create, env);
+        reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
+    });
+
+    before(async () => {
+        await requireDockerAndImages([15, 17, 18]);
+        await removeTestResources(PREFIX);
+        await tagImage(`${TEST_IMAGE}:17`, `${TEST_IMAGE}:17.5`);
+        await tagImage(`${TEST_IMAGE}:17`, `${TEST_IMAGE}:17.6`);
+        await run("docker", ["network", "create", `${PREFIX}net`]);
+        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-backups-"));
+        base = {
+            image: `${TEST_IMAGE}:{version}`,
+            network: `${PREFIX}net`,
+            hostAlias: "db",
+            containerPrefix: `${PREFIX}pg`,
+            port: String(PORT),
+            backupDir: backups,
+            // What Synapse's docs give for a compose deployment: UTF8 with C collation.
+            initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+        };
+    });
+
+    after(async () => {
+        await removeTestResources(PREFIX);
+        if (backups) await fs.rm(backups, { recursive: true, force: true });
+    });
+
+    const up = async (config: Record<string, string>) => {
+        reruns.length = 0;
+        await applier.up(await declare({ ...base, ...config }, PASSWORD));
+    };
+    const commandsRun = (since: number) => applier.commandRuns.slice(since).map((c) => c.name);
+
+    it("deploys 15 and serves it as db, reachable with the password on 127.0.0.1", async () => {
+        await up({ version: "15" });
+        assert.equal(await containerState(`${PREFIX}pg15`), "running");
+        await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 8, seed: 7 });
+        original = await snapshotCluster(login);
+        assert.match(original.version, /^15\./);
+        const { tables, rows } = countRows(original);
+        assert.ok(tables > 130 && rows > 5000, `seeded ${tables} tables, ${rows} rows`);
+        assert.ok(original.roles.matrix_reporting, "the second role exists");
+        assert.ok(original.databases.synapse_archive, "the second database exists");
+    });
+
+    it("upgrades 15 -> 17: the steps run in order, each twice, and 17 serves the same data", async () => {
+        const mark = applier.commandRuns.length;
+        await up({ version: "17.5", upgradeFrom: "15" });
+        assert.deepEqual(commandsRun(mark), [
+            "upgrade-15-to-17-preflight", "upgrade-15-to-17-dump", "upgrade-15-to-17-restore",
+            "upgrade-15-to-17-copy-config", "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve",
+        ]);
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        const { tables, rows } = countRows(after);
+        console.log(`      upgrade path 15->17: ${tables} tables, ${rows} rows, ${Object.keys(after.sequences).length} sequences, ${Object.keys(after.roles).length} roles compared row for row`);
+        assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "the old cluster is stopped, not removed");
+        assert.equal(await containerState(`${PREFIX}pg17-staging`), "absent");
+        assert.ok(await volumeExists(`${PREFIX}pgsql15`));
+        // The second runs: each succeeded and said so.
+        const rerun = (step: string) => reruns.find((r) => r.startsWith(`upgrade-15-to-17-${step}:`)) ?? "";
+        assert.match(rerun("restore"), /already holds this dump .*nothing to do/);
+        assert.match(rerun("copy-config"), /already in place; nothing to do/);
+        assert.match(rerun("cutover"), /already switched; nothing to do/);
+        assert.match(reruns.find((r) => r.startsWith("pg17-serve:")) ?? "", /already running/);
+        const dump = await fs.stat(path.join(backups, "upgrade-15-to-17.sql"));
+        assert.equal(dump.mode & 0o777, 0o600, "the dump is readable by its owner only");
+    });
+
+    it("a minor update 17.5 -> 17.6 replaces only the container, on the same data, with no dump", async () => {
+        const mark = applier.commandRuns.length;
+        await up({ version: "17.6", upgradeFrom: "15" });
+        assert.deepEqual(commandsRun(mark), ["pg17-serve"]);
+        const { stdout } = await run("docker", ["inspect", "-f", "{{.Config.Image}}", `${PREFIX}pg17`]);
+        assert.equal(stdout.trim(), `${TEST_IMAGE}:17.6`);
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
+    });
+
+    it("reverts to 15 by the earlier config: the old cluster serves exactly the data it had", async () => {
+        await up({ version: "15" });
+        const reverted = await snapshotCluster(login);
+        assert.deepEqual(reverted, original, "same version, same data, same roles and sequences as before the upgrade");
+        assert.equal(await containerState(`${PREFIX}pg17`), "absent");
+        assert.ok(await volumeExists(`${PREFIX}pgsql17`), "the 17 data is kept after the revert");
+    });
+
+    it("upgrades again: the reverted 17 cluster, which served, is kept aside, and 17 serves the 15 data", async () => {
+        const mark = applier.commandRuns.length;
+        await up({ version: "17.6", upgradeFrom: "15" });
+        const restore = applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-restore")!;
+        assert.match(restore.stdout, new RegExp(`was kept at ${PREFIX}pgsql17-reverted-\\d{8}T\\d{6}`));
+        const aside = (await volumesNamed(`${PREFIX}pgsql17-reverted-`))[0];
+        const kept = await run("docker", ["run", "--rm", "-v", `${aside}:/d`, "--entrypoint", "cat", `${TEST_IMAGE}:17`, "/d/PG_VERSION"]);
+        assert.equal(kept.stdout.trim(), "17");
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+    });
+
+    it("retires 15: its container goes, its volume stays, 17 keeps serving untouched", async () => {
+        const mark = applier.commandRuns.length;
+        await up({ version: "17.6" });
+        assert.deepEqual(commandsRun(mark), []);
+        assert.equal(await containerState(`${PREFIX}pg15`), "absent");
+        assert.ok(await volumeExists(`${PREFIX}pgsql15`));
+        assert.equal(await containerState(`${PREFIX}pg17`), "running");
+    });
+
+    it("upgrades 17 -> 18 into the 18+ layout (volume at /var/lib/postgresql, PGDATA below it)", async () => {
+        await up({ version: "18", upgradeFrom: "17.6" });
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^18\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        const { tables, rows } = countRows(after);
+        console.log(`      upgrade path 17->18: ${tables} tables, ${rows} rows compared row for row`);
+        const { stdout } = await run("docker", ["inspect", "-f", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}};{{end}}", `${PREFIX}pg18`]);
+        assert.equal(stdout.trim(), `volume ${PREFIX}pgsql18 /var/lib/postgresql;`, "one mount, the named volume, no anonymous volume");
+        const pgdata = await run("docker", ["exec", `${PREFIX}pg18`, "cat", "/var/lib/postgresql/18/docker/PG_VERSION"]);
+        assert.equal(pgdata.stdout.trim(), "18");
+    });
+});
