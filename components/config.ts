@@ -2,6 +2,7 @@
 // Every error names the key, the value given and what would be accepted; all errors are reported together.
 import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
+import { DumpMethod } from "../runner/dump";
 
 export interface Version {
     /** As given: "17" or "17.6"; it fills `{version}` in the image template. */
@@ -29,6 +30,8 @@ export interface StackConfig {
     hostAlias: string;
     /** Host folder for dumps; required while upgradeFrom is set. */
     backupDir?: string;
+    /** How the dump is made and restored: directory (parallel, default) or dumpall (the guide's single script). */
+    method: DumpMethod;
     /** Publish 5432 of the serving cluster on 127.0.0.1:<port> (never on other addresses). */
     port?: number;
     /** Container names are `<prefix><major>`. */
@@ -65,6 +68,7 @@ const schema = z
         network: z.string().regex(dockerName, "must be a Docker network name like synapse_default").default("synapse"),
         hostAlias: z.string().regex(dockerName, "must be a host name like db").default("db"),
         backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
+        method: z.enum(["directory", "dumpall"], { errorMap: () => ({ message: "must be directory (the fast default) or dumpall (the guide's single script)" }) }).default("directory"),
         port: z
             .string()
             .regex(/^\d+$/, "must be a TCP port number")
@@ -127,6 +131,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         network: c.network,
         hostAlias: c.hostAlias,
         backupDir: c.backupDir,
+        method: c.method,
         port: c.port === undefined ? undefined : Number(c.port),
         containerPrefix: c.containerPrefix,
         initdbArgs: c.initdbArgs,

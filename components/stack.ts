@@ -87,6 +87,7 @@ export function declareStack(cfg: StackConfig): StackOutputs {
         toData: dataLocationOf(cfg, target),
         stagingContainer: names.staging,
         backupDir: cfg.backupDir!,
+        method: cfg.method,
         loginUser: cfg.user,
         loginDatabase: cfg.database,
         password: cfg.password,

@@ -3,6 +3,7 @@
 // depends on the cutover (see stack.ts), so it never takes the alias before verify has passed.
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
+import { dumpPathOf, DumpMethod } from "../runner/dump";
 import { DataLocation, formatDataLocation } from "../runner/layout";
 import { stepCommand } from "./command-line";
 
@@ -15,8 +16,9 @@ export interface MajorUpgradeArgs {
     toData: DataLocation;
     /** The staging container the restore creates and cutover removes. */
     stagingContainer: string;
-    /** Host folder for the dump. */
+    /** Host folder for the dump, and how it is made (directory: parallel, the default; dumpall: the guide's). */
     backupDir: string;
+    method: DumpMethod;
     /** The role and database Synapse logs in with, checked by verify with the password. */
     loginUser: pulumi.Input<string>;
     loginDatabase: pulumi.Input<string>;
@@ -37,7 +39,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
     constructor(name: string, args: MajorUpgradeArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:MajorUpgrade", name, {}, opts);
         const dumpName = `${name}`;
-        this.backupFile = `${args.backupDir}/${dumpName}.sql`;
+        this.backupFile = dumpPathOf(args.backupDir, dumpName, args.method);
         const data = formatDataLocation(args.toData);
         const secretEnv = { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) };
 
@@ -50,7 +52,9 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             },
             dump: {
                 // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.
-                create: stepCommand("dump", { container: args.fromContainer, out: args.backupDir, name: dumpName, "tool-image": args.toImage }),
+                create: stepCommand("dump", {
+                    container: args.fromContainer, out: args.backupDir, name: dumpName, method: args.method, "tool-image": args.toImage,
+                }),
                 environment: secretEnv,
             },
             restore: {

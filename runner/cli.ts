@@ -3,7 +3,7 @@
 // exit 1. Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
 import { copyConfig } from "./copy-config";
 import { cutover } from "./cutover";
-import { dumpCluster, formatBytes } from "./dump";
+import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "./dump";
 import { parseDataLocation } from "./layout";
 import { preflight } from "./preflight";
 import { ProcessError } from "./process";
@@ -70,14 +70,18 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         flags: {
             container: "the old cluster's container",
             out: "the backup folder",
-            "name?": "the file name without .sql (default: the container's name)",
-            "tool-image?": "image whose pg_dumpall to use (default: the old container's)",
+            "name?": "the dump's name, without extension (default: the container's name)",
+            "method?": "directory (default: pg_dump -Fd per database, restored in parallel) or dumpall (one pg_dumpall script, the guide's)",
+            "tool-image?": "image whose pg_dump to use (default: the old container's)",
         },
         async run(f, out) {
+            const method = (f.method ?? "directory") as DumpMethod;
+            if (!DUMP_METHODS.includes(method)) throw new StepError(`--method must be ${DUMP_METHODS.join(" or ")}, not "${method}".`);
             const r = await dumpCluster({
                 container: str(f, "container"),
                 outDir: str(f, "out"),
                 name: f.name as string | undefined,
+                method,
                 toolImage: f["tool-image"] as string | undefined,
                 password: password(false),
             });
@@ -92,7 +96,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             image: "the new major's image",
             data: "the new cluster's volume name or absolute host folder",
             major: "the new major",
-            in: "the dump file written by the dump step",
+            in: "the dump written by the dump step (<name>.sql or the <name> folder)",
         },
         async run(f, out) {
             const r = await restoreCluster({

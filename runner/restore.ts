@@ -3,9 +3,10 @@
 // serving container of the new major is declared by Pulumi and created only after verify and cutover.
 // A failed or interrupted restore is thrown away and redone: it only ever held a copy of the old data.
 import { createReadStream } from "node:fs";
+import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { inspectContainer, MANAGED_LABEL, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { inspectContainer, MANAGED_LABEL, query, removeContainer, runWithData, startContainer, stopContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, ProcessError } from "./process";
 import { Progress } from "./progress";
@@ -72,7 +73,10 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     await requireUnused(input.data);
     if (!target.isEmpty && !setAsideTo) await emptyTarget(input.data, input.major, input.image);
 
-    await startStaging(input, manifest);
+    // Restore-only settings while loading (no fsync, no full-page writes, minimal WAL, no autovacuum, large
+    // maintenance memory). Safe because a failed or interrupted restore is thrown away and redone from the dump,
+    // and the old cluster is never touched; the server is restarted with normal settings before verify.
+    await startStaging(input, manifest, RESTORE_ONLY_SETTINGS);
     await waitUntilAccepting(input.container, superuser);
     const now = new Date().toISOString();
     let marker: Marker = {
@@ -85,15 +89,30 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     };
     await writeMarkerIn(input.container, superuser, marker);
 
-    const filtered = await loadDump(input, manifest);
-    // pg_dumpall carries no planner statistics: without this Synapse's first queries on the new cluster crawl.
+    const filtered = manifest.method === "dumpall" ? await loadScript(input, manifest) : await loadDirectory(input, manifest);
+    // A dump carries no planner statistics: without this Synapse's first queries on the new cluster crawl.
     await run("docker", ["exec", input.container, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+
+    // Back to normal settings: a clean stop writes everything out; sync makes it durable although fsync was off;
+    // the staging container is then recreated, on the same data, without the restore-only settings.
+    await stopContainer(input.container);
+    await runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["sync"]);
+    await removeContainer(input.container);
+    await startStaging(input, manifest, []);
+    await waitUntilAccepting(input.container, superuser);
     marker = advanceMarker(marker, "restored");
     await writeMarkerIn(input.container, superuser, marker);
     return { alreadyRestored: false, setAsideTo, manifest, filtered };
 }
 
-async function startStaging(input: RestoreInput, manifest: DumpManifest): Promise<void> {
+/** Server settings for the load only (see restoreCluster). wal_level=minimal needs max_wal_senders=0. */
+export const RESTORE_ONLY_SETTINGS = [
+    "fsync=off", "full_page_writes=off", "synchronous_commit=off", "wal_level=minimal", "max_wal_senders=0",
+    "archive_mode=off", "autovacuum=off", "maintenance_work_mem=512MB", "max_wal_size=16GB", "checkpoint_timeout=1h",
+    "max_parallel_maintenance_workers=2",
+];
+
+async function startStaging(input: RestoreInput, manifest: DumpManifest, settings: string[]): Promise<void> {
     const t = manifest.template1;
     // The new cluster gets the old one's template1 locale, so postgres and template1 match too; the databases
     // themselves are created by the dump with their own encoding and locale.
@@ -113,17 +132,36 @@ async function startStaging(input: RestoreInput, manifest: DumpManifest): Promis
             "-e", `PGDATA=${dataLayout(input.major).pgdata}`,
             "--shm-size", "256m",
             "-v", mountArgument(input.data, input.major),
+            // The dump, read-only, for pg_restore inside the container.
+            "-v", `${path.resolve(input.dumpPath)}:${DUMP_MOUNT}:ro`,
             input.image,
+            "postgres", ...settings.flatMap((s) => ["-c", s]),
         ],
         { env: { POSTGRES_PASSWORD: input.password } },
     );
 }
 
+const DUMP_MOUNT = "/dump";
+
+function psqlArgs(input: RestoreInput, superuser: string, database: string): string[] {
+    return ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", database, "-o", "/dev/null"];
+}
+
+/** Turns a failed load into the step's one sentence; the old cluster is never involved in a restore. */
+function restoreFailed(input: RestoreInput, what: string, err: unknown): never {
+    if (err instanceof ProcessError) {
+        throw new StepError(
+            `The restore into "${input.container}" stopped at an error in ${what}; the old cluster is unchanged and the next run starts the restore again: ${err.stderrTail}`,
+        );
+    }
+    throw err;
+}
+
 /**
- * Streams the dump into psql with ON_ERROR_STOP, so the first error ends the restore instead of leaving a
- * half-loaded database. DumpFilter removes what the new cluster cannot take (see dump-filter.ts).
+ * method dumpall: streams the script into psql with ON_ERROR_STOP, so the first error ends the restore instead of
+ * leaving a half-loaded database. DumpFilter removes what the new cluster cannot take (see dump-filter.ts).
  */
-async function loadDump(input: RestoreInput, manifest: DumpManifest): Promise<FilterCounts> {
+async function loadScript(input: RestoreInput, manifest: DumpManifest): Promise<FilterCounts> {
     const su = manifest.source.superuser;
     const progress = new Progress("restore", manifest.bytes);
     let bytes = 0;
@@ -131,19 +169,65 @@ async function loadDump(input: RestoreInput, manifest: DumpManifest): Promise<Fi
     source.on("data", (chunk) => progress.update((bytes += chunk.length)));
     const filter = new DumpFilter(su);
     try {
-        await run(
-            "docker",
-            ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", su, "-d", "postgres", "-o", "/dev/null"],
-            { stdin: source.pipe(filter) },
-        );
+        await run("docker", psqlArgs(input, su, "postgres"), { stdin: source.pipe(filter) });
     } catch (err) {
-        if (err instanceof ProcessError) {
-            throw new StepError(
-                `The restore into "${input.container}" stopped at an error after ${formatBytes(bytes)} of ${formatBytes(manifest.bytes)}; the old cluster is unchanged and the next run starts the restore again: ${err.stderrTail}`,
-            );
-        }
-        throw err;
+        restoreFailed(input, `the script after ${formatBytes(bytes)} of ${formatBytes(manifest.bytes)}`, err);
     }
     progress.done(bytes);
     return filter.counts;
+}
+
+/**
+ * method directory: globals through psql, then per database the schema (pre-data) through the same filter into
+ * psql, the data and the indexes and constraints (post-data) with pg_restore --jobs, all with errors fatal.
+ */
+async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promise<FilterCounts> {
+    const su = manifest.source.superuser;
+    const counts: FilterCounts = { bootstrapRoleSkipped: 0, attverOptionsDropped: 0 };
+    const add = (c: FilterCounts) => {
+        counts.bootstrapRoleSkipped += c.bootstrapRoleSkipped;
+        counts.attverOptionsDropped += c.attverOptionsDropped;
+    };
+    const globals = new DumpFilter(su);
+    try {
+        await run("docker", psqlArgs(input, su, "postgres"), { stdin: createReadStream(path.join(input.dumpPath, "globals.sql")).pipe(globals) });
+    } catch (err) {
+        restoreFailed(input, "the roles (globals.sql)", err);
+    }
+    add(globals.counts);
+
+    // Progress: the new cluster's size against the old one's, polled while pg_restore works.
+    const progress = new Progress("restore", manifest.databasesBytes);
+    const poll = setInterval(() => {
+        query(input.container, su, "SELECT sum(pg_database_size(datname))::bigint FROM pg_database").then(
+            ([[n]]) => progress.update(Number(n)),
+            () => undefined,
+        );
+    }, 2000);
+    try {
+        for (const [db, sub] of Object.entries(manifest.databaseDirs ?? {})) {
+            const dir = `${DUMP_MOUNT}/${sub}`;
+            // The postgres database exists already; every other one is created by its own dump (--create), with
+            // its encoding, locale, owner and settings.
+            const create = db === "postgres" ? [] : ["--create"];
+            const schema = new DumpFilter(su);
+            const listing = run("docker", ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir], { stdout: schema });
+            const loading = run("docker", psqlArgs(input, su, "postgres"), { stdin: schema });
+            const [l, s] = await Promise.allSettled([listing, loading]);
+            if (l.status === "rejected") restoreFailed(input, `the schema of ${db}`, l.reason);
+            if (s.status === "rejected") restoreFailed(input, `the schema of ${db}`, s.reason);
+            add(schema.counts);
+            for (const section of ["data", "post-data"]) {
+                try {
+                    await run("docker", ["exec", input.container, "pg_restore", `--section=${section}`, "--jobs=2", "--exit-on-error", "-U", su, "-d", db, dir]);
+                } catch (err) {
+                    restoreFailed(input, `the ${section} of ${db}`, err);
+                }
+            }
+        }
+    } finally {
+        clearInterval(poll);
+    }
+    progress.done(manifest.databasesBytes);
+    return counts;
 }

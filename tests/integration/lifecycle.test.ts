@@ -94,8 +94,10 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         assert.match(rerun("copy-config"), /already in place; nothing to do/);
         assert.match(rerun("cutover"), /already switched; nothing to do/);
         assert.match(reruns.find((r) => r.startsWith("pg17-serve:")) ?? "", /already running/);
-        const dump = await fs.stat(path.join(backups, "upgrade-15-to-17.sql"));
-        assert.equal(dump.mode & 0o777, 0o600, "the dump is readable by its owner only");
+        const dump = await fs.stat(path.join(backups, "upgrade-15-to-17"));
+        assert.equal(dump.mode & 0o777, 0o700, "the dump folder is open to its owner only");
+        const manifest = JSON.parse(await fs.readFile(path.join(backups, "upgrade-15-to-17.json"), "utf8"));
+        for (const f of manifest.files) assert.equal((await fs.stat(path.join(backups, f.path))).mode & 0o777, 0o600, f.path);
     });
 
     it("a minor update 17.5 -> 17.6 replaces only the container, on the same data, with no dump", async () => {
@@ -115,9 +117,9 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         assert.ok(await volumeExists(`${PREFIX}pgsql17`), "the 17 data is kept after the revert");
     });
 
-    it("upgrades again: the reverted 17 cluster, which served, is kept aside, and 17 serves the 15 data", async () => {
+    it("upgrades again with the guide's dumpall method: the reverted 17, which served, is kept aside", async () => {
         const mark = applier.commandRuns.length;
-        await up({ version: "17.6", upgradeFrom: "15" });
+        await up({ version: "17.6", upgradeFrom: "15", method: "dumpall" });
         const restore = applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-restore")!;
         assert.match(restore.stdout, new RegExp(`was kept at ${PREFIX}pgsql17-reverted-\\d{8}T\\d{6}`));
         const aside = (await volumesNamed(`${PREFIX}pgsql17-reverted-`))[0];

@@ -131,8 +131,8 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
     it("runs the exact step commands", () => {
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
         assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS}`);
-        assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --tool-image postgres:17-alpine`);
-        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17.sql`);
+        assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --method directory --tool-image postgres:17-alpine`);
+        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17`);
         assert.equal(cmd("copy-config"), `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging`);
         assert.equal(cmd("verify"), `${RUNNER} verify --old synapse-pg15 --new synapse-pg17-staging --login-user synapse --login-database synapse`);
         assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17`);
@@ -166,7 +166,7 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
     });
 
     it("outputs the backup file and both containers", () => {
-        assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
+        assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17`);
         assert.equal(d.outputs.activeVersion, "17");
     });
 });
@@ -243,6 +243,15 @@ describe("host folders (postgres:dataRoot)", () => {
     });
 });
 
+describe("dump method", () => {
+    it("uses the guide's single pg_dumpall script with postgres:method dumpall", async () => {
+        const d = await declare({ ...UPGRADE_17, method: "dumpall" });
+        assert.match(d.byName("upgrade-15-to-17-dump").inputs.create, / --method dumpall /);
+        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --in \/srv\/backups\/upgrade-15-to-17\.sql$/);
+        assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
+    });
+});
+
 describe("published port and image options", () => {
     it("publishes 5432 on 127.0.0.1 only", async () => {
         const d = await declare({ version: "15", port: "25432" });
@@ -294,6 +303,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["an alias with a slash", { version: "15", hostAlias: "db/x" }, "pw", 'postgres:hostAlias is "db/x" but must be a host name like db'],
         ["an image with a space", { version: "15", image: "postgres 15" }, "pw", 'postgres:image is "postgres 15" but must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>'],
         ["one pinned digest for two majors", { ...UPGRADE_17, image: "postgres@sha256:" + "b".repeat(64) }, "pw", "postgres:upgradeFromImage is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too"],
+        ["an unknown dump method", { ...UPGRADE_17, method: "pgcopydb" }, "pw", 'postgres:method is "pgcopydb" but must be directory (the fast default) or dumpall (the guide\'s single script)'],
         ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
         ["an unknown key", { version: "15", upgradefrom: "14" }, "pw", "postgres:upgradefrom is not a setting of this program (a typo?)"],
     ];
