@@ -29,6 +29,8 @@ export interface ClusterArgs {
     port?: pulumi.Input<number>;
     /** Declare the serve step: this cluster is the one that should answer to hostAlias. */
     serving: boolean;
+    /** Synapse's containers: the serve step stops them for a switch and starts them once this cluster serves. */
+    synapseContainers?: string[];
     /** The container is created only after these (an upgrade's cutover). */
     startAfter?: pulumi.Input<pulumi.Resource[]>;
 }
@@ -111,7 +113,10 @@ export class Cluster extends pulumi.ComponentResource {
 
         if (args.serving) {
             this.serve = new command.local.Command(`${name}-serve`, {
-                create: stepCommand("serve", { container: this.container.name, network: args.network, alias: args.hostAlias }),
+                create: stepCommand("serve", {
+                    container: this.container.name, network: args.network, alias: args.hostAlias,
+                    ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
+                }),
                 // A new container (minor update, revert) runs serve again.
                 triggers: [this.container.id],
             }, { parent: this, dependsOn: [this.container] });

@@ -32,6 +32,10 @@ export interface StackConfig {
     backupDir?: string;
     /** How the dump is made and restored: directory (parallel, default) or dumpall (the guide's single script). */
     method: DumpMethod;
+    /** Synapse's containers (main and workers): stopped for the upgrade, started after the switch or a failure. */
+    synapseContainers: string[];
+    /** Bumped by the user to run an upgrade again from a fresh dump (every step's trigger). */
+    attempt: number;
     /** Publish 5432 of the serving cluster on 127.0.0.1:<port> (never on other addresses). */
     port?: number;
     /** Container names are `<prefix><major>`. */
@@ -69,6 +73,12 @@ const schema = z
         hostAlias: z.string().regex(dockerName, "must be a host name like db").default("db"),
         backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
         method: z.enum(["directory", "dumpall"], { errorMap: () => ({ message: "must be directory (the fast default) or dumpall (the guide's single script)" }) }).default("directory"),
+        synapseContainers: z
+            .string()
+            .transform((v) => parseList(v))
+            .refine((list) => list !== undefined && list.every((n) => dockerName.test(n)), "must be container names, comma-separated or a JSON list, like synapse,synapse-worker1")
+            .optional(),
+        attempt: z.string().regex(/^[1-9]\d*$/, "must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)").default("1"),
         port: z
             .string()
             .regex(/^\d+$/, "must be a TCP port number")
@@ -132,6 +142,8 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         hostAlias: c.hostAlias,
         backupDir: c.backupDir,
         method: c.method,
+        synapseContainers: c.synapseContainers ?? [],
+        attempt: Number(c.attempt),
         port: c.port === undefined ? undefined : Number(c.port),
         containerPrefix: c.containerPrefix,
         initdbArgs: c.initdbArgs,
@@ -150,6 +162,19 @@ export function readConfig(): StackConfig {
     const known = new Set([...CONFIG_KEYS, "password"].map((k) => `postgres:${k}`));
     const unknown = Object.keys(pulumi.runtime.allConfig()).filter((k) => k.startsWith("postgres:") && !known.has(k));
     return parseConfig(raw, cfg.getSecret("password"), unknown);
+}
+
+/** "a,b" or '["a","b"]' (what `pulumi config set --path` writes) into names; undefined when unreadable. */
+function parseList(text: string): string[] | undefined {
+    if (text.trim().startsWith("[")) {
+        try {
+            const list = JSON.parse(text);
+            return Array.isArray(list) && list.every((x) => typeof x === "string") ? list : undefined;
+        } catch {
+            return undefined;
+        }
+    }
+    return text.split(",").map((x) => x.trim()).filter(Boolean);
 }
 
 /** Fills the image template for one cluster. */

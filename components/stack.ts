@@ -40,6 +40,7 @@ export function declareStack(cfg: StackConfig): StackOutputs {
         network: cfg.network,
         hostAlias: cfg.hostAlias,
         port: cfg.port,
+        synapseContainers: cfg.synapseContainers,
     };
 
     if (cfg.upgradeFrom === undefined) {
@@ -88,6 +89,8 @@ export function declareStack(cfg: StackConfig): StackOutputs {
         stagingContainer: names.staging,
         backupDir: cfg.backupDir!,
         method: cfg.method,
+        synapseContainers: cfg.synapseContainers,
+        attempt: cfg.attempt,
         loginUser: cfg.user,
         loginDatabase: cfg.database,
         password: cfg.password,

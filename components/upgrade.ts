@@ -5,7 +5,7 @@ import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { dumpPathOf, DumpMethod } from "../runner/dump";
 import { DataLocation, formatDataLocation } from "../runner/layout";
-import { stepCommand } from "./command-line";
+import { shellQuote, stepCommand } from "./command-line";
 
 export interface MajorUpgradeArgs {
     /** The old cluster's container. */
@@ -24,6 +24,10 @@ export interface MajorUpgradeArgs {
     loginDatabase: pulumi.Input<string>;
     /** Secret; reaches the steps only through their environment. */
     password: pulumi.Input<string>;
+    /** Synapse's containers: every step stops them first and starts them again if it fails before the switch. */
+    synapseContainers: string[];
+    /** Every step's trigger: a new attempt runs the whole upgrade again from a fresh dump. */
+    attempt: number;
     /** Resources the preflight waits for (the old container, the new data volume). */
     after: pulumi.Input<pulumi.Resource>[];
 }
@@ -77,10 +81,16 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             },
         };
 
+        const synapse = args.synapseContainers.length ? { synapse: args.synapseContainers.join(",") } : {};
         let previous: pulumi.Input<pulumi.Resource>[] = args.after;
         const steps = {} as Record<(typeof STEPS)[number], command.local.Command>;
         for (const step of STEPS) {
-            steps[step] = new command.local.Command(`${name}-${step}`, lines[step], {
+            const line = lines[step];
+            steps[step] = new command.local.Command(`${name}-${step}`, {
+                ...line,
+                create: synapse.synapse ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse)}` : line.create,
+                triggers: [args.attempt],
+            }, {
                 parent: this,
                 // Each step starts only after the one before it succeeded: a failure stops the chain there.
                 dependsOn: previous,

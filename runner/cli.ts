@@ -13,6 +13,7 @@ import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
 import { requireContainer, superuserOf } from "./docker";
+import { parseContainerList, startSynapse, stopSynapse } from "./synapse";
 
 export const PASSWORD_ENV = "SYNAPSE_PG_PASSWORD";
 
@@ -20,6 +21,8 @@ type Flags = Record<string, string | boolean>;
 
 interface Subcommand {
     summary: string;
+    /** Takes --synapse: stop those containers first; before the switch, start them again if the step fails. */
+    stopsSynapse?: "before" | "around";
     /** flag name -> description; a name ending in "?" is optional, "!" is a boolean switch. */
     flags: Record<string, string>;
     run(flags: Flags, out: (line: string) => void): Promise<void>;
@@ -43,6 +46,7 @@ function password(required: boolean): string | undefined {
 
 export const SUBCOMMANDS: Record<string, Subcommand> = {
     preflight: {
+        stopsSynapse: "before",
         summary: "Check, changing nothing, that the old cluster can be upgraded now.",
         flags: {
             container: "the old cluster's container",
@@ -66,6 +70,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
     },
     dump: {
+        stopsSynapse: "before",
         summary: "Dump every database, roles and password hashes included, into a 0600 file with a manifest.",
         flags: {
             container: "the old cluster's container",
@@ -90,6 +95,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
     },
     restore: {
+        stopsSynapse: "before",
         summary: "Load a dump into a staging container of the new major on the new data location.",
         flags: {
             container: "the staging container to create",
@@ -117,16 +123,18 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
     },
     "copy-config": {
+        stopsSynapse: "before",
         summary: "Copy postgresql.conf and postgresql.auto.conf into the new cluster and restart it.",
         flags: { from: "the old cluster's container", to: "the new (staging) container" },
         async run(f, out) {
             const r = await copyConfig({ from: str(f, "from"), to: str(f, "to") });
             out(r.copied.length === 0
                 ? `copy-config: ${r.unchanged.join(" and ")} already in place; nothing to do.`
-                : `copy-config: copied ${r.copied.join(" and ")}; the new server restarted with them.`);
+                : `copy-config: copied ${r.copied.join(" and ")}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
         },
     },
     verify: {
+        stopsSynapse: "before",
         summary: "Compare old and new: databases, roles, row counts, sequences, and a password login.",
         flags: {
             old: "the old cluster's container",
@@ -153,6 +161,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
     },
     cutover: {
+        stopsSynapse: "before",
         summary: "Switch: stop and remove the verified staging container, stop the old one (its data stays).",
         flags: {
             old: "the old cluster's container",
@@ -173,15 +182,23 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
     },
     serve: {
+        stopsSynapse: "around",
         summary: "Make this cluster the one Synapse reaches: stop our other holder of the alias, start this one.",
         flags: { container: "the cluster's container", network: "the Docker network Synapse uses", alias: "the host name Synapse connects to" },
         async run(f, out) {
-            const r = await serveCluster({ container: str(f, "container"), network: str(f, "network"), alias: str(f, "alias") });
+            const r = await serveCluster({
+                container: str(f, "container"), network: str(f, "network"), alias: str(f, "alias"),
+                synapse: parseContainerList(f.synapse as string | undefined),
+            });
             const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
             out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
+            if (r.synapseStarted.length) out(`serve: started Synapse (${r.synapseStarted.join(", ")}).`);
         },
     },
 };
+
+const SYNAPSE_FLAG = "synapse?";
+const SYNAPSE_FLAG_HELP = "Synapse's containers, comma-separated: stopped first; started again on the old cluster if this step fails (serve: after the switch)";
 
 export function parseFlags(spec: Subcommand["flags"], argv: string[]): Flags {
     const flags: Flags = {};
@@ -209,7 +226,8 @@ function help(name?: string): string {
     if (name && SUBCOMMANDS[name]) {
         const s = SUBCOMMANDS[name];
         const lines = [`synapse-pg ${name}: ${s.summary}`, ""];
-        for (const [k, d] of Object.entries(s.flags)) {
+        const flags = s.stopsSynapse ? { ...s.flags, [SYNAPSE_FLAG]: SYNAPSE_FLAG_HELP } : s.flags;
+        for (const [k, d] of Object.entries(flags)) {
             const flag = k.replace(/[?!]$/, "");
             lines.push(`  --${flag}${k.endsWith("!") ? "" : " <value>"}`.padEnd(30) + `${d}${k.endsWith("?") || k.endsWith("!") ? " (optional)" : ""}`);
         }
@@ -221,6 +239,10 @@ function help(name?: string): string {
 }
 
 export async function main(argv: string[]): Promise<void> {
+    // For the benchmark: the step runner's own peak memory (children such as docker are not counted).
+    if (process.env.SYNAPSE_PG_REPORT_RSS) {
+        process.on("exit", () => process.stderr.write(`synapse-pg peak-rss-kb ${process.resourceUsage().maxRSS}\n`));
+    }
     const [name, ...rest] = argv;
     if (!name || name === "--help" || name === "-h") {
         console.log(help());
@@ -236,10 +258,24 @@ export async function main(argv: string[]): Promise<void> {
         console.log(help(name));
         return;
     }
+    const out = (line: string) => console.log(line);
+    let synapse: string[] = [];
     try {
-        await sub.run(parseFlags(sub.flags, rest), (line) => console.log(line));
+        const spec = sub.stopsSynapse ? { ...sub.flags, [SYNAPSE_FLAG]: SYNAPSE_FLAG_HELP } : sub.flags;
+        const flags = parseFlags(spec, rest);
+        synapse = parseContainerList(flags.synapse as string | undefined);
+        if (sub.stopsSynapse === "before" && synapse.length) {
+            const stopped = await stopSynapse(synapse);
+            if (stopped.length) out(`${name}: stopped Synapse (${stopped.join(", ")})`);
+        }
+        await sub.run(flags, out);
     } catch (err) {
-        const message = err instanceof StepError || err instanceof ProcessError ? err.message : `unexpected failure: ${(err as Error).stack}`;
+        let message = err instanceof StepError || err instanceof ProcessError ? err.message : `unexpected failure: ${(err as Error).stack}`;
+        // Before the switch the old cluster is untouched and still the one Synapse is configured for.
+        if (sub.stopsSynapse === "before" && synapse.length) {
+            const started = await startSynapse(synapse).catch(() => [] as string[]);
+            if (started.length) message += ` Synapse (${started.join(", ")}) was started again on the old cluster.`;
+        }
         console.error(`synapse-pg ${name}: ${message}`);
         process.exitCode = 1;
     }

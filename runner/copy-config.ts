@@ -1,7 +1,11 @@
 // copy-config: carries the old cluster's postgresql.conf and postgresql.auto.conf (ALTER SYSTEM settings) into the
-// new cluster and restarts it, so the tuning the user did survives the upgrade. The new cluster keeps its own
-// pg_hba.conf (scram-sha-256 for host connections). A setting the new major rejects shows up here, while Synapse
-// is still on the old cluster.
+// new cluster, so the tuning the user did survives the upgrade. The new cluster keeps its own pg_hba.conf
+// (scram-sha-256 for host connections).
+//
+// The files are checked by the new major's own parser, not by a list typed by hand: after copying, the server
+// reloads them and pg_file_settings names every parameter it rejects, with file and line. Then either nothing
+// needs a restart (done), a restart applies the rest, or the new cluster's own files are put back and the step
+// stops, while Synapse is still on the old cluster.
 import { containerLogTail, query, requireContainer, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
@@ -11,45 +15,104 @@ export interface CopyConfigInput {
     to: string;
 }
 
+export interface RejectedSetting {
+    file: string;
+    line: number;
+    name: string;
+    error: string;
+    /** What to use instead, for a parameter a newer major renamed or removed. */
+    hint?: string;
+}
+
 export interface CopyConfigResult {
     copied: string[];
     unchanged: string[];
+    restarted: boolean;
 }
 
 const FILES = ["postgresql.conf", "postgresql.auto.conf"];
+
+/**
+ * Parameters removed by a major release that people still carry in their files, with what replaces them. Only
+ * for the advice in the message: what is rejected is decided by the new server itself.
+ */
+export const REMOVED_PARAMETERS: Record<string, string> = {
+    wal_keep_segments: "removed in 13: use wal_keep_size = <segments x 16MB>, e.g. wal_keep_segments = 64 becomes wal_keep_size = 1GB",
+    checkpoint_segments: "removed in 9.5: use max_wal_size",
+    stats_temp_directory: "removed in 15 (statistics now live in shared memory): delete the line",
+    vacuum_defer_cleanup_age: "removed in 16: delete the line (use hot_standby_feedback or a replication slot instead)",
+    old_snapshot_threshold: "removed in 17: delete the line",
+    db_user_namespace: "removed in 17: delete the line",
+    trace_recovery_messages: "removed in 17: delete the line",
+    promote_trigger_file: "removed in 16: use pg_ctl promote or pg_promote()",
+    force_parallel_mode: "renamed in 16: use debug_parallel_query",
+    lc_messages_catalog: "not a PostgreSQL parameter: delete the line",
+};
 
 export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResult> {
     const from = await requireContainer(input.from, "old");
     const to = await requireContainer(input.to, "new");
     if (!from.running) throw new StepError(`The old container "${input.from}" is not running; copy-config reads its configuration from the live server.`);
     if (!to.running) throw new StepError(`The new container "${input.to}" is not running; run the restore step first.`);
-    const fromDir = await configDir(input.from, superuserOf(from));
-    const toDir = await configDir(input.to, superuserOf(to));
+    const fromUser = superuserOf(from);
+    const toUser = superuserOf(to);
+    const fromDir = await configDir(input.from, fromUser);
+    const toDir = await configDir(input.to, toUser);
 
     const copied: string[] = [];
     const unchanged: string[] = [];
+    const originals: Record<string, string | undefined> = {};
     for (const file of FILES) {
         const text = await readFileIn(input.from, `${fromDir}/${file}`);
         if (text === undefined) continue;
-        if ((await readFileIn(input.to, `${toDir}/${file}`)) === text) {
+        originals[file] = await readFileIn(input.to, `${toDir}/${file}`);
+        if (originals[file] === text) {
             unchanged.push(file);
             continue;
         }
-        await run("docker", ["exec", "-i", "-u", "postgres", input.to, "tee", `${toDir}/${file}`], { stdin: text });
+        await writeFileIn(input.to, `${toDir}/${file}`, text);
         copied.push(file);
     }
-    if (copied.length > 0) {
-        await stopContainer(input.to);
-        await startContainer(input.to);
-        try {
-            await waitUntilAccepting(input.to, superuserOf(to), 120);
-        } catch {
-            throw new StepError(
-                `The new PostgreSQL in "${input.to}" does not start with the old ${copied.join(" and ")}; fix or remove the rejected settings (log: ${await containerLogTail(input.to, 4)}).`,
-            );
-        }
+    if (copied.length === 0) return { copied, unchanged, restarted: false };
+
+    await query(input.to, toUser, "SELECT pg_reload_conf()");
+    const rejected = await rejectedSettings(input.to, toUser);
+    if (rejected.length > 0) {
+        for (const file of copied) if (originals[file] !== undefined) await writeFileIn(input.to, `${toDir}/${file}`, originals[file]!);
+        await query(input.to, toUser, "SELECT pg_reload_conf()");
+        const list = rejected.map((r) => `${r.file} line ${r.line}: ${r.name} (${r.hint ?? r.error})`).join("; ");
+        throw new StepError(
+            `The new PostgreSQL rejects ${rejected.length} setting(s) of the old configuration, so the upgrade stops before the switch: ${list}. Change them in the old cluster (ALTER SYSTEM RESET <name>, or edit postgresql.conf) and run pulumi up again.`,
+            rejected.map((r) => JSON.stringify(r)),
+        );
     }
-    return { copied, unchanged };
+    const pending = await query(input.to, toUser, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1");
+    if (pending.length === 0) return { copied, unchanged, restarted: false };
+
+    // Settings such as shared_buffers apply only at start.
+    await stopContainer(input.to);
+    await startContainer(input.to);
+    try {
+        await waitUntilAccepting(input.to, toUser, 120);
+    } catch {
+        throw new StepError(
+            `The new PostgreSQL in "${input.to}" does not start with the old ${copied.join(" and ")} (${pending.map(([n]) => n).join(", ")} need a restart); log: ${await containerLogTail(input.to, 4)}`,
+        );
+    }
+    return { copied, unchanged, restarted: true };
+}
+
+/** What the server's own parser rejected in the files it just read (PostgreSQL 9.5+). */
+export async function rejectedSettings(container: string, user: string): Promise<RejectedSetting[]> {
+    const rows = await query(container, user,
+        "SELECT sourcefile, sourceline, coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline");
+    return rows.map(([file, line, name, error]) => ({
+        file: file.replace(/^.*\//, ""),
+        line: Number(line),
+        name: name || "(line)",
+        error,
+        hint: REMOVED_PARAMETERS[name],
+    }));
 }
 
 async function configDir(container: string, user: string): Promise<string> {
@@ -63,4 +126,8 @@ async function readFileIn(container: string, file: string): Promise<string | und
     } catch {
         return undefined;
     }
+}
+
+async function writeFileIn(container: string, file: string, text: string): Promise<void> {
+    await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", file], { stdin: text });
 }

@@ -6,7 +6,7 @@ import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { inspectContainer, MANAGED_LABEL, query, removeContainer, runWithData, startContainer, stopContainer, waitUntilAccepting } from "./docker";
+import { containerLogTail, inspectContainer, MANAGED_LABEL, query, removeContainer, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, ProcessError } from "./process";
 import { Progress } from "./progress";
@@ -73,11 +73,32 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     await requireUnused(input.data);
     if (!target.isEmpty && !setAsideTo) await emptyTarget(input.data, input.major, input.image);
 
-    // Restore-only settings while loading (no fsync, no full-page writes, minimal WAL, no autovacuum, large
-    // maintenance memory). Safe because a failed or interrupted restore is thrown away and redone from the dump,
-    // and the old cluster is never touched; the server is restarted with normal settings before verify.
-    await startStaging(input, manifest, RESTORE_ONLY_SETTINGS);
+    const phases = new PhaseClock("restore");
+    try {
+        return await loadIntoStaging(input, manifest, superuser, phases, setAsideTo);
+    } catch (err) {
+        throw await explainFailure(input, err);
+    }
+}
+
+/** A failure with the staging server gone (killed, out of memory) says so, whatever call noticed it first. */
+async function explainFailure(input: RestoreInput, err: unknown): Promise<unknown> {
+    const info = await inspectContainer(input.container).catch(() => undefined);
+    if (info && !info.running) {
+        return new StepError(
+            `The new PostgreSQL in "${input.container}" stopped during the restore (killed, or out of memory or disk); the old cluster is unchanged and the next run starts the restore again (log: ${await containerLogTail(input.container, 3)}).`,
+        );
+    }
+    if (err instanceof ProcessError) {
+        return new StepError(`The restore into "${input.container}" failed; the old cluster is unchanged and the next run starts the restore again: ${err.message}`);
+    }
+    return err;
+}
+
+async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, superuser: string, phases: PhaseClock, setAsideTo: string | undefined): Promise<RestoreResult> {
+    await startStaging(input, manifest);
     await waitUntilAccepting(input.container, superuser);
+    phases.lap("new server initialised");
     const now = new Date().toISOString();
     let marker: Marker = {
         tool: "synapse-postgres",
@@ -89,30 +110,58 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     };
     await writeMarkerIn(input.container, superuser, marker);
 
+    // Restore-only settings while loading: no fsync, no full-page writes, no autovacuum, large maintenance
+    // memory. Safe because a failed or interrupted restore is thrown away and redone from the dump, and the old
+    // cluster is never touched. All of them take effect on reload, so the server is not restarted.
+    await setSettings(input.container, superuser, RESTORE_ONLY_SETTINGS);
     const filtered = manifest.method === "dumpall" ? await loadScript(input, manifest) : await loadDirectory(input, manifest);
+    phases.lap("data and indexes loaded");
     // A dump carries no planner statistics: without this Synapse's first queries on the new cluster crawl.
     await run("docker", ["exec", input.container, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+    phases.lap("statistics gathered");
 
-    // Back to normal settings: a clean stop writes everything out; sync makes it durable although fsync was off;
-    // the staging container is then recreated, on the same data, without the restore-only settings.
-    await stopContainer(input.container);
-    await runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["sync"]);
-    await removeContainer(input.container);
-    await startStaging(input, manifest, []);
-    await waitUntilAccepting(input.container, superuser);
+    // Back to normal settings; CHECKPOINT writes every dirty page and sync makes all of it durable, including
+    // what was written while fsync was off.
+    await setSettings(input.container, superuser, RESTORE_ONLY_SETTINGS.map(([name]) => [name, undefined]));
+    await query(input.container, superuser, "CHECKPOINT");
+    await run("docker", ["exec", input.container, "sync"]);
+    phases.lap("made durable");
     marker = advanceMarker(marker, "restored");
     await writeMarkerIn(input.container, superuser, marker);
     return { alreadyRestored: false, setAsideTo, manifest, filtered };
 }
 
-/** Server settings for the load only (see restoreCluster). wal_level=minimal needs max_wal_senders=0. */
-export const RESTORE_ONLY_SETTINGS = [
-    "fsync=off", "full_page_writes=off", "synchronous_commit=off", "wal_level=minimal", "max_wal_senders=0",
-    "archive_mode=off", "autovacuum=off", "maintenance_work_mem=512MB", "max_wal_size=16GB", "checkpoint_timeout=1h",
-    "max_parallel_maintenance_workers=2",
+/**
+ * Server settings for the load only (see restoreCluster), all reloadable. wal_level=minimal is not among them:
+ * it needs a restart and saves nothing for pg_restore, whose tables are created in an earlier transaction than
+ * their COPY, so their data is WAL-logged either way.
+ */
+export const RESTORE_ONLY_SETTINGS: [string, string][] = [
+    ["fsync", "off"], ["full_page_writes", "off"], ["synchronous_commit", "off"], ["autovacuum", "off"],
+    ["maintenance_work_mem", "512MB"], ["max_wal_size", "16GB"], ["checkpoint_timeout", "1h"],
+    ["max_parallel_maintenance_workers", "2"],
 ];
 
-async function startStaging(input: RestoreInput, manifest: DumpManifest, settings: string[]): Promise<void> {
+/** ALTER SYSTEM SET (or RESET, for an undefined value) and reload. */
+async function setSettings(container: string, user: string, settings: [string, string | undefined][]): Promise<void> {
+    for (const [name, value] of settings) {
+        await query(container, user, value === undefined ? `ALTER SYSTEM RESET ${name}` : `ALTER SYSTEM SET ${name} = '${value}'`);
+    }
+    await query(container, user, "SELECT pg_reload_conf()");
+}
+
+/** Prints how long each phase of a step took, so a slow upgrade says where its time went. */
+class PhaseClock {
+    private last = Date.now();
+    constructor(private readonly step: string) {}
+    lap(what: string): void {
+        const now = Date.now();
+        process.stderr.write(`${this.step}: ${what} in ${((now - this.last) / 1000).toFixed(1)} s\n`);
+        this.last = now;
+    }
+}
+
+async function startStaging(input: RestoreInput, manifest: DumpManifest): Promise<void> {
     const t = manifest.template1;
     // The new cluster gets the old one's template1 locale, so postgres and template1 match too; the databases
     // themselves are created by the dump with their own encoding and locale.
@@ -135,7 +184,6 @@ async function startStaging(input: RestoreInput, manifest: DumpManifest, setting
             // The dump, read-only, for pg_restore inside the container.
             "-v", `${path.resolve(input.dumpPath)}:${DUMP_MOUNT}:ro`,
             input.image,
-            "postgres", ...settings.flatMap((s) => ["-c", s]),
         ],
         { env: { POSTGRES_PASSWORD: input.password } },
     );

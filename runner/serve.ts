@@ -4,18 +4,22 @@
 import { inspectContainer, MANAGED_LABEL, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
+import { startSynapse, stopSynapse } from "./synapse";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 
 export interface ServeInput {
     container: string;
     network: string;
     alias: string;
+    /** Synapse's containers: stopped before a switch, started once this cluster serves. */
+    synapse?: string[];
 }
 
 export interface ServeResult {
     started: boolean;
     stoppedOthers: string[];
     version: string;
+    synapseStarted: string[];
 }
 
 export async function serveCluster(input: ServeInput): Promise<ServeResult> {
@@ -24,12 +28,16 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     if (!info.networks[input.network]?.aliases.includes(input.alias)) {
         throw new StepError(`The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`);
     }
-    const stoppedOthers: string[] = [];
-    for (const other of await holdersOf(input.network, input.alias)) {
-        if (other.name === input.container) continue;
+    const others = (await holdersOf(input.network, input.alias)).filter((o) => o.name !== input.container);
+    for (const other of others) {
         if (other.labels[MANAGED_LABEL] !== "true") {
             throw new StepError(`The container "${other.name}", which synapse-postgres does not manage, also answers to "${input.alias}" on "${input.network}"; stop it so Synapse reaches only one server.`);
         }
+    }
+    // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
+    if (others.length > 0 || !info.running) await stopSynapse(input.synapse ?? []);
+    const stoppedOthers: string[] = [];
+    for (const other of others) {
         await stopContainer(other.name);
         stoppedOthers.push(other.name);
     }
@@ -39,7 +47,9 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     await waitUntilAccepting(input.container, user);
     const marker = await readMarkerIn(input.container, user);
     if (marker && marker.state === "cutover") await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
-    return { started, stoppedOthers, version: (await serverVersion(input.container, user)).text };
+    const version = (await serverVersion(input.container, user)).text;
+    const synapseStarted = await startSynapse(input.synapse ?? []);
+    return { started, stoppedOthers, version, synapseStarted };
 }
 
 /** Running containers on the network that answer to the alias. */

@@ -243,6 +243,32 @@ describe("host folders (postgres:dataRoot)", () => {
     });
 });
 
+describe("Synapse's containers (postgres:synapseContainers) and attempts", () => {
+    it("has every step stop Synapse first, and serve start it after the switch", async () => {
+        const d = await declare({ ...UPGRADE_17, synapseContainers: '["synapse","synapse-worker1"]' });
+        for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"]) {
+            assert.match(d.byName(`upgrade-15-to-17-${step}`).inputs.create, / --synapse synapse,synapse-worker1$/, step);
+        }
+        assert.equal(d.byName("pg17-serve").inputs.create, `${RUNNER} serve --container synapse-pg17 --network synapse --alias db --synapse synapse,synapse-worker1`);
+    });
+
+    it("accepts a comma-separated list too, and leaves the old container untouched by it", async () => {
+        const d = await declare({ ...UPGRADE_17, synapseContainers: "synapse, synapse-worker1" });
+        assert.match(d.byName("upgrade-15-to-17-dump").inputs.create, / --synapse synapse,synapse-worker1$/);
+        const plainUpgrade = await declare(UPGRADE_17);
+        assert.deepEqual(d.byName("pg15-container").inputs, plainUpgrade.byName("pg15-container").inputs);
+    });
+
+    it("triggers every step on postgres:attempt, so a new attempt runs the chain again from a fresh dump", async () => {
+        const first = await declare(UPGRADE_17);
+        const second = await declare({ ...UPGRADE_17, attempt: "2" });
+        for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"]) {
+            assert.deepEqual(first.byName(`upgrade-15-to-17-${step}`).inputs.triggers, [1]);
+            assert.deepEqual(second.byName(`upgrade-15-to-17-${step}`).inputs.triggers, [2]);
+        }
+    });
+});
+
 describe("dump method", () => {
     it("uses the guide's single pg_dumpall script with postgres:method dumpall", async () => {
         const d = await declare({ ...UPGRADE_17, method: "dumpall" });
@@ -304,6 +330,8 @@ describe("bad stack config is refused before anything is declared", () => {
         ["an image with a space", { version: "15", image: "postgres 15" }, "pw", 'postgres:image is "postgres 15" but must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>'],
         ["one pinned digest for two majors", { ...UPGRADE_17, image: "postgres@sha256:" + "b".repeat(64) }, "pw", "postgres:upgradeFromImage is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too"],
         ["an unknown dump method", { ...UPGRADE_17, method: "pgcopydb" }, "pw", 'postgres:method is "pgcopydb" but must be directory (the fast default) or dumpall (the guide\'s single script)'],
+        ["Synapse containers that are not names", { ...UPGRADE_17, synapseContainers: "synapse;rm -rf /" }, "pw", 'postgres:synapseContainers is "synapse;rm -rf /" but must be container names, comma-separated or a JSON list, like synapse,synapse-worker1'],
+        ["an attempt that is not a positive number", { ...UPGRADE_17, attempt: "0" }, "pw", 'postgres:attempt is "0" but must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)'],
         ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
         ["an unknown key", { version: "15", upgradefrom: "14" }, "pw", "postgres:upgradefrom is not a setting of this program (a typo?)"],
     ];

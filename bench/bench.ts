@@ -1,0 +1,177 @@
+// Benchmark: the guide's method against ours, side by side in one run, with a raw copy of the data as the floor.
+//
+//   npm run bench -- --size 1GB [--json] [--seed 1]
+//
+// Seeds a Synapse-shaped database of that size in a 15 container, then times
+//   (a) the guide: pg_dumpall in the old container to one file, psql -f into a fresh 17 container;
+//   (b) ours: the step runner's dump and restore (default method), run through its CLI as pulumi up runs it,
+//       and the whole downtime (preflight, dump, restore, copy-config, verify, cutover);
+//   (c) the floor: a raw copy of the stopped old cluster's data folder.
+// It prints each time, ours/guide, ours/floor, the step runner's peak RSS, and writes JSON to bench/results/.
+import { spawn } from "node:child_process";
+import { createReadStream, createWriteStream, promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { pipeline } from "node:stream/promises";
+import { run } from "../runner/process";
+import { seedSynapse } from "../tests/fixtures/seed";
+
+const IMAGE = "synapse-pg-test/postgres";
+const PREFIX = "spbench-";
+const PASSWORD = "bench-password";
+const REPO = path.resolve(__dirname, "..");
+
+function flag(name: string, fallback?: string): string | undefined {
+    const i = process.argv.indexOf(`--${name}`);
+    return i >= 0 ? process.argv[i + 1] : fallback;
+}
+
+function parseSize(text: string): number {
+    const m = /^(\d+(?:\.\d+)?)(MB|GB)$/i.exec(text);
+    if (!m) throw new Error(`--size must look like 200MB or 1GB, not "${text}"`);
+    return Number(m[1]) * (m[2].toUpperCase() === "GB" ? 1000 : 1);
+}
+
+async function seconds<T>(work: () => Promise<T>): Promise<[number, T]> {
+    const start = process.hrtime.bigint();
+    const result = await work();
+    return [Number(process.hrtime.bigint() - start) / 1e9, result];
+}
+
+async function cleanup(): Promise<void> {
+    const names = (await run("docker", ["ps", "-a", "--format", "{{.Names}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX));
+    if (names.length) await run("docker", ["rm", "-f", ...names]);
+    const vols = (await run("docker", ["volume", "ls", "--format", "{{.Name}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX));
+    if (vols.length) await run("docker", ["volume", "rm", "-f", ...vols]);
+}
+
+async function startCluster(name: string, major: number, volume: string): Promise<void> {
+    await run("docker", ["run", "-d", "--name", name, "--shm-size", "256m", "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD",
+        "-e", "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+        "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`], { env: { POSTGRES_PASSWORD: PASSWORD } });
+    for (let i = 0; i < 120; i++) {
+        const ok = await run("docker", ["exec", name, "psql", "-h", "127.0.0.1", "-U", "synapse", "-d", "postgres", "-Atc", "SELECT 1"]).then(() => true, () => false);
+        if (ok) return;
+        await new Promise((r) => setTimeout(r, 1000));
+    }
+    throw new Error(`${name} did not start`);
+}
+
+/** Runs one step through the CLI, exactly as a command resource does, and returns its peak RSS in MB. */
+function step(args: string[]): Promise<number> {
+    return new Promise((resolve, reject) => {
+        const child = spawn(path.join(REPO, "bin/synapse-pg"), args, {
+            cwd: REPO,
+            env: { ...process.env, SYNAPSE_PG_PASSWORD: PASSWORD, SYNAPSE_PG_REPORT_RSS: "1", SYNAPSE_PG_PROGRESS_MS: "10000" },
+        });
+        let err = "";
+        child.stdout.on("data", (d) => process.stderr.write(`    ${d}`));
+        child.stderr.on("data", (d) => {
+            err += d;
+            if (!String(d).startsWith("synapse-pg peak-rss-kb")) process.stderr.write(`    ${d}`);
+        });
+        child.on("close", (code) => {
+            const rss = Number(/peak-rss-kb (\d+)/.exec(err)?.[1] ?? 0) / 1024;
+            code === 0 ? resolve(rss) : reject(new Error(`synapse-pg ${args[0]} failed: ${err.trim()}`));
+        });
+    });
+}
+
+async function main(): Promise<void> {
+    const sizeText = flag("size", "1GB")!;
+    const sizeMB = parseSize(sizeText);
+    const seed = Number(flag("seed", "1"));
+    const json = process.argv.includes("--json");
+    const backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-bench-"));
+    await cleanup();
+    try {
+        const old = `${PREFIX}pg15`;
+        await startCluster(old, 15, `${PREFIX}pgsql15`);
+        const [seedSeconds] = await seconds(() => seedSynapse(old, "synapse", { sizeMB, seed }));
+        await run("docker", ["exec", old, "psql", "-U", "synapse", "-d", "postgres", "-qc", "CHECKPOINT"]);
+        const [[dbBytes]] = [(await run("docker", ["exec", old, "psql", "-U", "synapse", "-d", "postgres", "-Atc",
+            "SELECT sum(pg_database_size(datname)) FROM pg_database"])).stdout.trim().split("\n")];
+        console.error(`seeded ${(Number(dbBytes) / 1e9).toFixed(2)} GB in ${seedSeconds.toFixed(0)} s`);
+
+        // (a) The guide: pg_dumpall inside the old container, then psql -f into a fresh 17 container.
+        console.error("(a) the guide's method: pg_dumpall > file; psql -f file");
+        const guideNew = `${PREFIX}guide-pg17`;
+        await startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`);
+        const guideFile = path.join(backups, "guide.sql");
+        const [guideSeconds] = await seconds(async () => {
+            await run("docker", ["exec", old, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) });
+            // The guide runs psql without ON_ERROR_STOP: "role/database already exists" errors scroll past.
+            await run("docker", ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"], { stdin: createReadStream(guideFile) })
+                .catch(() => undefined);
+        });
+        await run("docker", ["rm", "-f", guideNew]);
+
+        // (b) Ours, through the CLI.
+        console.error("(b) ours: synapse-pg, default method");
+        const staging = `${PREFIX}pg17-staging`;
+        const data = `${PREFIX}pgsql17`;
+        const rss: Record<string, number> = {};
+        const timings: Record<string, number> = {};
+        const steps: [string, string[]][] = [
+            ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", data, "--backup-dir", backups]],
+            ["dump", ["dump", "--container", old, "--out", backups, "--name", "ours", "--tool-image", `${IMAGE}:17`]],
+            ["restore", ["restore", "--container", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17", "--in", path.join(backups, "ours")]],
+            ["copy-config", ["copy-config", "--from", old, "--to", staging]],
+            ["verify", ["verify", "--old", old, "--new", staging]],
+            ["cutover", ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"]],
+        ];
+        for (const [name, args] of steps) {
+            const [s, r] = await seconds(() => step(args));
+            timings[name] = s;
+            rss[name] = r;
+        }
+        const oursSeconds = timings.dump + timings.restore;
+        const downtimeSeconds = Object.values(timings).reduce((a, b) => a + b, 0);
+
+        // (c) The floor: a raw copy of the stopped old cluster's data.
+        console.error("(c) the floor: raw copy of the data folder");
+        const [floorSeconds] = await seconds(() =>
+            run("docker", ["run", "--rm", "-v", `${PREFIX}pgsql15:/from`, "-v", `${PREFIX}raw:/to`, "--entrypoint", "cp", `${IMAGE}:17`, "-a", "/from/.", "/to/"]));
+
+        const result = {
+            when: new Date().toISOString(),
+            size: sizeText,
+            databaseBytes: Number(dbBytes),
+            seed,
+            machine: { cpus: os.cpus().length, memoryGB: Math.round(os.totalmem() / 1e9) },
+            guideSeconds,
+            oursSeconds,
+            oursSteps: timings,
+            oursDowntimeSeconds: downtimeSeconds,
+            floorSeconds,
+            oursOverGuide: oursSeconds / guideSeconds,
+            downtimeOverGuide: downtimeSeconds / guideSeconds,
+            oursOverFloor: oursSeconds / floorSeconds,
+            peakRssMB: Math.max(...Object.values(rss)),
+            peakRssMBByStep: rss,
+        };
+        await fs.mkdir(path.join(REPO, "bench/results"), { recursive: true });
+        const out = path.join(REPO, "bench/results", `${result.when.replace(/[:.]/g, "-")}-${sizeText}.json`);
+        await fs.writeFile(out, JSON.stringify(result, null, 2) + "\n");
+        if (json) {
+            console.log(JSON.stringify(result, null, 2));
+        } else {
+            const f = (n: number) => `${n.toFixed(1)} s`;
+            console.log(`database: ${(result.databaseBytes / 1e9).toFixed(2)} GB (seed ${seed}), ${result.machine.cpus} CPUs`);
+            console.log(`(a) guide, pg_dumpall + psql -f:      ${f(guideSeconds)}`);
+            console.log(`(b) ours, dump + restore:             ${f(oursSeconds)}   (ours/guide ${result.oursOverGuide.toFixed(2)})`);
+            console.log(`    ours, whole downtime:             ${f(downtimeSeconds)}   (${Object.entries(timings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
+            console.log(`(c) floor, raw copy of the data:      ${f(floorSeconds)}   (ours/floor ${result.oursOverFloor.toFixed(2)})`);
+            console.log(`step runner peak RSS: ${result.peakRssMB.toFixed(0)} MB`);
+            console.log(`written to ${path.relative(REPO, out)}`);
+        }
+    } finally {
+        await cleanup();
+        await fs.rm(backups, { recursive: true, force: true });
+    }
+}
+
+main().catch((err) => {
+    console.error(err.message);
+    process.exit(1);
+});

@@ -1,0 +1,222 @@
+// Faults against real containers. Each one ends with the old cluster serving its unchanged data (compared with
+// the tests' own snapshot) and a re-run that completes the upgrade; between faults the stack is reverted, so each
+// starts from 15 serving. Every wait is bounded; everything created is removed at the end.
+import { strict as assert } from "node:assert";
+import { spawn } from "node:child_process";
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Client } from "pg";
+import { run } from "../../runner/process";
+import { declare, Declared } from "../fixtures/pulumi-graph";
+import { seedSynapse } from "../fixtures/seed";
+import { ClusterSnapshot, logicalContent, snapshotCluster } from "../fixtures/snapshot";
+import { Applier, REPO, runShell } from "./applier";
+import { containerState, removeTestResources, requireDockerAndImages, TEST_IMAGE, volumesNamed } from "./docker-env";
+
+const PREFIX = "sptest-fault-";
+const PASSWORD = "fault-Pässword-2";
+const PORT = 25433;
+const OLD = `${PREFIX}pg15`;
+const STAGING = `${PREFIX}pg17-staging`;
+
+describe("faults: the old data always survives, and a re-run completes", function () {
+    this.timeout(20 * 60 * 1000);
+    const login = { port: PORT, user: "synapse", password: PASSWORD };
+    let applier: Applier;
+    let backups: string;
+    let base: Record<string, string>;
+    let original: ClusterSnapshot;
+
+    const config = (extra: Record<string, string> = {}) => ({ ...base, ...extra });
+    const upgrade = (extra: Record<string, string> = {}) => config({ version: "17", upgradeFrom: "15", ...extra });
+    const up = async (cfg: Record<string, string>) => applier.up(await declare(cfg, PASSWORD));
+    /** The exact command a step resource runs, with its environment. */
+    const stepOf = (d: Declared, step: string) => {
+        const r = d.byName(`upgrade-15-to-17-${step}`);
+        return { command: r.inputs.create as string, env: { SYNAPSE_PG_PASSWORD: PASSWORD } };
+    };
+
+    async function expectOldServingUnchanged(): Promise<void> {
+        assert.equal(await containerState(OLD), "running", "the old cluster still runs");
+        const now = await snapshotCluster(login);
+        assert.match(now.version, /^15\./);
+        assert.deepEqual(logicalContent(now), logicalContent(original));
+    }
+
+    async function expectUpgradeCompletes(cfg: Record<string, string>): Promise<void> {
+        await up(cfg);
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+    }
+
+    /** Back to 15 serving, and the 17 data out of the way, so the next fault starts from the same place. */
+    async function resetTo15(): Promise<void> {
+        await up(config({ version: "15" }));
+        for (const v of await volumesNamed(`${PREFIX}pgsql17`)) await run("docker", ["volume", "rm", "-f", v]);
+        applier.state.delete("pg17-data");
+        await fs.rm(backups, { recursive: true, force: true });
+        await fs.mkdir(backups, { mode: 0o700 });
+    }
+
+    async function rejects(work: Promise<unknown>, message: RegExp): Promise<void> {
+        await assert.rejects(work, (err: Error) => {
+            assert.match(err.message, message);
+            return true;
+        });
+    }
+
+    before(async () => {
+        await requireDockerAndImages([15, 17]);
+        await removeTestResources(PREFIX);
+        await run("docker", ["network", "create", `${PREFIX}net`]);
+        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-faults-"));
+        base = {
+            image: `${TEST_IMAGE}:{version}`, network: `${PREFIX}net`, containerPrefix: `${PREFIX}pg`, port: String(PORT),
+            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+        };
+        applier = new Applier();
+        await up(config({ version: "15" }));
+        await seedSynapse(OLD, "synapse", { sizeMB: 40, seed: 3 });
+        original = await snapshotCluster(login);
+    });
+
+    after(async () => {
+        await removeTestResources(PREFIX);
+        await fs.rm(backups, { recursive: true, force: true });
+    });
+
+    it("1. a client still connected: preflight refuses and names it; after it leaves, the upgrade completes", async () => {
+        const client = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database: "synapse", application_name: "synapse-test-client" });
+        await client.connect();
+        try {
+            await rejects(up(upgrade()), /synapse-pg preflight: 1 client\(s\) are still connected to "sptest-fault-pg15" \(synapse-test-client from [0-9.]+ on synapse\); stop Synapse and its workers first/);
+        } finally {
+            await client.end();
+        }
+        await expectOldServingUnchanged();
+        await expectUpgradeCompletes(upgrade());
+        await resetTo15();
+    });
+
+    it("2. too little space for the dump: refused before anything is written; with room, it completes", async () => {
+        const small = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-tmpfs-"));
+        await run("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", small]);
+        try {
+            await rejects(up(upgrade({ backupDir: small })), new RegExp(`synapse-pg preflight: The backup folder ${small} has 2\\.1 MB free but the dump may need [0-9.]+ MB; free [0-9.]+ MB there or set postgres:backupDir to a larger disk\\.`));
+            // The dump step refuses on its own too, for a run by hand.
+            const d = await declare(upgrade({ backupDir: small }), PASSWORD);
+            const { command, env } = stepOf(d, "dump");
+            await rejects(runShell(command, env), /synapse-pg dump: The backup folder .* has 2\.1 MB free but the dump may need/);
+            assert.deepEqual(await fs.readdir(small), [], "nothing was written");
+        } finally {
+            await run("umount", [small]);
+            await fs.rm(small, { recursive: true, force: true });
+        }
+        await expectOldServingUnchanged();
+        await expectUpgradeCompletes(upgrade());
+        await resetTo15();
+    });
+
+    it("3. the dump killed half-way: the partial dump is never used, and a re-run completes", async () => {
+        const d = await declare(upgrade(), PASSWORD);
+        const { command, env } = stepOf(d, "dump");
+        const child = spawn("/bin/sh", ["-c", command], { cwd: REPO, env: { ...process.env, ...env }, detached: true });
+        const exited = new Promise((r) => child.on("close", r));
+        const partial = path.join(backups, "upgrade-15-to-17.partial");
+        // Bounded: 600 polls of 10 ms for the partial dump to appear.
+        for (let i = 0; i < 600 && !(await fs.stat(path.join(partial, "globals.sql")).then(() => true, () => false)); i++) {
+            await new Promise((r) => setTimeout(r, 10));
+        }
+        process.kill(-child.pid!, "SIGKILL");
+        await exited;
+        assert.equal(await fs.stat(path.join(backups, "upgrade-15-to-17.json")).then(() => true, () => false), false, "no manifest");
+        assert.equal(await fs.stat(path.join(backups, "upgrade-15-to-17")).then(() => true, () => false), false, "no complete dump");
+        await rejects(runShell(stepOf(d, "restore").command, env), /synapse-pg restore: The dump .*upgrade-15-to-17 has no manifest \(upgrade-15-to-17\.json\), so it may be incomplete; run the dump step again\./);
+        await expectOldServingUnchanged();
+        await expectUpgradeCompletes(upgrade());
+        await resetTo15();
+    });
+
+    it("4. a truncated or corrupted dump is refused by restore, and a re-run completes", async () => {
+        const d = await declare(upgrade(), PASSWORD);
+        await runShell(stepOf(d, "dump").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
+        const manifest = JSON.parse(await fs.readFile(path.join(backups, "upgrade-15-to-17.json"), "utf8"));
+        const biggest = [...manifest.files].sort((a: any, b: any) => b.bytes - a.bytes)[0];
+        const file = path.join(backups, biggest.path);
+        const bytes = await fs.readFile(file);
+        await fs.writeFile(file, bytes.subarray(0, bytes.length >> 1));
+        await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+            new RegExp(`The dump file ${file.replace(/[.]/g, "\\.")} is ${bytes.length >> 1} bytes but the manifest says ${bytes.length}: it was truncated or changed`));
+        const flipped = Buffer.from(bytes);
+        flipped[flipped.length >> 1] ^= 0x20;
+        await fs.writeFile(file, flipped);
+        await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+            /does not match the sha256 in its manifest: it was corrupted or changed; run the dump step again/);
+        assert.equal(await containerState(STAGING), "absent", "no restore started");
+        await expectOldServingUnchanged();
+        await expectUpgradeCompletes(upgrade());
+        await resetTo15();
+    });
+
+    it("5. an SQL error during restore stops it (ON_ERROR_STOP) with the error, and a re-run completes", async () => {
+        const d = await declare(upgrade({ method: "dumpall" }), PASSWORD);
+        await runShell(stepOf(d, "dump").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
+        // A dump whose SQL fails half-way, with a manifest that matches it (as if pg_dumpall had written it).
+        const dumpFile = path.join(backups, "upgrade-15-to-17.sql");
+        const text = await fs.readFile(dumpFile, "utf8");
+        const at = text.indexOf("\\connect \"synapse\"");
+        await fs.writeFile(dumpFile, text.slice(0, at) + "SELECT no_such_function_in_any_postgres();\n" + text.slice(at));
+        await run("node", ["-e", `
+            const fs = require("fs"), c = require("crypto");
+            const m = JSON.parse(fs.readFileSync(${JSON.stringify(path.join(backups, "upgrade-15-to-17.json"))}));
+            const f = fs.readFileSync(${JSON.stringify(dumpFile)});
+            m.files[0].bytes = f.length; m.files[0].sha256 = c.createHash("sha256").update(f).digest("hex");
+            fs.writeFileSync(${JSON.stringify(path.join(backups, "upgrade-15-to-17.json"))}, JSON.stringify(m));`]);
+        await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+            /synapse-pg restore: The restore into "sptest-fault-pg17-staging" stopped at an error in the script after .*; the old cluster is unchanged and the next run starts the restore again: .*function no_such_function_in_any_postgres\(\) does not exist/);
+        await expectOldServingUnchanged();
+        await expectUpgradeCompletes(upgrade({ method: "dumpall" }));
+        await resetTo15();
+    });
+
+    it("6. the new container killed during restore: the step fails, and pulumi up again completes", async () => {
+        const d = await declare(upgrade(), PASSWORD);
+        await runShell(stepOf(d, "dump").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
+        const restoring = runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
+        const outcome = restoring.then(() => "finished", (err: Error) => err.message);
+        // Bounded: wait up to 60 s for the load to begin (the marker says "restoring"), then kill the server.
+        for (let i = 0; i < 600; i++) {
+            const marker = await run("docker", ["exec", STAGING, "cat", "/var/lib/postgresql/data/synapse-pg-upgrade.json"]).then((r) => r.stdout, () => "");
+            if (marker.includes('"restoring"')) break;
+            await new Promise((r) => setTimeout(r, 100));
+        }
+        await run("docker", ["kill", STAGING]);
+        assert.match(await outcome, /synapse-pg restore: The new PostgreSQL in "sptest-fault-pg17-staging" stopped during the restore \(killed, or out of memory or disk\); the old cluster is unchanged and the next run starts the restore again/);
+        await expectOldServingUnchanged();
+        await expectUpgradeCompletes(upgrade());
+        await resetTo15();
+    });
+
+    it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; fixed, it completes", async () => {
+        // Valid in 15, removed in 16: the guide's "watch the logs" case.
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10", "-c", "SELECT pg_reload_conf()"]);
+        await rejects(up(upgrade()),
+            /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line/);
+        assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
+        await expectOldServingUnchanged();
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM RESET vacuum_defer_cleanup_age", "-c", "SELECT pg_reload_conf()"]);
+        await expectUpgradeCompletes(upgrade());
+    });
+
+    it("8. a re-run after a successful upgrade runs nothing and changes nothing", async () => {
+        const before = applier.commandRuns.length;
+        await up(upgrade());
+        assert.equal(applier.commandRuns.length, before, "no step ran again");
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        assert.equal(await containerState(OLD), "stopped");
+    });
+});
