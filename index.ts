@@ -1,7 +1,6 @@
 // synapse-postgres: the PostgreSQL behind a Synapse homeserver, one cluster per major, upgraded by stack config.
 // See README.md for the upgrade, revert and retire commands.
-import { readConfig } from "./components/config";
-import { declareStack, stackOutputs } from "./components/stack";
+import { declareProgram } from "./components/stack";
 
 // Outputs: activeVersion, hostAlias, containers, and during an upgrade backupFile and verified (verify's report).
-export = stackOutputs(declareStack(readConfig()));
+export = declareProgram();

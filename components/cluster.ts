@@ -7,6 +7,11 @@ import { DataLocation, dataLayout, formatDataLocation } from "../runner/layout";
 import { stepCommand } from "./command-line";
 
 export interface ClusterArgs {
+    /**
+     * An existing container (postgres:adopt) that is this cluster: nothing is declared for its data or container,
+     * so Pulumi never creates, replaces or deletes it; only its serve step, while it should serve.
+     */
+    adopt?: string;
     /** The major; a plain number because it decides where the data is mounted. */
     major: number;
     /** The image, e.g. postgres:17-alpine or postgres@sha256:<digest>. */
@@ -39,13 +44,21 @@ export class Cluster extends pulumi.ComponentResource {
     readonly containerName: pulumi.Output<string>;
     readonly dataLocation: string;
     readonly volume?: docker.Volume;
-    readonly container: docker.Container;
+    /** The container, unless adopted. */
+    readonly container?: docker.Container;
     readonly serve?: command.local.Command;
 
     constructor(name: string, args: ClusterArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:Cluster", name, {}, opts);
         const layout = dataLayout(args.major);
         this.dataLocation = formatDataLocation(args.data);
+
+        if (args.adopt !== undefined) {
+            this.containerName = pulumi.output(args.adopt);
+            if (args.serving) this.serve = this.declareServe(name, args, this.containerName, []);
+            this.registerOutputs({ containerName: this.containerName, dataLocation: this.dataLocation });
+            return;
+        }
 
         if (args.data.kind === "volume") {
             this.volume = new docker.Volume(`${name}-data`, {
@@ -111,17 +124,19 @@ export class Cluster extends pulumi.ComponentResource {
         });
         this.containerName = this.container.name;
 
-        if (args.serving) {
-            this.serve = new command.local.Command(`${name}-serve`, {
-                create: stepCommand("serve", {
-                    container: this.container.name, network: args.network, alias: args.hostAlias,
-                    ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
-                }),
-                // A new container (minor update, revert) runs serve again.
-                triggers: [this.container.id],
-            }, { parent: this, dependsOn: [this.container] });
-        }
+        if (args.serving) this.serve = this.declareServe(name, args, this.container.name, [this.container]);
 
         this.registerOutputs({ containerName: this.containerName, dataLocation: this.dataLocation });
+    }
+
+    private declareServe(name: string, args: ClusterArgs, container: pulumi.Output<string>, after: docker.Container[]): command.local.Command {
+        return new command.local.Command(`${name}-serve`, {
+            create: stepCommand("serve", {
+                container, network: args.network, alias: args.hostAlias,
+                ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
+            }),
+            // A new container (minor update, revert) runs serve again.
+            triggers: after.map((c) => c.id),
+        }, { parent: this, dependsOn: after });
     }
 }

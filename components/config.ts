@@ -24,10 +24,13 @@ export interface StackConfig {
     upgradeFromImage?: string;
     /** Host folder holding `pgsql<major>` bind mounts; without it, named volumes `synapse-pgsql<major>`. */
     dataRoot?: string;
-    user: string;
-    database: string;
-    network: string;
-    hostAlias: string;
+    /** Defaults: synapse, synapse, synapse, db, or, with adopt, what the adopted container uses. */
+    user?: string;
+    database?: string;
+    network?: string;
+    hostAlias?: string;
+    /** An existing PostgreSQL container (e.g. docker compose's) to upgrade from; never created, replaced or deleted. */
+    adopt?: string;
     /** Host folder for dumps; required while upgradeFrom is set. */
     backupDir?: string;
     /** How the dump is made and restored: directory (parallel, default) or dumpall (the guide's single script). */
@@ -67,10 +70,11 @@ const schema = z
         image: z.string().regex(imageRef, "must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>").default("postgres:{version}-alpine"),
         upgradeFromImage: z.string().regex(imageRef, "must be an image reference like postgres:15-alpine or postgres@sha256:<digest>").optional(),
         dataRoot: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse").optional(),
-        user: z.string().regex(sqlName, "must be a lower-case PostgreSQL role name like synapse").default("synapse"),
-        database: z.string().regex(sqlName, "must be a lower-case database name like synapse").default("synapse"),
-        network: z.string().regex(dockerName, "must be a Docker network name like synapse_default").default("synapse"),
-        hostAlias: z.string().regex(dockerName, "must be a host name like db").default("db"),
+        user: z.string().regex(sqlName, "must be a lower-case PostgreSQL role name like synapse").optional(),
+        database: z.string().regex(sqlName, "must be a lower-case database name like synapse").optional(),
+        network: z.string().regex(dockerName, "must be a Docker network name like synapse_default").optional(),
+        hostAlias: z.string().regex(dockerName, "must be a host name like db").optional(),
+        adopt: z.string().regex(dockerName, "must be the name of a running container, as `docker ps` shows it, like synapse-db-1").optional(),
         backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
         method: z.enum(["directory", "dumpall"], { errorMap: () => ({ message: "must be directory (the fast default) or dumpall (the guide's single script)" }) }).default("directory"),
         synapseContainers: z
@@ -96,10 +100,13 @@ const schema = z
             } else if (from > major) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: `is newer than postgres:version ${c.version}: a downgrade is not a revert; to go back, restore the earlier config (version ${from}, no upgradeFrom)` });
             }
+            if (c.adopt !== undefined) {
+                ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: "is read from the adopted container (postgres:adopt), which knows its own version: remove upgradeFrom" });
+            }
             if (c.backupDir === undefined) {
                 ctx.addIssue({ code: "custom", path: ["backupDir"], message: "is required while postgres:upgradeFrom is set: the host folder the dump is written to" });
             }
-            if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined) {
+            if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined && c.adopt === undefined) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFromImage"], message: "is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too" });
             }
         }
@@ -140,6 +147,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         database: c.database,
         network: c.network,
         hostAlias: c.hostAlias,
+        adopt: c.adopt,
         backupDir: c.backupDir,
         method: c.method,
         synapseContainers: c.synapseContainers ?? [],

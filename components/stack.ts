@@ -6,10 +6,13 @@
 //   version=17.6, upgradeFrom=15  -> the same; only the 17 container is replaced on the same data
 //   version=15 (revert)           -> cluster 15 serving again; 17's container goes, its data is kept
 //   version=17 (retire)           -> cluster 17 serving; 15's container goes, its data is kept
+import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
+import { AdoptedFacts } from "../runner/inspect";
 import { clusterNames, DataLocation } from "../runner/layout";
 import { Cluster } from "./cluster";
-import { imageFor, StackConfig } from "./config";
+import { readAdopted } from "./adopt";
+import { imageFor, readConfig, StackConfig } from "./config";
 import { MajorUpgrade } from "./upgrade";
 
 export interface StackOutputs {
@@ -18,6 +21,13 @@ export interface StackOutputs {
     containers: pulumi.Output<string>[];
     backupFile?: string;
     verified?: pulumi.Output<string>;
+}
+
+/** The whole program: config, the adopted container if any, the declarations, the outputs. */
+export async function declareProgram(): Promise<Record<string, unknown>> {
+    const config = readConfig();
+    const adopted = config.adopt ? await readAdopted(config.adopt) : undefined;
+    return stackOutputs(declareStack(config, adopted));
 }
 
 /** The stack's outputs, without the upgrade's while none is declared (Pulumi warns on undefined outputs). */
@@ -30,38 +40,60 @@ function dataLocationOf(cfg: StackConfig, major: number): DataLocation {
     return cfg.dataRoot ? { kind: "folder", path: `${cfg.dataRoot}/${names.folder}` } : { kind: "volume", name: names.volume };
 }
 
-export function declareStack(cfg: StackConfig): StackOutputs {
+/** What a new cluster's data location is when upgrading away from an adopted container. */
+function dataLocationBeside(cfg: StackConfig, adopted: AdoptedFacts, major: number): DataLocation {
+    if (cfg.dataRoot) return dataLocationOf(cfg, major);
+    if (adopted.data.kind === "folder") {
+        // The guide's layout: ./pgsql15 -> ./pgsql17, beside the adopted folder.
+        const parent = path.posix.dirname(adopted.data.path);
+        const base = path.posix.basename(adopted.data.path);
+        const sibling = /\d+$/.test(base) && base.endsWith(String(adopted.major)) ? base.replace(/\d+$/, String(major)) : `pgsql${major}`;
+        return { kind: "folder", path: `${parent}/${sibling}` };
+    }
+    return dataLocationOf(cfg, major);
+}
+
+export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOutputs {
     const target = cfg.version.major;
+    const hostAlias = cfg.hostAlias ?? adopted?.hostAlias ?? "db";
     const common = {
-        user: cfg.user,
-        database: cfg.database,
+        user: cfg.user ?? adopted?.user ?? "synapse",
+        database: cfg.database ?? adopted?.database ?? "synapse",
         password: cfg.password,
         initdbArgs: cfg.initdbArgs,
-        network: cfg.network,
-        hostAlias: cfg.hostAlias,
+        network: cfg.network ?? adopted?.network ?? "synapse",
+        hostAlias,
         port: cfg.port,
         synapseContainers: cfg.synapseContainers,
     };
-
-    if (cfg.upgradeFrom === undefined) {
-        const cluster = new Cluster(`pg${target}`, {
-            ...common,
-            major: target,
-            image: imageFor(cfg.image, cfg.version.text),
-            containerName: clusterNames(cfg.containerPrefix, target).container,
-            data: dataLocationOf(cfg, target),
-            serving: true,
-        });
-        return { activeVersion: cfg.version.text, hostAlias: cfg.hostAlias, containers: [cluster.containerName] };
+    const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
+    if (adopted && target < adopted.major) {
+        throw new Error(`Invalid stack configuration:\n  - postgres:version is "${cfg.version.text}" but the adopted container "${adopted.container}" runs ${adopted.major}: a downgrade is not a revert; to go back, set postgres:version ${adopted.major}`);
     }
 
-    const from = cfg.upgradeFrom.major;
-    const old = new Cluster(`pg${from}`, {
+    if (from === undefined || from.major === target) {
+        const cluster = new Cluster(`pg${target}`, {
+            ...common,
+            adopt: adopted?.container,
+            major: target,
+            image: imageFor(cfg.image, cfg.version.text),
+            containerName: adopted?.container ?? clusterNames(cfg.containerPrefix, target).container,
+            data: adopted?.data ?? dataLocationOf(cfg, target),
+            serving: true,
+        });
+        return { activeVersion: cfg.version.text, hostAlias, containers: [cluster.containerName] };
+    }
+    if (cfg.backupDir === undefined) {
+        throw new Error(`Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major}: the host folder the dump is written to`);
+    }
+
+    const old = new Cluster(`pg${from.major}`, {
         ...common,
-        major: from,
-        image: cfg.upgradeFromImage ?? imageFor(cfg.image, cfg.upgradeFrom.text),
-        containerName: clusterNames(cfg.containerPrefix, from).container,
-        data: dataLocationOf(cfg, from),
+        adopt: adopted?.container,
+        major: from.major,
+        image: cfg.upgradeFromImage ?? imageFor(cfg.image, from.text),
+        containerName: adopted?.container ?? clusterNames(cfg.containerPrefix, from.major).container,
+        data: adopted?.data ?? dataLocationOf(cfg, from.major),
         // Declared exactly as when it served, so entering the upgrade does not touch the running old container.
         serving: false,
     });
@@ -72,35 +104,36 @@ export function declareStack(cfg: StackConfig): StackOutputs {
     const afterCutover = new Promise<pulumi.Resource[]>((resolve) => (cutoverDeclared = resolve));
     const toImage = imageFor(cfg.image, cfg.version.text);
     const names = clusterNames(cfg.containerPrefix, target);
+    const toData = adopted ? dataLocationBeside(cfg, adopted, target) : dataLocationOf(cfg, target);
     const cluster = new Cluster(`pg${target}`, {
         ...common,
         major: target,
         image: toImage,
         containerName: names.container,
-        data: dataLocationOf(cfg, target),
+        data: toData,
         serving: true,
         startAfter: afterCutover,
     });
-    const upgrade = new MajorUpgrade(`upgrade-${from}-to-${target}`, {
+    const upgrade = new MajorUpgrade(`upgrade-${from.major}-to-${target}`, {
         fromContainer: old.containerName,
         toMajor: target,
         toImage,
-        toData: dataLocationOf(cfg, target),
+        toData,
         stagingContainer: names.staging,
-        backupDir: cfg.backupDir!,
+        backupDir: cfg.backupDir,
         method: cfg.method,
         synapseContainers: cfg.synapseContainers,
         attempt: cfg.attempt,
-        loginUser: cfg.user,
-        loginDatabase: cfg.database,
+        loginUser: common.user,
+        loginDatabase: common.database,
         password: cfg.password,
-        after: cluster.volume ? [old.container, cluster.volume] : [old.container],
+        after: [old.container, cluster.volume].filter((r): r is NonNullable<typeof r> => r !== undefined),
     });
     cutoverDeclared([upgrade.cutover]);
 
     return {
         activeVersion: cfg.version.text,
-        hostAlias: cfg.hostAlias,
+        hostAlias,
         containers: [cluster.containerName, old.containerName],
         backupFile: upgrade.backupFile,
         verified: upgrade.verified,

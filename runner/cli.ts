@@ -5,6 +5,7 @@ import { copyConfig } from "./copy-config";
 import { cutover } from "./cutover";
 import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "./dump";
 import { parseDataLocation } from "./layout";
+import { inspectAdopted } from "./inspect";
 import { preflight } from "./preflight";
 import { ProcessError } from "./process";
 import { restoreCluster } from "./restore";
@@ -45,6 +46,13 @@ function password(required: boolean): string | undefined {
 }
 
 export const SUBCOMMANDS: Record<string, Subcommand> = {
+    inspect: {
+        summary: "Read, changing nothing, what an existing PostgreSQL container (postgres:adopt) is: major, data, network, alias.",
+        flags: { container: "the container to adopt" },
+        async run(f, out) {
+            out(JSON.stringify(await inspectAdopted(str(f, "container"))));
+        },
+    },
     preflight: {
         stopsSynapse: "before",
         summary: "Check, changing nothing, that the old cluster can be upgraded now.",

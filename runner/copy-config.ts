@@ -86,7 +86,10 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
             rejected.map((r) => JSON.stringify(r)),
         );
     }
-    const pending = await query(input.to, toUser, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1");
+    const pending = [
+        ...(await query(input.to, toUser, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")),
+        ...(await restartOnlySettings(input.to, toUser)).map((n) => [n]),
+    ];
     if (pending.length === 0) return { copied, unchanged, restarted: false };
 
     // Settings such as shared_buffers apply only at start.
@@ -102,10 +105,25 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
     return { copied, unchanged, restarted: true };
 }
 
+/**
+ * pg_file_settings reports, besides real rejections, values that a reload cannot apply because they take effect
+ * only at start (also for a parameter the new major added that the old file lacks, e.g. 18's
+ * autovacuum_worker_slots): those need a restart, they are not errors.
+ */
+const NEEDS_RESTART = /cannot be changed without restarting the server|setting could not be applied/;
+
+async function fileSettingErrors(container: string, user: string): Promise<string[][]> {
+    return query(container, user,
+        "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline");
+}
+
+async function restartOnlySettings(container: string, user: string): Promise<string[]> {
+    return (await fileSettingErrors(container, user)).filter(([, , , error]) => NEEDS_RESTART.test(error)).map(([, , name, error]) => name || error);
+}
+
 /** What the server's own parser rejected in the files it just read (PostgreSQL 9.5+). */
 export async function rejectedSettings(container: string, user: string): Promise<RejectedSetting[]> {
-    const rows = await query(container, user,
-        "SELECT sourcefile, sourceline, coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline");
+    const rows = (await fileSettingErrors(container, user)).filter(([, , , error]) => !NEEDS_RESTART.test(error));
     return rows.map(([file, line, name, error]) => ({
         file: file.replace(/^.*\//, ""),
         line: Number(line),

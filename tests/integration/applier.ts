@@ -94,7 +94,14 @@ export class Applier {
         }
         const i = r.inputs;
         const args = ["run", "-d", "--name", i.name];
-        for (const e of i.envs ?? []) args.push("-e", e);
+        // Values by name only, from this process's environment, as the provider passes them through the API:
+        // a value in argv would be visible to every user of the machine (and to the tests' ps check).
+        const env: Record<string, string> = {};
+        for (const e of i.envs ?? []) {
+            const at = e.indexOf("=");
+            env[e.slice(0, at)] = e.slice(at + 1);
+            args.push("-e", e.slice(0, at));
+        }
         for (const v of i.volumes ?? []) args.push("-v", `${v.volumeName ?? v.hostPath}:${v.containerPath}`);
         for (const [n, net] of (i.networksAdvanced ?? []).entries()) {
             if (n > 0) throw new Error("the applier attaches one network per container");
@@ -111,7 +118,7 @@ export class Applier {
         }
         if (i.restart) args.push("--restart", i.restart);
         if (i.stopSignal) args.push("--stop-signal", i.stopSignal);
-        const { stdout: id } = await run("docker", [...args, i.image]);
+        const { stdout: id } = await run("docker", [...args, i.image], { env });
         this.realIds.set(`${r.name}-id`, id.trim());
         if (i.wait) await waitHealthy(i.name, i.waitTimeout ?? 60);
         this.remember(r);

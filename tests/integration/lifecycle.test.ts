@@ -17,6 +17,35 @@ const PREFIX = "sptest-life-";
 const PASSWORD = "Synapse-Pässword-🔒-1";
 const PORT = 25432;
 
+let psSamples = 0;
+const secretSightings: string[] = [];
+
+/** Samples every process's arguments (ps) until stopped, every 100 ms; bounded by the work it watches. */
+function watchProcessArguments(needle: string): { stop(): Promise<string[]> } {
+    const seen: string[] = [];
+    let running = true;
+    const loop = (async () => {
+        while (running) {
+            const { stdout } = await run("ps", ["-eo", "args"]);
+            psSamples++;
+            for (const line of stdout.split("\n")) if (line.includes(needle)) seen.push(line);
+            await new Promise((r) => setTimeout(r, 100));
+        }
+    })();
+    return {
+        async stop() {
+            running = false;
+            await loop;
+            return seen;
+        },
+    };
+}
+
+async function listFiles(dir: string): Promise<string[]> {
+    const entries = await fs.readdir(dir, { withFileTypes: true, recursive: true });
+    return entries.filter((e) => e.isFile()).map((e) => path.join(e.parentPath ?? (e as any).path, e.name));
+}
+
 describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade again, retire, 17 -> 18", function () {
     this.timeout(15 * 60 * 1000);
     let backups: string;
@@ -75,7 +104,12 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
 
     it("upgrades 15 -> 17: the steps run in order, each twice, and 17 serves the same data", async () => {
         const mark = applier.commandRuns.length;
-        await up({ version: "17.5", upgradeFrom: "15" });
+        const ps = watchProcessArguments(PASSWORD);
+        try {
+            await up({ version: "17.5", upgradeFrom: "15" });
+        } finally {
+            secretSightings.push(...(await ps.stop()));
+        }
         assert.deepEqual(commandsRun(mark), [
             "upgrade-15-to-17-preflight", "upgrade-15-to-17-dump", "upgrade-15-to-17-restore",
             "upgrade-15-to-17-copy-config", "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve",
@@ -98,6 +132,25 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         assert.equal(dump.mode & 0o777, 0o700, "the dump folder is open to its owner only");
         const manifest = JSON.parse(await fs.readFile(path.join(backups, "upgrade-15-to-17.json"), "utf8"));
         for (const f of manifest.files) assert.equal((await fs.stat(path.join(backups, f.path))).mode & 0o777, 0o600, f.path);
+    });
+
+    it("keeps the password out of every command line, step output, stack output and dump, and out of trust rules", async () => {
+        assert.ok(psSamples > 20, `ps was sampled during the upgrade (${psSamples} samples)`);
+        assert.deepEqual(secretSightings, [], "no process had the password in its arguments");
+        for (const c of applier.commandRuns) {
+            assert.ok(!c.stdout.includes(PASSWORD) && !c.stderr.includes(PASSWORD), `${c.name}'s output has no password`);
+        }
+        const declared = await declare({ ...base, version: "17.5", upgradeFrom: "15" }, PASSWORD);
+        assert.ok(!JSON.stringify(declared.outputs).includes(PASSWORD), "no stack output has the password");
+        for (const file of await listFiles(backups)) {
+            assert.ok(!(await fs.readFile(file)).includes(Buffer.from(PASSWORD)), `${file} holds only the password's SCRAM hash`);
+        }
+        const hba = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", "grep -v '^#' \"$PGDATA/pg_hba.conf\""])).stdout;
+        const trustedHosts = hba.split("\n").filter((l) => /^\s*host/.test(l) && /\btrust\b/.test(l) && !/127\.0\.0\.1\/32|::1\/128/.test(l));
+        assert.deepEqual(trustedHosts, [], "no trust for connections from other hosts");
+        assert.match(hba, /^host\s+all\s+all\s+all\s+scram-sha-256$/m);
+        const ports = (await run("docker", ["inspect", "-f", "{{json .HostConfig.PortBindings}}", `${PREFIX}pg17`])).stdout;
+        assert.deepEqual(JSON.parse(ports), { "5432/tcp": [{ HostIp: "127.0.0.1", HostPort: String(PORT) }] });
     });
 
     it("a minor update 17.5 -> 17.6 replaces only the container, on the same data, with no dump", async () => {
