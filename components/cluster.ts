@@ -36,6 +36,8 @@ export interface ClusterArgs {
     serving: boolean;
     /** Synapse's containers: the serve step stops them for a switch and starts them once this cluster serves. */
     synapseContainers?: string[];
+    /** Events a revert to this cluster may lose (postgres:revertAcceptLoss); without it such a revert is refused. */
+    revertAcceptLoss?: number;
     /** The container is created only after these (an upgrade's cutover). */
     startAfter?: pulumi.Input<pulumi.Resource[]>;
 }
@@ -132,7 +134,8 @@ export class Cluster extends pulumi.ComponentResource {
     private declareServe(name: string, args: ClusterArgs, container: pulumi.Output<string>, after: docker.Container[]): command.local.Command {
         return new command.local.Command(`${name}-serve`, {
             create: stepCommand("serve", {
-                container, network: args.network, alias: args.hostAlias,
+                container, network: args.network, alias: args.hostAlias, database: args.database,
+                ...(args.revertAcceptLoss ? { "accept-loss": args.revertAcceptLoss } : {}),
                 ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
             }),
             // A new container (minor update, revert) runs serve again.

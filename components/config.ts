@@ -37,6 +37,8 @@ export interface StackConfig {
     method: DumpMethod;
     /** Synapse's containers (main and workers): stopped for the upgrade, started after the switch or a failure. */
     synapseContainers: string[];
+    /** Events written to the newer cluster since the switch that a revert may lose (explicit confirmation). */
+    revertAcceptLoss: number;
     /** Bumped by the user to run an upgrade again from a fresh dump (every step's trigger). */
     attempt: number;
     /** Publish 5432 of the serving cluster on 127.0.0.1:<port> (never on other addresses). */
@@ -82,6 +84,7 @@ const schema = z
             .transform((v) => parseList(v))
             .refine((list) => list !== undefined && list.every((n) => dockerName.test(n)), "must be container names, comma-separated or a JSON list, like synapse,synapse-worker1")
             .optional(),
+        revertAcceptLoss: z.string().regex(/^\d+$/, "must be the number of events the revert may lose, as the refused revert reported it, like 42").default("0"),
         attempt: z.string().regex(/^[1-9]\d*$/, "must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)").default("1"),
         port: z
             .string()
@@ -152,6 +155,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         method: c.method,
         synapseContainers: c.synapseContainers ?? [],
         attempt: Number(c.attempt),
+        revertAcceptLoss: Number(c.revertAcceptLoss),
         port: c.port === undefined ? undefined : Number(c.port),
         containerPrefix: c.containerPrefix,
         initdbArgs: c.initdbArgs,

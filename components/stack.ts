@@ -65,6 +65,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         hostAlias,
         port: cfg.port,
         synapseContainers: cfg.synapseContainers,
+        revertAcceptLoss: cfg.revertAcceptLoss,
     };
     const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
     if (adopted && target < adopted.major) {

@@ -64,6 +64,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             restore: {
                 create: stepCommand("restore", {
                     container: args.stagingContainer, image: args.toImage, data, major: args.toMajor, in: this.backupFile,
+                    "login-user": args.loginUser,
                 }),
                 environment: secretEnv,
             },
@@ -77,6 +78,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             cutover: {
                 create: stepCommand("cutover", {
                     old: args.fromContainer, new: args.stagingContainer, data, image: args.toImage, major: args.toMajor,
+                    database: args.loginDatabase,
                 }),
             },
         };

@@ -39,6 +39,12 @@ function int(flags: Flags, name: string): number {
     return n;
 }
 
+function int0(flags: Flags, name: string): number {
+    const n = Number(flags[name]);
+    if (!Number.isInteger(n) || n < 0) throw new StepError(`--${name} must be a whole number from 0, not "${flags[name]}".`);
+    return n;
+}
+
 function password(required: boolean): string | undefined {
     const pw = process.env[PASSWORD_ENV];
     if (required && !pw) throw new StepError(`Set ${PASSWORD_ENV} in the environment to the database password; it is never taken from the command line.`);
@@ -75,6 +81,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (f.json) return out(JSON.stringify(r, null, 2));
             if (r.alreadyUpgraded) return out(`preflight: "${str(f, "container")}" was already switched to ${str(f, "target-major")}; nothing to check.`);
             out(`preflight: "${str(f, "container")}" runs PostgreSQL ${r.sourceVersion}, ${formatBytes(r.databasesBytes)} of databases, no other clients; new data location: ${r.target}. Ready.`);
+            if (r.md5Roles.length) {
+                out(`preflight: warning: ${r.md5Roles.join(", ")} ha${r.md5Roles.length === 1 ? "s" : "ve"} an md5 password hash, which the new cluster's scram-sha-256 rule refuses; the Synapse role is re-set as scram-sha-256 after the restore, for any other run SET password_encryption = 'scram-sha-256'; ALTER ROLE <name> PASSWORD '<password>' on the new cluster.`);
+            }
         },
     },
     dump: {
@@ -111,6 +120,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             data: "the new cluster's volume name or absolute host folder",
             major: "the new major",
             in: "the dump written by the dump step (<name>.sql or the <name> folder)",
+            "login-user?": "the role Synapse logs in as (default synapse): re-set as scram-sha-256 if its hash is md5",
         },
         async run(f, out) {
             const r = await restoreCluster({
@@ -120,7 +130,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 major: int(f, "major"),
                 dumpPath: str(f, "in"),
                 password: password(true)!,
+                loginUser: (f["login-user"] as string) ?? "synapse",
             });
+            if (r.rehashed) out(`restore: the role ${r.rehashed} had an md5 password hash; it was re-set as scram-sha-256 from the configured password.`);
             if (r.filtered?.attverOptionsDropped) {
                 out(`restore: dropped ${r.filtered.attverOptionsDropped} internal pg_attver column markers of the old server, which PostgreSQL ${str(f, "major")} does not accept.`);
             }
@@ -177,9 +189,11 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             data: "the new cluster's volume name or absolute host folder",
             image: "the new major's image",
             major: "the new major",
+            "database?": "Synapse's database (default synapse), whose stream position is recorded for a revert",
         },
         async run(f, out) {
             const r = await cutover({
+                database: f.database as string | undefined,
                 old: str(f, "old"),
                 new: str(f, "new"),
                 data: parseDataLocation(str(f, "data")),
@@ -192,12 +206,19 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     serve: {
         stopsSynapse: "around",
         summary: "Make this cluster the one Synapse reaches: stop our other holder of the alias, start this one.",
-        flags: { container: "the cluster's container", network: "the Docker network Synapse uses", alias: "the host name Synapse connects to" },
+        flags: {
+            container: "the cluster's container", network: "the Docker network Synapse uses", alias: "the host name Synapse connects to",
+            "database?": "Synapse's database (default synapse), checked for events a revert would lose",
+            "accept-loss?": "the number of events written since the switch that a revert may lose (default 0)",
+        },
         async run(f, out) {
             const r = await serveCluster({
                 container: str(f, "container"), network: str(f, "network"), alias: str(f, "alias"),
                 synapse: parseContainerList(f.synapse as string | undefined),
+                database: f.database as string | undefined,
+                acceptLoss: f["accept-loss"] === undefined ? 0 : int0(f, "accept-loss"),
             });
+            if (r.eventsLost !== undefined) out(`serve: reverted; ${r.eventsLost} event(s) written since the switch stay only in the newer cluster; cleared ${r.oneTimeKeysCleared ?? 0} one-time keys so clients upload fresh ones.`);
             const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
             out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
             if (r.synapseStarted.length) out(`serve: started Synapse (${r.synapseStarted.join(", ")}).`);

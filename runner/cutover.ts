@@ -1,7 +1,7 @@
 // cutover: the switch. After verify passed: the staging container is stopped cleanly and removed (its data stays
 // in the new volume or folder, where Pulumi's serving container of the new major picks it up), and the old
 // container is stopped cleanly. The old data is never touched; its container stays, stopped, for a revert.
-import { inspectContainer, removeContainer, stopContainer, superuserOf } from "./docker";
+import { inspectContainer, query, removeContainer, stopContainer, superuserOf } from "./docker";
 import { DataLocation } from "./layout";
 import { StepError } from "./step-error";
 import { advanceMarker, hasServed, readMarkerIn, readTargetState, writeMarkerIn } from "./target";
@@ -14,6 +14,8 @@ export interface CutoverInput {
     data: DataLocation;
     image: string;
     major: number;
+    /** Synapse's database, whose stream position is recorded for a later revert. */
+    database?: string;
 }
 
 export interface CutoverResult {
@@ -31,7 +33,13 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         if (marker?.state !== "verified") {
             throw new StepError(`The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`);
         }
-        await writeMarkerIn(input.new, user, advanceMarker(marker, "cutover"));
+        // Where Synapse's event stream stood at the switch: a revert can then tell how many events it would lose.
+        const old = await inspectContainer(input.old);
+        const database = input.database ?? "synapse";
+        const position = old?.running ? await eventsPosition(input.old, superuserOf(old), database) : undefined;
+        const switched = advanceMarker(marker, "cutover");
+        if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
+        await writeMarkerIn(input.new, user, switched);
         await stopContainer(input.new);
         await removeContainer(input.new);
         stopped.push(input.new);
@@ -47,4 +55,13 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         stopped.push(input.old);
     }
     return { alreadyDone: stopped.length === 0, stopped };
+}
+
+/** Synapse's newest event stream position, or undefined where there is no Synapse schema. */
+export async function eventsPosition(container: string, user: string, database: string): Promise<number | undefined> {
+    const rows = await query(container, user,
+        "SELECT CASE WHEN to_regclass('public.events') IS NULL THEN NULL ELSE (SELECT coalesce(max(stream_ordering), 0) FROM public.events) END",
+        database).catch(() => [] as string[][]);
+    const value = rows[0]?.[0];
+    return value === undefined || value === "" ? undefined : Number(value);
 }

@@ -34,6 +34,12 @@ export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     const data: DataLocation = mount.type === "bind" ? { kind: "folder", path: mount.source } : { kind: "volume", name: mount.name! };
     // PG_VERSION in the data directory is the truth about the major; the image tag may lie (postgres:latest).
     const pgdata = info.env.PGDATA || "/var/lib/postgresql/data";
+    if (!(pgdata + "/").startsWith(mount.destination.replace(/\/?$/, "/"))) {
+        // The 18+ image keeps PGDATA at /var/lib/postgresql/18/docker; a volume at the old path holds nothing.
+        throw new StepError(
+            `"${container}" keeps its data at PGDATA=${pgdata}, outside what is mounted (${mount.destination}): the real data is in an anonymous volume that removing the container deletes. Mount the volume or folder at /var/lib/postgresql (the 18+ layout) before adopting it.`,
+        );
+    }
     const pgVersion = await readPgVersion(container, info.running, info.image, mount.destination, pgdata);
     const networks = Object.entries(info.networks).filter(([n]) => !["bridge", "host", "none"].includes(n));
     if (networks.length === 0) {

@@ -25,6 +25,8 @@ export interface PreflightResult {
     target: "empty" | "staging copy (will be redone)" | "served before a revert (will be set aside, kept)";
     /** The upgrade already switched to the new cluster: nothing is left to check. */
     alreadyUpgraded: boolean;
+    /** Roles whose password is an md5 hash: they cannot log in through the new cluster's scram-sha-256 rule. */
+    md5Roles: string[];
 }
 
 /** Current Synapse releases refuse PostgreSQL older than 14. */
@@ -38,7 +40,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     const target = await readTargetState(input.targetData, input.targetMajor, input.targetImage);
     if (!old.running) {
         if (target.marker && hasServed(target.marker)) {
-            return { sourceVersion: "", sourceMajor: 0, databasesBytes: 0, target: "served before a revert (will be set aside, kept)", alreadyUpgraded: true };
+            return { sourceVersion: "", sourceMajor: 0, databasesBytes: 0, target: "served before a revert (will be set aside, kept)", alreadyUpgraded: true, md5Roles: [] };
         }
         throw new StepError(`The old container "${input.container}" is not running; start it so it can be checked and dumped.`);
     }
@@ -75,5 +77,6 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
             `The new data location ${formatDataLocation(input.targetData)} already holds files synapse-postgres did not create (${target.entries.slice(0, 5).join(", ")}); move them away or choose another postgres:dataRoot, they are never deleted by this tool.`,
         );
     }
-    return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false };
+    const md5Roles = (await query(input.container, user, "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' ORDER BY 1")).map(([r]) => r);
+    return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles };
 }

@@ -2,11 +2,12 @@
 // The staging container is ours alone (label synapse-postgres.role=staging, no alias, no published port); the
 // serving container of the new major is declared by Pulumi and created only after verify and cutover.
 // A failed or interrupted restore is thrown away and redone: it only ever held a copy of the old data.
+import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { containerLogTail, inspectContainer, MANAGED_LABEL, query, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, removeContainer, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, ProcessError } from "./process";
 import { Progress } from "./progress";
@@ -26,12 +27,16 @@ export interface RestoreInput {
     dumpPath: string;
     /** Password of the bootstrap superuser for the new cluster's first start (from SYNAPSE_PG_PASSWORD). */
     password: string;
+    /** The role Synapse logs in as: an md5 hash of it is re-set as scram-sha-256 from `password`. */
+    loginUser?: string;
 }
 
 export interface RestoreResult {
     alreadyRestored: boolean;
     /** What the dump filter changed. */
     filtered?: FilterCounts;
+    /** The login role whose md5 hash was re-set as scram-sha-256. */
+    rehashed?: string;
     setAsideTo?: string;
     manifest: DumpManifest;
 }
@@ -119,6 +124,7 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
     // A dump carries no planner statistics: without this Synapse's first queries on the new cluster crawl.
     await run("docker", ["exec", input.container, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
     phases.lap("statistics gathered");
+    const rehashed = await rehashLoginRole(input, superuser);
 
     // Back to normal settings; CHECKPOINT writes every dirty page and sync makes all of it durable, including
     // what was written while fsync was off.
@@ -128,7 +134,7 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
     phases.lap("made durable");
     marker = advanceMarker(marker, "restored");
     await writeMarkerIn(input.container, superuser, marker);
-    return { alreadyRestored: false, setAsideTo, manifest, filtered };
+    return { alreadyRestored: false, setAsideTo, manifest, filtered, rehashed };
 }
 
 /**
@@ -148,6 +154,30 @@ async function setSettings(container: string, user: string, settings: [string, s
         await query(container, user, value === undefined ? `ALTER SYSTEM RESET ${name}` : `ALTER SYSTEM SET ${name} = '${value}'`);
     }
     await query(container, user, "SELECT pg_reload_conf()");
+}
+
+/**
+ * md5 password hashes cannot log in through the new cluster's `host all all all scram-sha-256` rule
+ * ("password authentication failed"), so the Synapse role's md5 hash is replaced by a scram-sha-256 hash of the
+ * configured password, after checking that the password is the one the md5 hash was made from. The statement
+ * travels on psql's stdin, never in argv.
+ */
+async function rehashLoginRole(input: RestoreInput, superuser: string): Promise<string | undefined> {
+    const role = input.loginUser ?? "synapse";
+    const rows = await query(input.container, superuser, `SELECT rolpassword FROM pg_authid WHERE rolname = ${sqlLiteral(role)}`);
+    const hash = rows[0]?.[0] ?? "";
+    if (!hash.startsWith("md5")) return undefined;
+    if (hash !== "md5" + createHash("md5").update(input.password + role).digest("hex")) {
+        throw new StepError(`The role ${role} has an md5 password hash in the old cluster that postgres:password does not match, so it cannot be re-set as scram-sha-256; set postgres:password to the password Synapse uses.`);
+    }
+    await run("docker", ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", "postgres"], {
+        stdin: `SET password_encryption = 'scram-sha-256';\nALTER ROLE ${quoteIdent(role)} PASSWORD ${sqlLiteral(input.password)};\n`,
+    });
+    return role;
+}
+
+function sqlLiteral(text: string): string {
+    return `'${text.replace(/'/g, "''")}'`;
 }
 
 /** Prints how long each phase of a step took, so a slow upgrade says where its time went. */

@@ -1,7 +1,7 @@
 // serve: makes one cluster the one Synapse reaches. Declared by Pulumi for the serving cluster only, so a revert
 // (the earlier stack config again) declares it anew for the old cluster and runs it: the other cluster of ours
 // that answers to the alias is stopped cleanly first, so Synapse never sees two servers under one name.
-import { inspectContainer, MANAGED_LABEL, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
+import { inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 import { startSynapse, stopSynapse } from "./synapse";
@@ -13,6 +13,10 @@ export interface ServeInput {
     alias: string;
     /** Synapse's containers: stopped before a switch, started once this cluster serves. */
     synapse?: string[];
+    /** Synapse's database (default synapse): checked for events a revert would lose. */
+    database?: string;
+    /** Events the user accepts to lose by reverting (postgres:revertAcceptLoss). */
+    acceptLoss?: number;
 }
 
 export interface ServeResult {
@@ -20,6 +24,9 @@ export interface ServeResult {
     stoppedOthers: string[];
     version: string;
     synapseStarted: string[];
+    /** One-time keys removed from this cluster after a revert (Synapse's advice after going back to older data). */
+    oneTimeKeysCleared?: number;
+    eventsLost?: number;
 }
 
 export async function serveCluster(input: ServeInput): Promise<ServeResult> {
@@ -36,6 +43,13 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     }
     // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
     if (others.length > 0 || !info.running) await stopSynapse(input.synapse ?? []);
+    const leaving = await eventsWrittenSinceSwitch(others, input.database ?? "synapse");
+    if (leaving.lost > (input.acceptLoss ?? 0)) {
+        await startSynapse(input.synapse ?? []);
+        throw new StepError(
+            `Going back to "${input.container}" would lose ${leaving.lost} event(s) written to "${leaving.from}" since the switch at ${leaving.at}; to accept that, set postgres:revertAcceptLoss ${leaving.lost} and run pulumi up again (those events stay in "${leaving.from}", which is kept).`,
+        );
+    }
     const stoppedOthers: string[] = [];
     for (const other of others) {
         await stopContainer(other.name);
@@ -48,8 +62,34 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     const marker = await readMarkerIn(input.container, user);
     if (marker && marker.state === "cutover") await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
     const version = (await serverVersion(input.container, user)).text;
+    let oneTimeKeysCleared: number | undefined;
+    if (leaving.served) {
+        // Synapse's backup advice: after going back to older data, clients may hold one-time keys the older data
+        // still lists as unclaimed; clear them before Synapse starts, so they are uploaded afresh.
+        const db = input.database ?? "synapse";
+        const rows = await query(input.container, user,
+            "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone", db).catch(() => [["0"]]);
+        oneTimeKeysCleared = Number(rows[0][0]);
+    }
     const synapseStarted = await startSynapse(input.synapse ?? []);
-    return { started, stoppedOthers, version, synapseStarted };
+    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: leaving.served ? leaving.lost : undefined };
+}
+
+/**
+ * For a revert: of the clusters about to be stopped, one that served Synapse after an upgrade (its marker says so)
+ * may hold events the older cluster lacks: those after the stream position recorded at the switch.
+ */
+async function eventsWrittenSinceSwitch(others: { name: string; env: Record<string, string> }[], database: string) {
+    for (const other of others) {
+        const user = other.env.POSTGRES_USER || "postgres";
+        const marker = await readMarkerIn(other.name, user).catch(() => undefined);
+        if (!marker || (marker.state !== "serving" && marker.state !== "cutover")) continue;
+        const since = marker.switchedAt;
+        if (!since) return { served: true, lost: 0, from: other.name, at: "" };
+        const [[n]] = await query(other.name, user, `SELECT count(*) FROM public.events WHERE stream_ordering > ${Number(since.eventsStreamOrdering)}`, since.database);
+        return { served: true, lost: Number(n), from: other.name, at: since.at };
+    }
+    return { served: false, lost: 0, from: "", at: "" };
 }
 
 /** Running containers on the network that answer to the alias. */

@@ -18,6 +18,8 @@ export interface Marker {
     source: { container: string; version: string };
     dump: { path: string; sha256: string };
     history: { state: MarkerState; at: string }[];
+    /** The old cluster's last event (Synapse's events.stream_ordering) when the switch happened. */
+    switchedAt?: { database: string; eventsStreamOrdering: number; at: string };
 }
 
 export interface TargetState {

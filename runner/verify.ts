@@ -52,9 +52,10 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
                 CASE WHEN rolcreatedb THEN 'createdb' END, CASE WHEN rolcreaterole THEN 'createrole' END,
                 CASE WHEN rolreplication THEN 'replication' END, CASE WHEN rolbypassrls THEN 'bypassrls' END,
                 CASE WHEN NOT rolinherit THEN 'noinherit' END, 'connlimit=' || rolconnlimit),
-                md5(coalesce(rolpassword, ''))
+                md5(coalesce(rolpassword, '')),
+                CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'none' END
            FROM pg_authid WHERE rolname !~ '^pg_' ORDER BY 1`);
-    for (const [name, attrs, pw] of roleRows) roles.set(name, `${attrs} password#${pw.slice(0, 8)}`);
+    for (const [name, attrs, pw, kind] of roleRows) roles.set(name, `${attrs} ${kind} password#${pw.slice(0, 8)}`);
 
     const tables = new Map<string, number>();
     const sequences = new Map<string, string>();
@@ -115,9 +116,15 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
         if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
     }
     const [a, b] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo))]);
+    const roles = compare("role", a.roles, b.roles).map((c) =>
+        // The restore re-hashes the Synapse role's md5 password as scram-sha-256 (the login check below proves it).
+        c.what === `role ${input.loginUser}` && c.old.replace(/ md5 password#\w+$/, "") === c.new.replace(/ scram password#\w+$/, "") && / md5 /.test(c.old)
+            ? { ...c, same: true, new: `${c.new} (re-hashed from md5)` }
+            : c,
+    );
     const comparisons = [
         ...compare("database", a.databases, b.databases),
-        ...compare("role", a.roles, b.roles),
+        ...roles,
         ...compare("table", a.tables, b.tables),
         ...compare("sequence", a.sequences, b.sequences),
     ];

@@ -22,7 +22,7 @@ describe("adopting a compose-managed container (postgres:adopt)", () => {
     it("while its major is the version, declares only its serve step: nothing that could create, replace or delete it", async () => {
         const d = await declare({ adopt: "synapse-db-1", version: "15" }, "pw", { adopted: COMPOSE_DB });
         assert.deepEqual(d.names(), ["pg15", "pg15-serve"]);
-        assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-db-1 --network synapse_default --alias db`);
+        assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-db-1 --network synapse_default --alias db --database synapse`);
     });
 
     it("upgrades from it: the new cluster joins its network under its service name, in a folder beside its own", async () => {

@@ -73,7 +73,7 @@ describe("first deploy of 15", () => {
 
     it("declares the serve step for synapse-pg15 after its container, re-run when the container changes", () => {
         const s = d.byName("pg15-serve");
-        assert.equal(s.inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db`);
+        assert.equal(s.inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db --database synapse`);
         assert.deepEqual(s.inputs.triggers, ["pg15-container-id"]);
         assert.deepEqual(short(s.dependencies), ["pg15-container"]);
     });
@@ -109,7 +109,7 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
 
     it("moves the serve step to 17: 15 has none while the upgrade is declared", () => {
         assert.equal(d.find("pg15-serve"), undefined);
-        assert.equal(d.byName("pg17-serve").inputs.create, `${RUNNER} serve --container synapse-pg17 --network synapse --alias db`);
+        assert.equal(d.byName("pg17-serve").inputs.create, `${RUNNER} serve --container synapse-pg17 --network synapse --alias db --database synapse`);
     });
 
     it("chains the steps: each depends on the one before, preflight on the old container and the new volume", () => {
@@ -132,10 +132,10 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
         assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS}`);
         assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --method directory --tool-image postgres:17-alpine`);
-        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17`);
+        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17 --login-user synapse`);
         assert.equal(cmd("copy-config"), `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging`);
         assert.equal(cmd("verify"), `${RUNNER} verify --old synapse-pg15 --new synapse-pg17-staging --login-user synapse --login-database synapse`);
-        assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17`);
+        assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17 --database synapse`);
     });
 
     it("gives the password to dump, restore and verify only as a secret environment variable", () => {
@@ -249,7 +249,7 @@ describe("Synapse's containers (postgres:synapseContainers) and attempts", () =>
         for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"]) {
             assert.match(d.byName(`upgrade-15-to-17-${step}`).inputs.create, / --synapse synapse,synapse-worker1$/, step);
         }
-        assert.equal(d.byName("pg17-serve").inputs.create, `${RUNNER} serve --container synapse-pg17 --network synapse --alias db --synapse synapse,synapse-worker1`);
+        assert.equal(d.byName("pg17-serve").inputs.create, `${RUNNER} serve --container synapse-pg17 --network synapse --alias db --database synapse --synapse synapse,synapse-worker1`);
     });
 
     it("accepts a comma-separated list too, and leaves the old container untouched by it", async () => {
@@ -269,11 +269,18 @@ describe("Synapse's containers (postgres:synapseContainers) and attempts", () =>
     });
 });
 
+describe("revert after writes (postgres:revertAcceptLoss)", () => {
+    it("passes the accepted number of lost events to the serve step", async () => {
+        const d = await declare({ version: "15", revertAcceptLoss: "42" });
+        assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db --database synapse --accept-loss 42`);
+    });
+});
+
 describe("dump method", () => {
     it("uses the guide's single pg_dumpall script with postgres:method dumpall", async () => {
         const d = await declare({ ...UPGRADE_17, method: "dumpall" });
         assert.match(d.byName("upgrade-15-to-17-dump").inputs.create, / --method dumpall /);
-        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --in \/srv\/backups\/upgrade-15-to-17\.sql$/);
+        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --in \/srv\/backups\/upgrade-15-to-17\.sql --login-user synapse$/);
         assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
     });
 });
@@ -332,6 +339,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["an unknown dump method", { ...UPGRADE_17, method: "pgcopydb" }, "pw", 'postgres:method is "pgcopydb" but must be directory (the fast default) or dumpall (the guide\'s single script)'],
         ["Synapse containers that are not names", { ...UPGRADE_17, synapseContainers: "synapse;rm -rf /" }, "pw", 'postgres:synapseContainers is "synapse;rm -rf /" but must be container names, comma-separated or a JSON list, like synapse,synapse-worker1'],
         ["an attempt that is not a positive number", { ...UPGRADE_17, attempt: "0" }, "pw", 'postgres:attempt is "0" but must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)'],
+        ["a revertAcceptLoss that is not a count", { version: "15", revertAcceptLoss: "yes" }, "pw", 'postgres:revertAcceptLoss is "yes" but must be the number of events the revert may lose, as the refused revert reported it, like 42'],
         ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
         ["an unknown key", { version: "15", upgradefrom: "14" }, "pw", "postgres:upgradefrom is not a setting of this program (a typo?)"],
     ];

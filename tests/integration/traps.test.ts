@@ -1,0 +1,101 @@
+// Known upgrade traps, reproduced on real containers, each caught with its message.
+// (The pg_attver trap is met by the 17 -> 18 upgrade in lifecycle.test.ts, the removed-parameter trap by fault 7,
+// the 18+ layout by lifecycle's 17 -> 18; this file holds the rest.)
+import { strict as assert } from "node:assert";
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Client } from "pg";
+import { run } from "../../runner/process";
+import { declare } from "../fixtures/pulumi-graph";
+import { seedSynapse } from "../fixtures/seed";
+import { Applier, runShell } from "./applier";
+import { containerState, removeTestResources, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
+
+const PREFIX = "sptest-trap-";
+const PASSWORD = "trap-Pässword-4";
+const PORT = 25434;
+
+async function sql(query: string, database = "synapse"): Promise<any[]> {
+    const c = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database });
+    await c.connect();
+    try {
+        return (await c.query(query)).rows;
+    } finally {
+        await c.end();
+    }
+}
+
+describe("upgrade traps on real containers", function () {
+    this.timeout(15 * 60 * 1000);
+    const applier = new Applier();
+    let backups: string;
+    let base: Record<string, string>;
+    const up = async (cfg: Record<string, string>) => applier.up(await declare({ ...base, ...cfg }, PASSWORD));
+    const upgrade = { version: "17", upgradeFrom: "15" };
+    let events15: number;
+
+    before(async () => {
+        await requireDockerAndImages([15, 17, 18]);
+        await removeTestResources(PREFIX);
+        await run("docker", ["network", "create", `${PREFIX}net`]);
+        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-traps-"));
+        base = {
+            image: `${TEST_IMAGE}:{version}`, network: `${PREFIX}net`, containerPrefix: `${PREFIX}pg`, port: String(PORT),
+            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+        };
+        await up({ version: "15" });
+        await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 5, seed: 11 });
+        events15 = Number((await sql("SELECT count(*) AS n FROM events"))[0].n);
+    });
+
+    after(async () => {
+        await removeTestResources(PREFIX);
+        await fs.rm(backups, { recursive: true, force: true });
+    });
+
+    it("md5 password hashes: named at preflight; the Synapse role is re-set as scram and logs in on the new cluster", async () => {
+        // A cluster first created before PostgreSQL 14: md5 hashes behind an md5 host rule. The new cluster's rule is
+        // scram-sha-256, which refuses md5 hashes.
+        await run("docker", ["exec", `${PREFIX}pg15`, "sh", "-c", `sed -i 's/^host all all all scram-sha-256$/host all all all md5/' "$PGDATA/pg_hba.conf"`]);
+        await run("docker", ["exec", "-i", `${PREFIX}pg15`, "psql", "-q", "-U", "synapse", "-d", "postgres"], {
+            stdin: `SELECT pg_reload_conf();\nSET password_encryption = 'md5';\nALTER ROLE synapse PASSWORD '${PASSWORD}';\nALTER ROLE matrix_reporting PASSWORD 'reporting-md5';\n`,
+        });
+        const mark = applier.commandRuns.length;
+        await up(upgrade);
+        const runs = applier.commandRuns.slice(mark);
+        const preflight = runs.find((r) => r.name === "upgrade-15-to-17-preflight")!.stdout;
+        assert.match(preflight, /preflight: warning: matrix_reporting, synapse have an md5 password hash, which the new cluster's scram-sha-256 rule refuses/);
+        const restore = runs.find((r) => r.name === "upgrade-15-to-17-restore")!.stdout;
+        assert.match(restore, /restore: the role synapse had an md5 password hash; it was re-set as scram-sha-256 from the configured password\./);
+        const rows = await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, (SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'synapse') AS hash");
+        assert.deepEqual(rows, [{ major: 17, hash: "SCRAM-SHA-256$" }], "Synapse logs in over TCP with its password, hashed as scram");
+    });
+
+    it("a revert after Synapse wrote to the new cluster says how many events it would lose and needs a confirmation", async () => {
+        // Synapse wrote three events and claimed one-time keys on 17.
+        await sql(`INSERT INTO events (topological_ordering, event_id, type, room_id, processed, outlier, stream_ordering)
+                   SELECT 1, '$late' || g, 'm.room.message', '!room1:example.org', true, false, 1000000 + g FROM generate_series(1, 3) g`);
+        await assert.rejects(up({ version: "15" }), (err: Error) => {
+            assert.match(err.message, /synapse-pg serve: Going back to "sptest-trap-pg15" would lose 3 event\(s\) written to "sptest-trap-pg17" since the switch at \S+; to accept that, set postgres:revertAcceptLoss 3 and run pulumi up again \(those events stay in "sptest-trap-pg17", which is kept\)\./);
+            return true;
+        });
+        assert.equal(await containerState(`${PREFIX}pg17`), "running", "refused: 17 keeps serving");
+        assert.equal((await sql("SELECT current_setting('server_version_num')::int / 10000 AS major"))[0].major, 17);
+
+        const mark = applier.commandRuns.length;
+        await up({ version: "15", revertAcceptLoss: "3" });
+        const serve = applier.commandRuns.slice(mark).find((r) => r.name === "pg15-serve")!.stdout;
+        assert.match(serve, /serve: reverted; 3 event\(s\) written since the switch stay only in the newer cluster; cleared \d+ one-time keys/);
+        const rows = await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, (SELECT count(*) FROM events)::int AS events, (SELECT count(*) FROM e2e_one_time_keys_json)::int AS otks");
+        assert.deepEqual(rows, [{ major: 15, events: events15, otks: 0 }], "15 serves its own events, with one-time keys cleared");
+    });
+
+    it("an adopted 18 container whose volume is mounted the pre-18 way is refused before anything runs", async () => {
+        await run("docker", ["run", "-d", "--name", `${PREFIX}wrong18`, "--network", `${PREFIX}net`, "-e", "POSTGRES_PASSWORD",
+            "-v", `${PREFIX}wrong18:/var/lib/postgresql/data`, `${TEST_IMAGE}:18`], { env: { POSTGRES_PASSWORD: PASSWORD } });
+        await new Promise((r) => setTimeout(r, 4000));
+        await assert.rejects(runShell(`npx --no-install synapse-pg inspect --container ${PREFIX}wrong18`, {}),
+            /synapse-pg inspect: "sptest-trap-wrong18" keeps its data at PGDATA=\/var\/lib\/postgresql\/18\/docker, outside what is mounted \(\/var\/lib\/postgresql\/data\): the real data is in an anonymous volume/);
+    });
+});
