@@ -3,7 +3,7 @@
 import * as command from "@pulumi/command";
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
-import { DataLocation, dataLayout, formatDataLocation } from "../runner/layout";
+import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/layout";
 import { stepCommand } from "./command-line";
 
 export interface ClusterArgs {
@@ -103,7 +103,7 @@ export class Cluster extends pulumi.ComponentResource {
             // once the real server runs.
             healthcheck: {
                 tests: pulumi.all([args.user, args.database]).apply(([u, d]) => ["CMD", "pg_isready", "-h", "127.0.0.1", "-U", u, "-d", d]),
-                interval: "5s",
+                interval: `${HEALTHCHECK_INTERVAL_SECONDS}s`,
                 timeout: "5s",
                 retries: 12,
                 startPeriod: "30s",

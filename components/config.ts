@@ -37,6 +37,8 @@ export interface StackConfig {
     method: DumpMethod;
     /** Synapse's containers (main and workers): stopped for the upgrade, started after the switch or a failure. */
     synapseContainers: string[];
+    /** Only rehearse the upgrade (on a stack of its own): nothing else is declared. */
+    rehearse: boolean;
     /** Events written to the newer cluster since the switch that a revert may lose (explicit confirmation). */
     revertAcceptLoss: number;
     /** Bumped by the user to run an upgrade again from a fresh dump (every step's trigger). */
@@ -84,6 +86,7 @@ const schema = z
             .transform((v) => parseList(v))
             .refine((list) => list !== undefined && list.every((n) => dockerName.test(n)), "must be container names, comma-separated or a JSON list, like synapse,synapse-worker1")
             .optional(),
+        rehearse: z.enum(["true", "false"], { errorMap: () => ({ message: "must be true or false" }) }).default("false"),
         revertAcceptLoss: z.string().regex(/^\d+$/, "must be the number of events the revert may lose, as the refused revert reported it, like 42").default("0"),
         attempt: z.string().regex(/^[1-9]\d*$/, "must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)").default("1"),
         port: z
@@ -95,6 +98,9 @@ const schema = z
         initdbArgs: z.string().default("--encoding=UTF8 --locale=C"),
     })
     .superRefine((c, ctx) => {
+        if (c.rehearse === "true" && c.upgradeFrom === undefined && c.adopt === undefined) {
+            ctx.addIssue({ code: "custom", path: ["rehearse"], message: "needs the cluster to rehearse from: set postgres:upgradeFrom (or postgres:adopt) and postgres:version" });
+        }
         const major = Number(c.version.split(".")[0]);
         if (c.upgradeFrom !== undefined && /^\d+(\.\d+)?$/.test(c.upgradeFrom)) {
             const from = Number(c.upgradeFrom.split(".")[0]);
@@ -106,7 +112,7 @@ const schema = z
             if (c.adopt !== undefined) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: "is read from the adopted container (postgres:adopt), which knows its own version: remove upgradeFrom" });
             }
-            if (c.backupDir === undefined) {
+            if (c.backupDir === undefined && c.rehearse !== "true") {
                 ctx.addIssue({ code: "custom", path: ["backupDir"], message: "is required while postgres:upgradeFrom is set: the host folder the dump is written to" });
             }
             if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined && c.adopt === undefined) {
@@ -156,6 +162,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         synapseContainers: c.synapseContainers ?? [],
         attempt: Number(c.attempt),
         revertAcceptLoss: Number(c.revertAcceptLoss),
+        rehearse: c.rehearse === "true",
         port: c.port === undefined ? undefined : Number(c.port),
         containerPrefix: c.containerPrefix,
         initdbArgs: c.initdbArgs,

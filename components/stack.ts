@@ -14,6 +14,7 @@ import { Cluster } from "./cluster";
 import { readAdopted } from "./adopt";
 import { imageFor, readConfig, StackConfig } from "./config";
 import { MajorUpgrade } from "./upgrade";
+import { Rehearsal } from "./rehearsal";
 
 export interface StackOutputs {
     activeVersion: string;
@@ -21,6 +22,8 @@ export interface StackOutputs {
     containers: pulumi.Output<string>[];
     backupFile?: string;
     verified?: pulumi.Output<string>;
+    /** The rehearsal's JSON report (postgres:rehearse). */
+    rehearsal?: pulumi.Output<string>;
 }
 
 /** The whole program: config, the adopted container if any, the declarations, the outputs. */
@@ -70,6 +73,20 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
     const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
     if (adopted && target < adopted.major) {
         throw new Error(`Invalid stack configuration:\n  - postgres:version is "${cfg.version.text}" but the adopted container "${adopted.container}" runs ${adopted.major}: a downgrade is not a revert; to go back, set postgres:version ${adopted.major}`);
+    }
+
+    if (cfg.rehearse) {
+        const rehearsal = new Rehearsal(`rehearse-${from!.major}-to-${target}`, {
+            fromContainer: adopted?.container ?? clusterNames(cfg.containerPrefix, from!.major).container,
+            toMajor: target,
+            toImage: imageFor(cfg.image, cfg.version.text),
+            loginUser: common.user,
+            loginDatabase: common.database,
+            password: cfg.password,
+            backupDir: cfg.backupDir,
+            attempt: cfg.attempt,
+        });
+        return { activeVersion: from!.text, hostAlias, containers: [], rehearsal: rehearsal.report };
     }
 
     if (from === undefined || from.major === target) {

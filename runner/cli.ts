@@ -7,6 +7,7 @@ import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "./dump";
 import { parseDataLocation } from "./layout";
 import { inspectAdopted } from "./inspect";
 import { preflight } from "./preflight";
+import { rehearse } from "./rehearse";
 import { ProcessError } from "./process";
 import { restoreCluster } from "./restore";
 import { serveCluster } from "./serve";
@@ -52,6 +53,34 @@ function password(required: boolean): string | undefined {
 }
 
 export const SUBCOMMANDS: Record<string, Subcommand> = {
+    rehearse: {
+        summary: "Run the whole upgrade on a throw-away copy while Synapse keeps serving; report time and problems.",
+        flags: {
+            container: "the old cluster's container (live; only read)",
+            to: "the major to rehearse the upgrade to",
+            "image?": "the target image (default: the old image's tag with the major replaced)",
+            "backup-dir?": "the real run's backup folder, to check its free space",
+            "login-user?": "the role Synapse logs in as (default synapse)",
+            "login-database?": "its database (default synapse)",
+            "keep!": "leave the rehearsal's container running and print its name",
+            "json!": "print the report as JSON",
+        },
+        async run(f, out) {
+            const r = await rehearse({
+                container: str(f, "container"), to: int(f, "to"), image: f.image as string | undefined, keep: f.keep === true,
+                password: password(true)!, loginUser: (f["login-user"] as string) ?? "synapse",
+                loginDatabase: (f["login-database"] as string) ?? "synapse", backupDir: f["backup-dir"] as string | undefined,
+            });
+            if (f.json) return out(JSON.stringify(r, null, 2));
+            out(`rehearse: ${r.source.container} (PostgreSQL ${r.source.version}, ${formatBytes(r.source.databasesBytes)}) -> ${r.target.image} (PostgreSQL ${r.target.version})`);
+            out(`rehearse: ${Object.entries(r.timings).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(", ")}`);
+            out(`rehearse: predicted downtime of the real upgrade: about ${Math.ceil(r.predictedDowntimeSeconds)} s (dump ${formatBytes(r.dumpBytes)})`);
+            if (r.liveWrites.length) out(`rehearse: ${r.liveWrites.length} table(s) grew during the rehearsal (Synapse kept writing), as expected`);
+            for (const p of r.problems) out(`rehearse: problem: ${p}`);
+            out(r.verified && r.problems.length === 0 ? "rehearse: no problems found." : `rehearse: ${r.problems.length} problem(s) to fix before the real upgrade.`);
+            if (r.target.kept) out(`rehearse: kept ${r.target.container} running`);
+        },
+    },
     inspect: {
         summary: "Read, changing nothing, what an existing PostgreSQL container (postgres:adopt) is: major, data, network, alias.",
         flags: { container: "the container to adopt" },

@@ -50,3 +50,6 @@ export function clusterNames(prefix: string, major: number) {
         folder: `pgsql${major}`,
     };
 }
+
+/** The serving container's health check interval: the engine waits for the first check after a start. */
+export const HEALTHCHECK_INTERVAL_SECONDS = 2;

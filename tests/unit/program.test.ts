@@ -276,6 +276,17 @@ describe("revert after writes (postgres:revertAcceptLoss)", () => {
     });
 });
 
+describe("rehearsal stack (postgres:rehearse)", () => {
+    it("declares only the rehearse command against the live old container, nothing that changes it", async () => {
+        const d = await declare({ version: "17", upgradeFrom: "15", rehearse: "true" });
+        assert.deepEqual(d.names(), ["rehearse-15-to-17", "rehearse-15-to-17-run"]);
+        const r = d.byName("rehearse-15-to-17-run");
+        assert.equal(r.inputs.create, `${RUNNER} rehearse --container synapse-pg15 --to 17 --image postgres:17-alpine --login-user synapse --login-database synapse --json`);
+        assert.deepEqual(r.inputs.triggers, [1]);
+        assert.equal(unwrapSecrets(r.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
+    });
+});
+
 describe("dump method", () => {
     it("uses the guide's single pg_dumpall script with postgres:method dumpall", async () => {
         const d = await declare({ ...UPGRADE_17, method: "dumpall" });
@@ -340,6 +351,8 @@ describe("bad stack config is refused before anything is declared", () => {
         ["Synapse containers that are not names", { ...UPGRADE_17, synapseContainers: "synapse;rm -rf /" }, "pw", 'postgres:synapseContainers is "synapse;rm -rf /" but must be container names, comma-separated or a JSON list, like synapse,synapse-worker1'],
         ["an attempt that is not a positive number", { ...UPGRADE_17, attempt: "0" }, "pw", 'postgres:attempt is "0" but must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)'],
         ["a revertAcceptLoss that is not a count", { version: "15", revertAcceptLoss: "yes" }, "pw", 'postgres:revertAcceptLoss is "yes" but must be the number of events the revert may lose, as the refused revert reported it, like 42'],
+        ["a rehearsal with nothing to rehearse from", { version: "17", rehearse: "true" }, "pw", 'postgres:rehearse is "true" but needs the cluster to rehearse from: set postgres:upgradeFrom (or postgres:adopt) and postgres:version'],
+        ["a rehearse flag that is not a boolean", { version: "17", upgradeFrom: "15", rehearse: "yes" }, "pw", 'postgres:rehearse is "yes" but must be true or false'],
         ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
         ["an unknown key", { version: "15", upgradefrom: "14" }, "pw", "postgres:upgradefrom is not a setting of this program (a typo?)"],
     ];

@@ -1,0 +1,172 @@
+// rehearse: the whole upgrade on a copy, while Synapse keeps serving, to learn the downtime and the problems
+// before the maintenance window. A consistent dump of the live old cluster (pg_dump's snapshot; Synapse is not
+// stopped), a restore into a throw-away container and volume of the target major, the config check, verify, and
+// a report. The old cluster is only read. Without --keep everything the rehearsal created is removed.
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { copyConfig } from "./copy-config";
+import { databasesSize, dumpCluster, formatBytes, freeBytes } from "./dump";
+import { inspectContainer, MANAGED_LABEL, query, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { HEALTHCHECK_INTERVAL_SECONDS } from "./layout";
+import { run } from "./process";
+import { restoreCluster } from "./restore";
+import { StepError } from "./step-error";
+import { readTargetState } from "./target";
+import { verifyClusters } from "./verify";
+
+export interface RehearseInput {
+    container: string;
+    to: number;
+    /** The target image; default the old image's tag with the old major replaced (postgres:15-alpine -> 17). */
+    image?: string;
+    keep: boolean;
+    password: string;
+    loginUser: string;
+    loginDatabase: string;
+    /** The real run's backupDir, to check its free space. */
+    backupDir?: string;
+}
+
+export interface RehearsalReport {
+    source: { container: string; version: string; databasesBytes: number };
+    target: { container: string; version: string; image: string; kept: boolean };
+    verified: boolean;
+    /** Seconds per step of the rehearsal. */
+    timings: Record<string, number>;
+    /** preflight + dump + restore + copy-config + verify + the switch (stops, start, first health check) + step start-ups. */
+    predictedDowntimeSeconds: number;
+    dumpBytes: number;
+    /** Everything the real upgrade would meet, one sentence each. */
+    problems: string[];
+    /** Differences explained by Synapse writing during the rehearsal: not problems. */
+    liveWrites: string[];
+}
+
+export function defaultTargetImage(oldImage: string, fromMajor: number, to: number): string | undefined {
+    const at = oldImage.lastIndexOf(":");
+    if (at < 0 || oldImage.includes("@")) return undefined;
+    const tag = oldImage.slice(at + 1);
+    const replaced = tag.replace(new RegExp(`^${fromMajor}(\\.\\d+)?(?=$|-)`), String(to));
+    return replaced === tag ? undefined : `${oldImage.slice(0, at)}:${replaced}`;
+}
+
+async function timed<T>(timings: Record<string, number>, name: string, work: () => Promise<T>): Promise<T> {
+    const start = Date.now();
+    try {
+        return await work();
+    } finally {
+        timings[name] = (Date.now() - start) / 1000;
+    }
+}
+
+export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
+    const old = await requireContainer(input.container, "old");
+    if (!old.running) throw new StepError(`The old container "${input.container}" is not running; a rehearsal reads the live cluster.`);
+    const user = superuserOf(old);
+    const version = await serverVersion(input.container, user);
+    if (version.major >= input.to) throw new StepError(`"${input.container}" runs PostgreSQL ${version.text}, not older than ${input.to}: nothing to rehearse.`);
+    const image = input.image ?? defaultTargetImage(old.image, version.major, input.to);
+    if (!image) throw new StepError(`Cannot tell the ${input.to} image from "${old.image}"; give it with --image.`);
+    const databasesBytes = await databasesSize(input.container, user);
+    const name = `${input.container}-rehearsal-${input.to}`;
+    const volume = `${name}-data`;
+    const work = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-rehearsal-"));
+    await fs.chmod(work, 0o700);
+    await removeRehearsal(name, volume);
+    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
+
+    const timings: Record<string, number> = {};
+    const problems: string[] = [];
+    const liveWrites: string[] = [];
+    let verified = false;
+    let targetVersion = "";
+    let dumpBytes = 0;
+    let kept = false;
+    try {
+        const dump = await timed(timings, "dump", () => dumpCluster({ container: input.container, outDir: work, name: "rehearsal", toolImage: image, password: input.password }));
+        dumpBytes = dump.manifest.bytes;
+        await timed(timings, "restore", () => restoreCluster({
+            container: name, image, data: { kind: "volume", name: volume }, major: input.to, dumpPath: dump.path,
+            password: input.password, loginUser: input.loginUser,
+        }));
+        await timed(timings, "copy-config", () => copyConfig({ from: input.container, to: name })).catch((err: Error) => {
+            if (!(err instanceof StepError)) throw err;
+            problems.push(err.message);
+        });
+        const report = await timed(timings, "verify", () => verifyClusters({
+            old: input.container, new: name, loginUser: input.loginUser, loginDatabase: input.loginDatabase, password: input.password,
+        }));
+        for (const c of report.comparisons.filter((c) => !c.same)) {
+            // Rows and sequences that grew in the live cluster after the snapshot: Synapse kept writing.
+            const grew = (c.what.startsWith("table ") || c.what.startsWith("sequence ")) && Number(c.old) > Number(c.new);
+            (grew ? liveWrites : problems).push(`${c.what}: ${c.old} in old, ${c.new} in the rehearsal`);
+        }
+        if (!report.login.ok) problems.push(`Synapse's role ${input.loginUser} cannot log in to the new cluster with the configured password: ${report.login.error}.`);
+        verified = problems.length === 0;
+        targetVersion = (await serverVersion(name, user)).text;
+        // The switch: two clean stops (the staging and the old server; the live old one is not stopped here, so
+        // the staging's stop stands for both), a start of the new server and the container's first health check.
+        const stop = await timed(timings, "stop", () => stopContainer(name)).then(() => timings.stop);
+        await timed(timings, "start", async () => {
+            await startContainer(name);
+            await waitUntilAccepting(name, user);
+        });
+        timings.switch = 2 * stop + timings.start + HEALTHCHECK_INTERVAL_SECONDS;
+        delete timings.stop;
+        delete timings.start;
+        // What the real run adds: preflight's checks, and starting each of its seven step processes.
+        await timed(timings, "preflight", () => readTargetState({ kind: "volume", name: volume }, input.to, image).then(() => databasesSize(input.container, user)));
+        timings["step start-up"] = 7 * (await stepStartup());
+        problems.push(...(await knownProblems(input, user, databasesBytes)));
+        kept = input.keep;
+    } finally {
+        if (!kept) await removeRehearsal(name, volume);
+        await fs.rm(work, { recursive: true, force: true });
+    }
+    const predicted = Object.values(timings).reduce((s, t) => s + t, 0);
+    return {
+        source: { container: input.container, version: version.text, databasesBytes },
+        target: { container: name, version: targetVersion, image, kept },
+        verified,
+        timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
+        predictedDowntimeSeconds: Math.round(predicted * 10) / 10,
+        dumpBytes,
+        problems,
+        liveWrites,
+    };
+}
+
+/** What the real run would meet that the copy cannot show by failing: md5 hashes, locale, disk space. */
+async function knownProblems(input: RehearseInput, user: string, databasesBytes: number): Promise<string[]> {
+    const problems: string[] = [];
+    const md5 = (await query(input.container, user, "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> " +
+        `'${input.loginUser.replace(/'/g, "''")}' ORDER BY 1`)).map(([r]) => r);
+    if (md5.length) problems.push(`Role(s) ${md5.join(", ")} have md5 password hashes and will not log in through the new cluster's scram-sha-256 rule until their passwords are set again.`);
+    const locale = await query(input.container, user, `SELECT datcollate, datctype FROM pg_database WHERE datname = '${input.loginDatabase.replace(/'/g, "''")}'`);
+    if (locale[0] && (locale[0][0] !== "C" || locale[0][1] !== "C")) {
+        problems.push(`The ${input.loginDatabase} database has collation ${locale[0][0]} and ctype ${locale[0][1]}; Synapse requires C for both (it refuses to start otherwise unless allow_unsafe_locale is set).`);
+    }
+    if (input.backupDir) {
+        const free = await freeBytes(input.backupDir).catch(() => -1);
+        if (free < 0) problems.push(`The backup folder ${input.backupDir} does not exist.`);
+        else if (free < databasesBytes) problems.push(`The backup folder ${input.backupDir} has ${formatBytes(free)} free; the real dump may need ${formatBytes(databasesBytes)}.`);
+    }
+    return problems;
+}
+
+/** How long one step process takes to start, as a command resource starts it (npx in the project folder). */
+async function stepStartup(): Promise<number> {
+    const start = Date.now();
+    await run("npx", ["--no-install", "synapse-pg", "--help"]).catch(() => undefined);
+    return (Date.now() - start) / 1000;
+}
+
+async function removeRehearsal(name: string, volume: string): Promise<void> {
+    const existing = await inspectContainer(name);
+    if (existing) {
+        if (existing.labels[MANAGED_LABEL] !== "true") throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; remove it or it would be mistaken for a rehearsal.`);
+        await removeContainer(name);
+    }
+    await run("docker", ["volume", "rm", "-f", volume]).catch(() => undefined);
+}
