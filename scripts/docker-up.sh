@@ -13,6 +13,14 @@ if docker info >/dev/null 2>&1; then
 	exit 0
 fi
 
+# A dockerd killed with its session leaves its pid file behind, and a new dockerd refuses to start over it.
+for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+	if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
+		echo "docker-up: removing stale $pidfile"
+		rm -f "$pidfile"
+	fi
+done
+
 echo "docker-up: starting dockerd (log: /var/log/synapse-pg-dockerd.log)"
 nohup dockerd >/var/log/synapse-pg-dockerd.log 2>&1 &
 # Bounded wait: 60 tries of one second.

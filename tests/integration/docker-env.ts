@@ -1,5 +1,8 @@
 // What the integration tests need from the machine, checked loudly: a Docker engine that answers and the test
 // images. Nothing is skipped: without them the suite fails with a sentence saying what to run.
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { run } from "../../runner/process";
 
 export const TEST_IMAGE = "synapse-pg-test/postgres";
@@ -53,4 +56,36 @@ export async function volumeExists(name: string): Promise<boolean> {
 export async function volumesNamed(prefix: string): Promise<string[]> {
     const { stdout } = await run("docker", ["volume", "ls", "--format", "{{.Name}}"]);
     return stdout.split("\n").filter((n) => n.startsWith(prefix));
+}
+
+export interface Suite {
+    /** The suite's own backup folder (mode 0700). */
+    backups: string;
+    /** The stack config every suite shares: test images, its own network, prefix and published port. */
+    base: Record<string, string>;
+}
+
+/**
+ * A clean start for one suite: engine and images checked (loudly), leftovers of an earlier run removed, its own
+ * network and backup folder created.
+ */
+export async function startSuite(prefix: string, port: number, majors: number[]): Promise<Suite> {
+    await requireDockerAndImages(majors);
+    await removeTestResources(prefix);
+    await run("docker", ["network", "create", `${prefix}net`]);
+    const backups = await fs.mkdtemp(path.join(os.tmpdir(), `${prefix}backups-`));
+    await fs.chmod(backups, 0o700);
+    return {
+        backups,
+        base: {
+            image: `${TEST_IMAGE}:{version}`, network: `${prefix}net`, containerPrefix: `${prefix}pg`, port: String(port),
+            // What Synapse's docs give for a compose deployment: UTF8 with C collation.
+            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+        },
+    };
+}
+
+export async function endSuite(prefix: string, suite: Suite | undefined): Promise<void> {
+    await removeTestResources(prefix);
+    if (suite) await fs.rm(suite.backups, { recursive: true, force: true });
 }

@@ -12,7 +12,7 @@ import { declare, Declared } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, REPO, runShell } from "./applier";
-import { containerState, removeTestResources, requireDockerAndImages, TEST_IMAGE, volumesNamed } from "./docker-env";
+import { containerState, endSuite, startSuite, Suite, volumesNamed } from "./docker-env";
 
 const PREFIX = "sptest-fault-";
 const PASSWORD = "fault-Pässword-2";
@@ -67,25 +67,18 @@ describe("faults: the old data always survives, and a re-run completes", functio
         });
     }
 
+    let suite: Suite | undefined;
+
     before(async () => {
-        await requireDockerAndImages([15, 17]);
-        await removeTestResources(PREFIX);
-        await run("docker", ["network", "create", `${PREFIX}net`]);
-        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-faults-"));
-        base = {
-            image: `${TEST_IMAGE}:{version}`, network: `${PREFIX}net`, containerPrefix: `${PREFIX}pg`, port: String(PORT),
-            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
-        };
+        suite = await startSuite(PREFIX, PORT, [15, 17]);
+        ({ backups, base } = suite);
         applier = new Applier();
         await up(config({ version: "15" }));
         await seedSynapse(OLD, "synapse", { sizeMB: 40, seed: 3 });
         original = await snapshotCluster(login);
     });
 
-    after(async () => {
-        await removeTestResources(PREFIX);
-        await fs.rm(backups, { recursive: true, force: true });
-    });
+    after(() => endSuite(PREFIX, suite));
 
     it("1. a client still connected: preflight refuses and names it; after it leaves, the upgrade completes", async () => {
         const client = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database: "synapse", application_name: "synapse-test-client" });

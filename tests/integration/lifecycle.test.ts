@@ -4,14 +4,13 @@
 // 17 -> 18 with the 18+ layout. The data is compared with the tests' own snapshot, not with the verify step.
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { run } from "../../runner/process";
 import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
-import { containerState, removeTestResources, requireDockerAndImages, tagImage, TEST_IMAGE, volumeExists, volumesNamed } from "./docker-env";
+import { containerState, endSuite, startSuite, Suite, tagImage, TEST_IMAGE, volumeExists, volumesNamed } from "./docker-env";
 
 const PREFIX = "sptest-life-";
 const PASSWORD = "Synapse-Pässword-🔒-1";
@@ -60,29 +59,16 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
     });
 
+    let suite: Suite | undefined;
+
     before(async () => {
-        await requireDockerAndImages([15, 17, 18]);
-        await removeTestResources(PREFIX);
+        suite = await startSuite(PREFIX, PORT, [15, 17, 18]);
+        ({ backups, base } = suite);
         await tagImage(`${TEST_IMAGE}:17`, `${TEST_IMAGE}:17.5`);
         await tagImage(`${TEST_IMAGE}:17`, `${TEST_IMAGE}:17.6`);
-        await run("docker", ["network", "create", `${PREFIX}net`]);
-        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-backups-"));
-        base = {
-            image: `${TEST_IMAGE}:{version}`,
-            network: `${PREFIX}net`,
-            hostAlias: "db",
-            containerPrefix: `${PREFIX}pg`,
-            port: String(PORT),
-            backupDir: backups,
-            // What Synapse's docs give for a compose deployment: UTF8 with C collation.
-            initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
-        };
     });
 
-    after(async () => {
-        await removeTestResources(PREFIX);
-        if (backups) await fs.rm(backups, { recursive: true, force: true });
-    });
+    after(() => endSuite(PREFIX, suite));
 
     const up = async (config: Record<string, string>) => {
         reruns.length = 0;

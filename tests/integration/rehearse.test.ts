@@ -2,15 +2,12 @@
 // upgrade. The old cluster's data and connections are never disturbed, and the predicted downtime is close to
 // the real one.
 import { strict as assert } from "node:assert";
-import { promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
 import { Client } from "pg";
 import { run } from "../../runner/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { Applier, runShell } from "./applier";
-import { containerState, removeTestResources, requireDockerAndImages, TEST_IMAGE, volumeExists } from "./docker-env";
+import { containerState, endSuite, startSuite, Suite, TEST_IMAGE, volumeExists } from "./docker-env";
 
 const PREFIX = "sptest-reh-";
 const PASSWORD = "rehearsal-Pässword-5";
@@ -49,28 +46,20 @@ async function startWriter() {
 describe("rehearsal: the upgrade on a copy while Synapse keeps writing", function () {
     this.timeout(15 * 60 * 1000);
     const applier = new Applier();
-    let backups: string;
     let base: Record<string, string>;
     const up = async (cfg: Record<string, string>) => applier.up(await declare({ ...base, ...cfg }, PASSWORD));
     let predicted = 0;
 
+    let suite: Suite | undefined;
+
     before(async () => {
-        await requireDockerAndImages([15, 17]);
-        await removeTestResources(PREFIX);
-        await run("docker", ["network", "create", `${PREFIX}net`]);
-        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-rehearse-"));
-        base = {
-            image: `${TEST_IMAGE}:{version}`, network: `${PREFIX}net`, containerPrefix: `${PREFIX}pg`, port: String(PORT),
-            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
-        };
+        suite = await startSuite(PREFIX, PORT, [15, 17]);
+        base = suite.base;
         await up({ version: "15" });
         await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 120, seed: 13 });
     });
 
-    after(async () => {
-        await removeTestResources(PREFIX);
-        await fs.rm(backups, { recursive: true, force: true });
-    });
+    after(() => endSuite(PREFIX, suite));
 
     it("rehearses from the stack option while a client writes: verified, no problems, nothing left behind, no write disturbed", async () => {
         const writer = await startWriter();

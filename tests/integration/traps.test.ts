@@ -2,15 +2,12 @@
 // (The pg_attver trap is met by the 17 -> 18 upgrade in lifecycle.test.ts, the removed-parameter trap by fault 7,
 // the 18+ layout by lifecycle's 17 -> 18; this file holds the rest.)
 import { strict as assert } from "node:assert";
-import { promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
 import { Client } from "pg";
 import { run } from "../../runner/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { Applier, runShell } from "./applier";
-import { containerState, removeTestResources, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
+import { containerState, endSuite, startSuite, Suite, TEST_IMAGE } from "./docker-env";
 
 const PREFIX = "sptest-trap-";
 const PASSWORD = "trap-Pässword-4";
@@ -29,30 +26,22 @@ async function sql(query: string, database = "synapse"): Promise<any[]> {
 describe("upgrade traps on real containers", function () {
     this.timeout(15 * 60 * 1000);
     const applier = new Applier();
-    let backups: string;
     let base: Record<string, string>;
     const up = async (cfg: Record<string, string>) => applier.up(await declare({ ...base, ...cfg }, PASSWORD));
     const upgrade = { version: "17", upgradeFrom: "15" };
     let events15: number;
 
+    let suite: Suite | undefined;
+
     before(async () => {
-        await requireDockerAndImages([15, 17, 18]);
-        await removeTestResources(PREFIX);
-        await run("docker", ["network", "create", `${PREFIX}net`]);
-        backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-traps-"));
-        base = {
-            image: `${TEST_IMAGE}:{version}`, network: `${PREFIX}net`, containerPrefix: `${PREFIX}pg`, port: String(PORT),
-            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
-        };
+        suite = await startSuite(PREFIX, PORT, [15, 17, 18]);
+        base = suite.base;
         await up({ version: "15" });
         await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 5, seed: 11 });
         events15 = Number((await sql("SELECT count(*) AS n FROM events"))[0].n);
     });
 
-    after(async () => {
-        await removeTestResources(PREFIX);
-        await fs.rm(backups, { recursive: true, force: true });
-    });
+    after(() => endSuite(PREFIX, suite));
 
     it("md5 password hashes: named at preflight; the Synapse role is re-set as scram and logs in on the new cluster", async () => {
         // A cluster first created before PostgreSQL 14: md5 hashes behind an md5 host rule. The new cluster's rule is
