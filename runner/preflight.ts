@@ -1,6 +1,9 @@
 // preflight: everything that can be known before Synapse's database is touched. It changes nothing; each problem
 // is one sentence saying what is wrong and what to do.
+import { promises as fs } from "node:fs";
+import * as path from "node:path";
 import { databasesSize, formatBytes, freeBytes } from "./dump";
+import { run } from "./process";
 import { query, requireContainer, serverVersion, superuserOf } from "./docker";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
@@ -27,6 +30,46 @@ export interface PreflightResult {
     alreadyUpgraded: boolean;
     /** Roles whose password is an md5 hash: they cannot log in through the new cluster's scram-sha-256 rule. */
     md5Roles: string[];
+}
+
+/** The new cluster holds the restored databases plus the WAL and temporary files of the load. */
+const NEW_CLUSTER_MARGIN = 1.2;
+
+/**
+ * Free space for the dump (backupDir) and for the new cluster (Docker's data root for a volume, the host folder's
+ * file system otherwise), each against the databases' size; summed when both are on one file system.
+ */
+async function checkSpace(input: PreflightInput, databasesBytes: number): Promise<void> {
+    const newDir = input.targetData.kind === "volume"
+        ? (await run("docker", ["info", "--format", "{{.DockerRootDir}}"])).stdout.trim()
+        : await nearestExisting(input.targetData.path);
+    const newNeed = Math.ceil(databasesBytes * NEW_CLUSTER_MARGIN);
+    const newFs = await fs.stat(newDir);
+    let backupNeed = 0;
+    if (input.backupDir) {
+        const backupFs = await fs.stat(input.backupDir).catch(() => {
+            throw new StepError(`The backup folder ${input.backupDir} does not exist; create it or set postgres:backupDir to an existing folder.`);
+        });
+        const free = await freeBytes(input.backupDir);
+        if (free < databasesBytes) {
+            throw new StepError(`The backup folder ${input.backupDir} has ${formatBytes(free)} free but the dump may need ${formatBytes(databasesBytes)}; free ${formatBytes(databasesBytes - free)} there or set postgres:backupDir to a larger disk.`);
+        }
+        if (backupFs.dev === newFs.dev) backupNeed = databasesBytes;
+    }
+    const free = await freeBytes(newDir);
+    if (free < newNeed + backupNeed) {
+        const both = backupNeed ? ` plus ${formatBytes(backupNeed)} for the dump on the same disk` : "";
+        throw new StepError(
+            `The new cluster's data location ${formatDataLocation(input.targetData)} (on the file system of ${newDir}) has ${formatBytes(free)} free but needs about ${formatBytes(newNeed)}${both}; free ${formatBytes(newNeed + backupNeed - free)} there or choose another postgres:dataRoot.`,
+        );
+    }
+}
+
+async function nearestExisting(dir: string): Promise<string> {
+    for (let d = dir; ; d = path.dirname(d)) {
+        if (await fs.stat(d).then(() => true, () => false)) return d;
+        if (d === path.dirname(d)) return d;
+    }
 }
 
 /** Current Synapse releases refuse PostgreSQL older than 14. */
@@ -60,14 +103,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     }
 
     const databasesBytes = await databasesSize(input.container, user);
-    if (input.backupDir) {
-        const free = await freeBytes(input.backupDir).catch(() => {
-            throw new StepError(`The backup folder ${input.backupDir} does not exist; create it or set postgres:backupDir to an existing folder.`);
-        });
-        if (free < databasesBytes) {
-            throw new StepError(`The backup folder ${input.backupDir} has ${formatBytes(free)} free but the dump may need ${formatBytes(databasesBytes)}; free ${formatBytes(databasesBytes - free)} there or set postgres:backupDir to a larger disk.`);
-        }
-    }
+    await checkSpace(input, databasesBytes);
 
     let state: PreflightResult["target"] = "empty";
     if (target.marker) {
