@@ -177,6 +177,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         flags: { from: "the old cluster's container", to: "the new (staging) container" },
         async run(f, out) {
             const r = await copyConfig({ from: str(f, "from"), to: str(f, "to") });
+            for (const rule of r.accessRulesOnlyInOld) {
+                out(`copy-config: note: the old cluster has the access rule "${rule}", which the new one does not; the new one keeps the image's rules (scram-sha-256 for every host): add it by hand if you still need it.`);
+            }
             out(r.copied.length === 0
                 ? `copy-config: ${r.unchanged.join(" and ")} already in place; nothing to do.`
                 : `copy-config: copied ${r.copied.join(" and ")}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);

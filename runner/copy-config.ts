@@ -28,6 +28,8 @@ export interface CopyConfigResult {
     copied: string[];
     unchanged: string[];
     restarted: boolean;
+    /** Access rules of the old cluster (pg_hba.conf, pg_ident.conf) the new one lacks: reported, not copied. */
+    accessRulesOnlyInOld: string[];
 }
 
 const FILES = ["postgresql.conf", "postgresql.auto.conf"];
@@ -73,7 +75,8 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
         await writeFileIn(input.to, `${toDir}/${file}`, text);
         copied.push(file);
     }
-    if (copied.length === 0) return { copied, unchanged, restarted: false };
+    const accessRulesOnlyInOld = await accessRulesMissing(input.from, fromUser, input.to, toUser);
+    if (copied.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld };
 
     await query(input.to, toUser, "SELECT pg_reload_conf()");
     const rejected = await rejectedSettings(input.to, toUser);
@@ -90,7 +93,7 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
         ...(await query(input.to, toUser, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")),
         ...(await restartOnlySettings(input.to, toUser)).map((n) => [n]),
     ];
-    if (pending.length === 0) return { copied, unchanged, restarted: false };
+    if (pending.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld };
 
     // Settings such as shared_buffers apply only at start.
     await stopContainer(input.to);
@@ -102,7 +105,26 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
             `The new PostgreSQL in "${input.to}" does not start with the old ${copied.join(" and ")} (${pending.map(([n]) => n).join(", ")} need a restart); log: ${await containerLogTail(input.to, 4)}`,
         );
     }
-    return { copied, unchanged, restarted: true };
+    return { copied, unchanged, restarted: true, accessRulesOnlyInOld };
+}
+
+/**
+ * pg_hba.conf and pg_ident.conf are not copied: the new image's rules (scram-sha-256 for every host) are the safe
+ * ones, and an old `md5` or `trust` rule is exactly what should not survive. Rules the old cluster has beyond
+ * them are listed so the user can carry over what they still want.
+ */
+async function accessRulesMissing(from: string, fromUser: string, to: string, toUser: string): Promise<string[]> {
+    const missing: string[] = [];
+    for (const [file, setting] of [["pg_hba.conf", "hba_file"], ["pg_ident.conf", "ident_file"]]) {
+        const rules = async (c: string, u: string) => {
+            const [[p]] = await query(c, u, `SELECT current_setting('${setting}')`);
+            const text = (await readFileIn(c, p)) ?? "";
+            return text.split("\n").map((l) => l.replace(/#.*/, "").trim().replace(/\s+/g, " ")).filter(Boolean);
+        };
+        const newRules = new Set(await rules(to, toUser));
+        for (const rule of await rules(from, fromUser)) if (!newRules.has(rule)) missing.push(`${file}: ${rule}`);
+    }
+    return missing;
 }
 
 /**

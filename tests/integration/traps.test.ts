@@ -55,6 +55,8 @@ describe("upgrade traps on real containers", function () {
         const runs = applier.commandRuns.slice(mark);
         const preflight = runs.find((r) => r.name === "upgrade-15-to-17-preflight")!.stdout;
         assert.match(preflight, /preflight: warning: matrix_reporting, synapse have an md5 password hash, which the new cluster's scram-sha-256 rule refuses/);
+        const copy = runs.find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
+        assert.match(copy, /copy-config: note: the old cluster has the access rule "pg_hba\.conf: host all all all md5", which the new one does not/);
         const restore = runs.find((r) => r.name === "upgrade-15-to-17-restore")!.stdout;
         assert.match(restore, /restore: the role synapse had an md5 password hash; it was re-set as scram-sha-256 from the configured password\./);
         const rows = await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, (SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'synapse') AS hash");
