@@ -124,9 +124,15 @@ export async function containerLogTail(container: string, lines = 8): Promise<st
     }
 }
 
-/** SIGINT is PostgreSQL's fast shutdown (the official image's STOPSIGNAL); SIGTERM would wait for every client. */
+/**
+ * SIGINT is PostgreSQL's fast shutdown (the official image's STOPSIGNAL); SIGTERM is a smart shutdown that waits
+ * for every client. `docker stop --signal` is ignored by engines older than API 1.42 (Debian's docker.io 20.10
+ * here), so SIGINT goes by `docker kill --signal`, which every engine honours; `docker stop` then waits for the
+ * exit, and only after the grace period kills.
+ */
 export async function stopContainer(name: string, graceSeconds = 120): Promise<void> {
-    await run("docker", ["stop", "--signal", "SIGINT", "--time", String(graceSeconds), name]);
+    await run("docker", ["kill", "--signal", "SIGINT", name]).catch(() => undefined); // already stopped: fine
+    await run("docker", ["stop", "--time", String(graceSeconds), name]);
 }
 
 export async function startContainer(name: string): Promise<void> {

@@ -210,6 +210,7 @@ async function startStaging(input: RestoreInput, manifest: DumpManifest): Promis
             "-e", `POSTGRES_INITDB_ARGS=${initdbArgs}`,
             "-e", `PGDATA=${dataLayout(input.major).pgdata}`,
             "--shm-size", "256m",
+            "--stop-signal", "SIGINT",
             "-v", mountArgument(input.data, input.major),
             // The dump, read-only, for pg_restore inside the container.
             "-v", `${path.resolve(input.dumpPath)}:${DUMP_MOUNT}:ro`,
