@@ -63,16 +63,17 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     if (marker && marker.state === "cutover") await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
     const version = (await serverVersion(input.container, user)).text;
     let oneTimeKeysCleared: number | undefined;
-    if (leaving.served) {
+    if (leaving.served && leaving.lost > 0) {
         // Synapse's backup advice: after going back to older data, clients may hold one-time keys the older data
-        // still lists as unclaimed; clear them before Synapse starts, so they are uploaded afresh.
+        // still lists as unclaimed; clear them before Synapse starts, so they are uploaded afresh. Only when
+        // Synapse's stream moved past the old cluster: a revert without writes leaves the old data exactly as it was.
         const db = input.database ?? "synapse";
         const rows = await query(input.container, user,
             "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone", db).catch(() => [["0"]]);
         oneTimeKeysCleared = Number(rows[0][0]);
     }
     const synapseStarted = await startSynapse(input.synapse ?? []);
-    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: leaving.served ? leaving.lost : undefined };
+    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.lost };
 }
 
 /**
