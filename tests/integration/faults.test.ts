@@ -6,11 +6,10 @@ import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Client } from "pg";
 import { run } from "../../runner/process";
 import { declare, Declared } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
-import { ClusterSnapshot, logicalContent, snapshotCluster } from "../fixtures/snapshot";
+import { ClusterSnapshot, connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, REPO, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, volumesNamed } from "./docker-env";
 
@@ -81,8 +80,7 @@ describe("faults: the old data always survives, and a re-run completes", functio
     after(() => endSuite(PREFIX, suite));
 
     it("1. a client still connected: preflight refuses and names it; after it leaves, the upgrade completes", async () => {
-        const client = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database: "synapse", application_name: "synapse-test-client" });
-        await client.connect();
+        const client = await connect(login, "synapse", "synapse-test-client");
         try {
             await rejects(up(upgrade()), /synapse-pg preflight: 1 client\(s\) are still connected to "sptest-fault-pg15" \(synapse-test-client from [0-9.]+ on synapse\); stop Synapse and its workers first/);
         } finally {

@@ -2,21 +2,21 @@
 // upgrade. The old cluster's data and connections are never disturbed, and the predicted downtime is close to
 // the real one.
 import { strict as assert } from "node:assert";
-import { Client } from "pg";
 import { run } from "../../runner/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
+import { connect } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, TEST_IMAGE, volumeExists } from "./docker-env";
 
 const PREFIX = "sptest-reh-";
 const PASSWORD = "rehearsal-Pässword-5";
 const PORT = 25435;
+const LOGIN = { port: PORT, user: "synapse", password: PASSWORD };
 
 /** Inserts a row every 20 ms until stopped (bounded: 6000 rows, 5 minutes); counts what succeeded and failed. */
 async function startWriter() {
-    const client = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database: "synapse", application_name: "live-writer" });
-    await client.connect();
+    const client = await connect(LOGIN, "synapse", "live-writer");
     await client.query("CREATE TABLE IF NOT EXISTS live_writes (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())");
     const counts = { ok: 0, failed: 0, errors: [] as string[] };
     let running = true;
@@ -81,8 +81,7 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         assert.equal(await volumeExists(`${PREFIX}pg15-rehearsal-17-data`), false);
         assert.equal(writer.counts.failed, 0, writer.counts.errors.join("; "));
         assert.ok(writer.counts.ok > 50, `the client kept writing (${writer.counts.ok} rows)`);
-        const c = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database: "synapse" });
-        await c.connect();
+        const c = await connect(LOGIN, "synapse");
         const rows = (await c.query("SELECT count(*)::int AS n FROM live_writes")).rows[0].n;
         await c.end();
         assert.equal(rows, writer.counts.ok, "every write the client made is in the old cluster");

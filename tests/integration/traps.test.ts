@@ -2,10 +2,10 @@
 // (The pg_attver trap is met by the 17 -> 18 upgrade in lifecycle.test.ts, the removed-parameter trap by fault 7,
 // the 18+ layout by lifecycle's 17 -> 18; this file holds the rest.)
 import { strict as assert } from "node:assert";
-import { Client } from "pg";
 import { run } from "../../runner/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
+import { connect } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, TEST_IMAGE } from "./docker-env";
 
@@ -14,8 +14,7 @@ const PASSWORD = "trap-Pässword-4";
 const PORT = 25434;
 
 async function sql(query: string, database = "synapse"): Promise<any[]> {
-    const c = new Client({ host: "127.0.0.1", port: PORT, user: "synapse", password: PASSWORD, database });
-    await c.connect();
+    const c = await connect({ port: PORT, user: "synapse", password: PASSWORD }, database);
     try {
         return (await c.query(query)).rows;
     } finally {
