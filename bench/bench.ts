@@ -12,7 +12,6 @@ import { spawn } from "node:child_process";
 import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { pipeline } from "node:stream/promises";
 import { run } from "../runner/process";
 import { seedSynapse } from "../tests/fixtures/seed";
 

@@ -6,8 +6,7 @@
 // reloads them and pg_file_settings names every parameter it rejects, with file and line. Then either nothing
 // needs a restart (done), a restart applies the rest, or the new cluster's own files are put back and the step
 // stops, while Synapse is still on the old cluster.
-import { containerLogTail, query, requireContainer, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
-import { run } from "./process";
+import { containerLogTail, query, readFileIn, requireContainer, startContainer, stopContainer, superuserOf, waitUntilAccepting, writeFileIn } from "./docker";
 import { StepError } from "./step-error";
 
 export interface CopyConfigInput {
@@ -158,16 +157,4 @@ export async function rejectedSettings(container: string, user: string): Promise
 async function configDir(container: string, user: string): Promise<string> {
     const [[file]] = await query(container, user, "SELECT current_setting('config_file')");
     return file.replace(/\/[^/]+$/, "");
-}
-
-async function readFileIn(container: string, file: string): Promise<string | undefined> {
-    try {
-        return (await run("docker", ["exec", container, "cat", file])).stdout;
-    } catch {
-        return undefined;
-    }
-}
-
-async function writeFileIn(container: string, file: string, text: string): Promise<void> {
-    await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", file], { stdin: text });
 }

@@ -1,6 +1,6 @@
 // Talking to containers: inspect, exec psql, start, stop, run a short-lived helper. Every call goes through
 // process.ts; a password is only ever passed by name (`-e PGPASSWORD`), the value coming from our environment.
-import { run, RunOptions } from "./process";
+import { ProcessError, run, RunOptions } from "./process";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
 
@@ -178,6 +178,26 @@ export async function containersUsing(data: DataLocation): Promise<ContainerInfo
 
 export function sleep(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Quotes an SQL string literal (standard_conforming_strings, on by default since 9.1). */
+export function quoteLiteral(text: string): string {
+    return `'${text.replace(/'/g, "''")}'`;
+}
+
+/** A file's text inside a container, or undefined when it cannot be read (missing). */
+export async function readFileIn(container: string, file: string): Promise<string | undefined> {
+    try {
+        return (await run("docker", ["exec", container, "cat", file])).stdout;
+    } catch (err) {
+        if (err instanceof ProcessError) return undefined;
+        throw err;
+    }
+}
+
+/** Writes a file inside a container as the postgres user, so the server owns what it reads. */
+export async function writeFileIn(container: string, file: string, text: string): Promise<void> {
+    await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", file], { stdin: text });
 }
 
 /** Quotes an SQL identifier the way PostgreSQL's quote_ident (and pg_dump's fmtId) does. */

@@ -2,12 +2,12 @@
 // is one sentence saying what is wrong and what to do.
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
-import { databasesSize, formatBytes, freeBytes } from "./dump";
+import { checkBackupSpace, databasesSize, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
 import { query, requireContainer, serverVersion, superuserOf } from "./docker";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
-import { hasServed, readTargetState } from "./target";
+import { foreignDataError, hasServed, readTargetState } from "./target";
 
 export interface PreflightInput {
     /** The old cluster's container. */
@@ -47,14 +47,8 @@ async function checkSpace(input: PreflightInput, databasesBytes: number): Promis
     const newFs = await fs.stat(newDir);
     let backupNeed = 0;
     if (input.backupDir) {
-        const backupFs = await fs.stat(input.backupDir).catch(() => {
-            throw new StepError(`The backup folder ${input.backupDir} does not exist; create it or set postgres:backupDir to an existing folder.`);
-        });
-        const free = await freeBytes(input.backupDir);
-        if (free < databasesBytes) {
-            throw new StepError(`The backup folder ${input.backupDir} has ${formatBytes(free)} free but the dump may need ${formatBytes(databasesBytes)}; free ${formatBytes(databasesBytes - free)} there or set postgres:backupDir to a larger disk.`);
-        }
-        if (backupFs.dev === newFs.dev) backupNeed = databasesBytes;
+        await checkBackupSpace(input.backupDir, databasesBytes);
+        if ((await fs.stat(input.backupDir)).dev === newFs.dev) backupNeed = databasesBytes;
     }
     const free = await freeBytes(newDir);
     if (free < newNeed + backupNeed) {
@@ -109,9 +103,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     if (target.marker) {
         state = hasServed(target.marker) ? "served before a revert (will be set aside, kept)" : "staging copy (will be redone)";
     } else if (!target.isEmpty) {
-        throw new StepError(
-            `The new data location ${formatDataLocation(input.targetData)} already holds files synapse-postgres did not create (${target.entries.slice(0, 5).join(", ")}); move them away or choose another postgres:dataRoot, they are never deleted by this tool.`,
-        );
+        throw foreignDataError(input.targetData, target);
     }
     const md5Roles = (await query(input.container, user, "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' ORDER BY 1")).map(([r]) => r);
     return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles };

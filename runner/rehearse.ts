@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { copyConfig } from "./copy-config";
 import { databasesSize, dumpCluster, formatBytes, freeBytes } from "./dump";
-import { inspectContainer, MANAGED_LABEL, query, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { inspectContainer, MANAGED_LABEL, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { HEALTHCHECK_INTERVAL_SECONDS } from "./layout";
 import { run } from "./process";
 import { restoreCluster } from "./restore";
@@ -140,10 +140,9 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
 /** What the real run would meet that the copy cannot show by failing: md5 hashes, locale, disk space. */
 async function knownProblems(input: RehearseInput, user: string, databasesBytes: number): Promise<string[]> {
     const problems: string[] = [];
-    const md5 = (await query(input.container, user, "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> " +
-        `'${input.loginUser.replace(/'/g, "''")}' ORDER BY 1`)).map(([r]) => r);
+    const md5 = (await query(input.container, user, `SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> ${quoteLiteral(input.loginUser)} ORDER BY 1`)).map(([r]) => r);
     if (md5.length) problems.push(`Role(s) ${md5.join(", ")} have md5 password hashes and will not log in through the new cluster's scram-sha-256 rule until their passwords are set again.`);
-    const locale = await query(input.container, user, `SELECT datcollate, datctype FROM pg_database WHERE datname = '${input.loginDatabase.replace(/'/g, "''")}'`);
+    const locale = await query(input.container, user, `SELECT datcollate, datctype FROM pg_database WHERE datname = ${quoteLiteral(input.loginDatabase)}`);
     if (locale[0] && (locale[0][0] !== "C" || locale[0][1] !== "C")) {
         problems.push(`The ${input.loginDatabase} database has collation ${locale[0][0]} and ctype ${locale[0][1]}; Synapse requires C for both (it refuses to start otherwise unless allow_unsafe_locale is set).`);
     }

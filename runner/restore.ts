@@ -7,12 +7,12 @@ import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, removeContainer, startContainer, waitUntilAccepting } from "./docker";
-import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
+import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { DataLocation, dataLayout, mountArgument } from "./layout";
 import { run, ProcessError } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
-import { advanceMarker, emptyTarget, hasServed, Marker, readTargetState, requireUnused, setAside, writeMarkerIn } from "./target";
+import { advanceMarker, emptyTarget, foreignDataError, hasServed, Marker, readTargetState, requireUnused, setAside, writeMarkerIn } from "./target";
 
 export interface RestoreInput {
     /** Name of the staging container to restore into (created here). */
@@ -52,7 +52,6 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     }
 
     const target = await readTargetState(input.data, input.major, input.image);
-    const where = formatDataLocation(input.data);
     let setAsideTo: string | undefined;
     if (target.marker) {
         const m = target.marker;
@@ -69,9 +68,7 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
             setAsideTo = await setAside(input.data, input.major, input.image);
         }
     } else if (!target.isEmpty && !existing) {
-        throw new StepError(
-            `The new data location ${where} already holds files synapse-postgres did not create (${target.entries.slice(0, 5).join(", ")}); move them away or choose another postgres:dataRoot, they are never deleted by this tool.`,
-        );
+        throw foreignDataError(input.data, target);
     }
     // What is left is empty, or a staging copy of ours that never served: safe to redo from the dump.
     if (existing) await removeContainer(input.container);
@@ -164,20 +161,16 @@ async function setSettings(container: string, user: string, settings: [string, s
  */
 async function rehashLoginRole(input: RestoreInput, superuser: string): Promise<string | undefined> {
     const role = input.loginUser ?? "synapse";
-    const rows = await query(input.container, superuser, `SELECT rolpassword FROM pg_authid WHERE rolname = ${sqlLiteral(role)}`);
+    const rows = await query(input.container, superuser, `SELECT rolpassword FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`);
     const hash = rows[0]?.[0] ?? "";
     if (!hash.startsWith("md5")) return undefined;
     if (hash !== "md5" + createHash("md5").update(input.password + role).digest("hex")) {
         throw new StepError(`The role ${role} has an md5 password hash in the old cluster that postgres:password does not match, so it cannot be re-set as scram-sha-256; set postgres:password to the password Synapse uses.`);
     }
     await run("docker", ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", "postgres"], {
-        stdin: `SET password_encryption = 'scram-sha-256';\nALTER ROLE ${quoteIdent(role)} PASSWORD ${sqlLiteral(input.password)};\n`,
+        stdin: `SET password_encryption = 'scram-sha-256';\nALTER ROLE ${quoteIdent(role)} PASSWORD ${quoteLiteral(input.password)};\n`,
     });
     return role;
-}
-
-function sqlLiteral(text: string): string {
-    return `'${text.replace(/'/g, "''")}'`;
 }
 
 /** Prints how long each phase of a step took, so a slow upgrade says where its time went. */

@@ -3,7 +3,7 @@
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
-import { runWithData, containersUsing, query, MANAGED_LABEL } from "./docker";
+import { runWithData, containersUsing, query, readFileIn, writeFileIn, MANAGED_LABEL } from "./docker";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
 
@@ -64,6 +64,13 @@ export function hasServed(marker: Marker): boolean {
     return marker.state === "cutover" || marker.state === "serving";
 }
 
+/** The refusal for a new data location that holds files we did not create: never touched, never deleted. */
+export function foreignDataError(data: DataLocation, state: TargetState): StepError {
+    return new StepError(
+        `The new data location ${formatDataLocation(data)} already holds files synapse-postgres did not create (${state.entries.slice(0, 5).join(", ")}); move them away or choose another postgres:dataRoot, they are never deleted by this tool.`,
+    );
+}
+
 /** Removes everything in the location. Only ever called on a staging copy we made (see the callers' checks). */
 export async function emptyTarget(data: DataLocation, major: number, image: string): Promise<void> {
     const { mountTarget } = dataLayout(major);
@@ -102,20 +109,12 @@ export async function requireUnused(data: DataLocation, allowed: string[] = []):
 
 /** Reads the marker through a running container (PGDATA from the server itself). */
 export async function readMarkerIn(container: string, user: string): Promise<Marker | undefined> {
-    const dir = await dataDirectoryOf(container, user);
-    try {
-        return JSON.parse((await run("docker", ["exec", container, "cat", `${dir}/${MARKER_FILE}`])).stdout);
-    } catch (err) {
-        if (err instanceof ProcessError) return undefined;
-        throw err;
-    }
+    const text = await readFileIn(container, `${await dataDirectoryOf(container, user)}/${MARKER_FILE}`);
+    return text === undefined ? undefined : JSON.parse(text);
 }
 
 export async function writeMarkerIn(container: string, user: string, marker: Marker): Promise<void> {
-    const dir = await dataDirectoryOf(container, user);
-    await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", `${dir}/${MARKER_FILE}`], {
-        stdin: JSON.stringify(marker, null, 2) + "\n",
-    });
+    await writeFileIn(container, `${await dataDirectoryOf(container, user)}/${MARKER_FILE}`, JSON.stringify(marker, null, 2) + "\n");
 }
 
 async function dataDirectoryOf(container: string, user: string): Promise<string> {

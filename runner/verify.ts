@@ -1,7 +1,7 @@
 // verify: compares the old and the new cluster before the switch. Databases with encoding and locale, roles with
 // attributes and password hashes, every table's row count, every sequence's value, and a password login as the
 // Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
-import { ContainerInfo, query, requireContainer, superuserOf } from "./docker";
+import { ContainerInfo, query, quoteLiteral, requireContainer, superuserOf } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
@@ -67,7 +67,7 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
               ORDER BY 1`, db);
         if (names.length > 0) {
             const counts = await query(container, user,
-                names.map(([t]) => `SELECT ${literal(t)}, count(*) FROM ${t}`).join(" UNION ALL "), db);
+                names.map(([t]) => `SELECT ${quoteLiteral(t)}, count(*) FROM ${t}`).join(" UNION ALL "), db);
             for (const [t, n] of counts) tables.set(`${db}.${t}`, Number(n));
         }
         const seqs = await query(container, user,
@@ -75,10 +75,6 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
         for (const [s, v] of seqs) sequences.set(`${db}.${s}`, v);
     }
     return { databases, roles, tables, sequences };
-}
-
-function literal(text: string): string {
-    return `'${text.replace(/'/g, "''")}'`;
 }
 
 function compare(kind: string, a: Map<string, string | number>, b: Map<string, string | number>): Comparison[] {
