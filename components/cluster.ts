@@ -5,6 +5,7 @@ import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/layout";
 import { stepCommand } from "./command-line";
+import { serverCommand, shmSizeFor } from "./config";
 
 export interface ClusterArgs {
     /**
@@ -27,12 +28,17 @@ export interface ClusterArgs {
     password: pulumi.Input<string>;
     /** initdb arguments for a first start. */
     initdbArgs: pulumi.Input<string>;
+    /** postgres:settings: the server's `-c` options; shared_buffers also sizes the container's /dev/shm. */
+    settings?: Record<string, string>;
     /** The Docker network Synapse uses, and the host name Synapse connects to. */
     network: pulumi.Input<string>;
     hostAlias: pulumi.Input<string>;
     /** Publish 5432 on 127.0.0.1:<port>. */
     port?: pulumi.Input<number>;
-    /** Declare the serve step: this cluster is the one that should answer to hostAlias. */
+    /**
+     * Declare the serve step: this cluster is the one that should answer to hostAlias. A cluster that does not
+     * serve is an upgrade's source: its container is kept exactly as it ran (see below).
+     */
     serving: boolean;
     /** Synapse's containers: the serve step stops them for a switch and starts them once this cluster serves. */
     synapseContainers?: string[];
@@ -49,6 +55,8 @@ export class Cluster extends pulumi.ComponentResource {
     /** The container, unless adopted. */
     readonly container?: docker.Container;
     readonly serve?: command.local.Command;
+    /** Checks declared settings with the running server's binary before its container is replaced with them. */
+    readonly checkSettings?: command.local.Command;
 
     constructor(name: string, args: ClusterArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:Cluster", name, {}, opts);
@@ -77,7 +85,16 @@ export class Cluster extends pulumi.ComponentResource {
             });
         }
 
-        const dependsOn = pulumi.output(args.startAfter ?? []).apply((after) => (this.volume ? [this.volume, ...after] : after));
+        const settings = args.settings ?? {};
+        if (args.serving && Object.keys(settings).length > 0) {
+            this.checkSettings = new command.local.Command(`${name}-check-settings`, {
+                create: stepCommand("check-settings", { container: args.containerName, settings: JSON.stringify(settings) }),
+                // Every change of the settings is checked again before the container that carries them.
+                triggers: [JSON.stringify(settings)],
+            }, { parent: this });
+        }
+        const checked = this.checkSettings ? [this.checkSettings] : [];
+        const dependsOn = pulumi.output(args.startAfter ?? []).apply((after) => [...(this.volume ? [this.volume] : []), ...checked, ...after]);
         this.container = new docker.Container(`${name}-container`, {
             name: args.containerName,
             image: args.image,
@@ -93,6 +110,8 @@ export class Cluster extends pulumi.ComponentResource {
                     ? { volumeName: this.volume!.name, containerPath: layout.mountTarget }
                     : { hostPath: args.data.path, containerPath: layout.mountTarget },
             ],
+            command: serverCommand(settings),
+            shmSize: shmSizeFor(settings),
             networksAdvanced: [{ name: args.network, aliases: [args.hostAlias] }],
             ports: args.port === undefined ? [] : [{ internal: 5432, external: args.port, ip: "127.0.0.1" }],
             labels: [
@@ -123,6 +142,10 @@ export class Cluster extends pulumi.ComponentResource {
             dependsOn,
             // A named container cannot exist twice: remove the old one (data stays) before creating its successor.
             deleteBeforeReplace: true,
+            // An upgrade's source runs on as it was until the switch: a changed image template or settings in the
+            // same config change must not restart the old cluster on other binaries or untested settings, and a
+            // revert then starts the very container (and image) that wrote the old data.
+            ignoreChanges: args.serving ? [] : ["image", "command", "shmSize"],
         });
         this.containerName = this.container.name;
 

@@ -49,12 +49,32 @@ export interface StackConfig {
     containerPrefix: string;
     /** initdb arguments for a first deployment; Synapse needs UTF8 with C collation. */
     initdbArgs: string;
+    /**
+     * PostgreSQL settings for the cluster that serves (postgres:settings, a map), given to its server as `-c`
+     * options: they win over postgresql.conf and ALTER SYSTEM. Sorted by name, values as text.
+     */
+    settings: Record<string, string>;
     /** The bootstrap superuser's (and Synapse's) password: a secret all the way to the container. */
     password: pulumi.Output<string>;
 }
 
 /** Current Synapse releases need PostgreSQL 14 or newer. */
 export const MIN_MAJOR = 14;
+
+/**
+ * Settings this program decides for every cluster: where the data is, where it listens, where the files are.
+ * Changing them through postgres:settings would break the healthcheck, the steps or Synapse's connection.
+ */
+export const OWNED_SETTINGS: Record<string, string> = {
+    listen_addresses: "Synapse and the healthcheck reach the server over the Docker network",
+    port: "the container's port 5432 is what Synapse, the healthcheck and postgres:port use",
+    unix_socket_directories: "the steps talk to the server through its socket",
+    data_directory: "the data location is decided by postgres:dataRoot and the image",
+    config_file: "the configuration files live in the data location",
+    hba_file: "the configuration files live in the data location",
+    ident_file: "the configuration files live in the data location",
+    external_pid_file: "the container's process is the server itself",
+};
 
 const dockerName = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 const sqlName = /^[a-z_][a-z0-9_]*$/;
@@ -96,6 +116,12 @@ const schema = z
             .optional(),
         containerPrefix: z.string().regex(dockerName, "must be a Docker container name prefix like synapse-pg").default("synapse-pg"),
         initdbArgs: z.string().default("--encoding=UTF8 --locale=C"),
+        settings: z
+            .string()
+            .superRefine((text, ctx) => {
+                for (const message of settingsProblems(text)) ctx.addIssue({ code: "custom", message });
+            })
+            .optional(),
     })
     .superRefine((c, ctx) => {
         if (c.rehearse === "true" && c.upgradeFrom === undefined && c.adopt === undefined) {
@@ -166,6 +192,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         port: c.port === undefined ? undefined : Number(c.port),
         containerPrefix: c.containerPrefix,
         initdbArgs: c.initdbArgs,
+        settings: c.settings === undefined ? {} : parseSettings(c.settings)!,
         password: password!,
     });
 }
@@ -199,4 +226,64 @@ function parseList(text: string): string[] | undefined {
 /** Fills the image template for one cluster. */
 export function imageFor(template: string, version: string): string {
     return template.replace(/\{version\}/g, version).replace(/\{major\}/g, version.split(".")[0]);
+}
+
+/**
+ * postgres:settings as `pulumi config set --path 'postgres:settings.shared_buffers' 1GB` writes it (a JSON
+ * object), or a JSON object given whole. Undefined when it is not an object of plain values.
+ */
+function parseSettings(text: string): Record<string, string> | undefined {
+    let value: unknown;
+    try {
+        value = JSON.parse(text);
+    } catch {
+        return undefined;
+    }
+    if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+    const entries = Object.entries(value as Record<string, unknown>);
+    if (!entries.every(([, v]) => ["string", "number", "boolean"].includes(typeof v))) return undefined;
+    return Object.fromEntries(entries.map(([k, v]) => [k, String(v)]).sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+const SETTING_NAME = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$/;
+
+/** What is wrong with postgres:settings, one message per problem; the values themselves are checked by the server. */
+function settingsProblems(text: string): string[] {
+    const settings = parseSettings(text);
+    if (settings === undefined) {
+        return ["must be a map of PostgreSQL settings, set one at a time with `pulumi config set --path 'postgres:settings.shared_buffers' 1GB`"];
+    }
+    const problems: string[] = [];
+    for (const [name, value] of Object.entries(settings)) {
+        if (!SETTING_NAME.test(name)) problems.push(`has "${name}", which is not a PostgreSQL parameter name (lower case, like work_mem)`);
+        else if (OWNED_SETTINGS[name]) problems.push(`has ${name}, which this program sets itself: ${OWNED_SETTINGS[name]}; remove it`);
+        if (/[\n\r\0]/.test(value) || value.trim() === "") problems.push(`has ${name} = "${value}", which must be one non-empty line`);
+    }
+    if (settings.shared_buffers !== undefined && sizeInBytes(settings.shared_buffers) === undefined) {
+        problems.push(`has shared_buffers = "${settings.shared_buffers}", which must be a size like 512MB or 2GB (the container's shared memory follows it)`);
+    }
+    return problems;
+}
+
+/** A PostgreSQL memory size in bytes ("1GB", "512MB", or a plain number of 8 kB pages); undefined if unreadable. */
+export function sizeInBytes(text: string): number | undefined {
+    const m = /^\s*(\d+)\s*(B|kB|MB|GB|TB)?\s*$/.exec(text);
+    if (!m) return undefined;
+    const unit = { B: 1, kB: 1024, MB: 1024 ** 2, GB: 1024 ** 3, TB: 1024 ** 4 }[m[2] ?? ""] ?? 8192;
+    return Number(m[1]) * unit;
+}
+
+/**
+ * The container's /dev/shm in MB: Docker's 64 MB default is too small for the parallel workers' shared memory
+ * on a tuned server, so it follows shared_buffers (never below the default). Undefined keeps Docker's default.
+ */
+export function shmSizeFor(settings: Record<string, string>): number | undefined {
+    if (settings.shared_buffers === undefined) return undefined;
+    return Math.max(64, Math.ceil(sizeInBytes(settings.shared_buffers)! / 1024 ** 2));
+}
+
+/** The server's command line with the declared settings, as the official image takes it (`postgres -c k=v`). */
+export function serverCommand(settings: Record<string, string>): string[] | undefined {
+    const entries = Object.entries(settings);
+    return entries.length === 0 ? undefined : ["postgres", ...entries.flatMap(([k, v]) => ["-c", `${k}=${v}`])];
 }

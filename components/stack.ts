@@ -69,6 +69,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         port: cfg.port,
         synapseContainers: cfg.synapseContainers,
         revertAcceptLoss: cfg.revertAcceptLoss,
+        settings: cfg.settings,
     };
     const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
     if (adopted && target < adopted.major) {
@@ -90,6 +91,9 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
     }
 
     if (from === undefined || from.major === target) {
+        if (adopted && Object.keys(cfg.settings).length > 0) {
+            throw new Error(`Invalid stack configuration:\n  - postgres:settings applies to the clusters this program runs, not to the adopted container "${adopted.container}": set them in its compose file, or keep them for the upgrade (they go to the new cluster)`);
+        }
         const cluster = new Cluster(`pg${target}`, {
             ...common,
             adopt: adopted?.container,
@@ -145,6 +149,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         loginUser: common.user,
         loginDatabase: common.database,
         password: cfg.password,
+        settings: cfg.settings,
         after: [old.container, cluster.volume].filter((r): r is NonNullable<typeof r> => r !== undefined),
     });
     cutoverDeclared([upgrade.cutover]);

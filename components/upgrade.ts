@@ -24,6 +24,8 @@ export interface MajorUpgradeArgs {
     loginDatabase: pulumi.Input<string>;
     /** Secret; reaches the steps only through their environment. */
     password: pulumi.Input<string>;
+    /** postgres:settings for the new cluster: checked by copy-config against the copied files. */
+    settings?: Record<string, string>;
     /** Synapse's containers: every step stops them first and starts them again if it fails before the switch. */
     synapseContainers: string[];
     /** Every step's trigger: a new attempt runs the whole upgrade again from a fresh dump. */
@@ -68,7 +70,12 @@ export class MajorUpgrade extends pulumi.ComponentResource {
                 }),
                 environment: secretEnv,
             },
-            "copy-config": { create: stepCommand("copy-config", { from: args.fromContainer, to: args.stagingContainer }) },
+            "copy-config": {
+                create: stepCommand("copy-config", {
+                    from: args.fromContainer, to: args.stagingContainer,
+                    ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
+                }),
+            },
             verify: {
                 create: stepCommand("verify", {
                     old: args.fromContainer, new: args.stagingContainer, "login-user": args.loginUser, "login-database": args.loginDatabase,

@@ -11,6 +11,7 @@ import { rehearse } from "./rehearse";
 import { ProcessError } from "./process";
 import { restoreCluster } from "./restore";
 import { serveCluster } from "./serve";
+import { checkSettings } from "./settings";
 import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
@@ -44,6 +45,18 @@ function int0(flags: Flags, name: string): number {
     const n = Number(flags[name]);
     if (!Number.isInteger(n) || n < 0) throw new StepError(`--${name} must be a whole number from 0, not "${flags[name]}".`);
     return n;
+}
+
+/** --settings: the JSON map the program passes (postgres:settings). */
+function settingsFlag(flags: Flags): Record<string, string> {
+    if (flags.settings === undefined) return {};
+    try {
+        const value = JSON.parse(flags.settings as string);
+        if (typeof value === "object" && value !== null && !Array.isArray(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]));
+    } catch {
+        // reported below
+    }
+    throw new StepError(`--settings must be a JSON object of PostgreSQL settings, like {"work_mem":"16MB"}, not "${flags.settings}".`);
 }
 
 function password(required: boolean): string | undefined {
@@ -137,6 +150,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 password: password(false),
             });
             out(`dump: ${formatBytes(r.manifest.bytes)} from PostgreSQL ${r.manifest.source.version}, sha256 ${r.manifest.sha256}`);
+            if (r.manifest.source.pinned) out(`dump: the old cluster runs image ${r.manifest.source.pinned}; a revert is checked to run exactly this one.`);
             out(r.path);
         },
     },
@@ -171,18 +185,36 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 : `restore: loaded ${formatBytes(r.manifest.bytes)} into "${str(f, "container")}".`);
         },
     },
+    "check-settings": {
+        summary: "Check declared settings (postgres:settings) with the cluster's own server binary, changing nothing.",
+        flags: {
+            container: "the cluster's container (when it is not running yet, there is nothing to check against)",
+            settings: "the settings as a JSON object, like {\"work_mem\":\"16MB\"}",
+        },
+        async run(f, out) {
+            const r = await checkSettings(str(f, "container"), settingsFlag(f));
+            out(r.checked
+                ? `check-settings: "${str(f, "container")}" accepts ${Object.entries(r.settings).map(([k, v]) => `${k}=${v}`).join(", ") || "the removal of every declared setting"}.`
+                : `check-settings: "${str(f, "container")}" is not running yet; its first start applies the settings (an upgrade's copy-config step checks them before the switch).`);
+        },
+    },
     "copy-config": {
         stopsSynapse: "before",
         summary: "Copy postgresql.conf and postgresql.auto.conf into the new cluster and restart it.",
-        flags: { from: "the old cluster's container", to: "the new (staging) container" },
+        flags: {
+            from: "the old cluster's container",
+            to: "the new (staging) container",
+            "settings?": "postgres:settings as a JSON object: checked here against the copied files, before the switch",
+        },
         async run(f, out) {
-            const r = await copyConfig({ from: str(f, "from"), to: str(f, "to") });
+            const r = await copyConfig({ from: str(f, "from"), to: str(f, "to"), settings: settingsFlag(f) });
             for (const rule of r.accessRulesOnlyInOld) {
                 out(`copy-config: note: the old cluster has the access rule "${rule}", which the new one does not; the new one keeps the image's rules (scram-sha-256 for every host): add it by hand if you still need it.`);
             }
             out(r.copied.length === 0
                 ? `copy-config: ${r.unchanged.join(" and ")} already in place; nothing to do.`
                 : `copy-config: copied ${r.copied.join(" and ")}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
+            if (r.declared) out(`copy-config: the new server accepts postgres:settings (${Object.entries(r.declared).map(([k, v]) => `${k}=${v}`).join(", ")}); its container starts with them after the switch.`);
         },
     },
     verify: {

@@ -7,11 +7,14 @@
 // needs a restart (done), a restart applies the rest, or the new cluster's own files are put back and the step
 // stops, while Synapse is still on the old cluster.
 import { containerLogTail, query, readFileIn, requireContainer, startContainer, stopContainer, superuserOf, waitUntilAccepting, writeFileIn } from "./docker";
+import { checkSettings } from "./settings";
 import { StepError } from "./step-error";
 
 export interface CopyConfigInput {
     from: string;
     to: string;
+    /** postgres:settings: checked on the new binaries against the copied files (the serving container gets them as -c). */
+    settings?: Record<string, string>;
 }
 
 export interface RejectedSetting {
@@ -29,6 +32,8 @@ export interface CopyConfigResult {
     restarted: boolean;
     /** Access rules of the old cluster (pg_hba.conf, pg_ident.conf) the new one lacks: reported, not copied. */
     accessRulesOnlyInOld: string[];
+    /** postgres:settings as the new server reads them, when any are declared. */
+    declared?: Record<string, string>;
 }
 
 const FILES = ["postgresql.conf", "postgresql.auto.conf"];
@@ -51,6 +56,14 @@ export const REMOVED_PARAMETERS: Record<string, string> = {
 };
 
 export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResult> {
+    const result = await copyFiles(input);
+    if (!input.settings || Object.keys(input.settings).length === 0) return result;
+    // After the files: the declared settings are checked against what the new cluster will really read.
+    const checked = await checkSettings(input.to, input.settings, "old cluster");
+    return { ...result, declared: checked.settings };
+}
+
+async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
     const from = await requireContainer(input.from, "old");
     const to = await requireContainer(input.to, "new");
     if (!from.running) throw new StepError(`The old container "${input.from}" is not running; copy-config reads its configuration from the live server.`);

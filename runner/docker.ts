@@ -180,6 +180,15 @@ export function sleep(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
+/**
+ * A reference that names exactly this image: its registry digest (postgres@sha256:...) when it was pulled, else
+ * its local id (sha256:...), which `docker run` and postgres:image accept as well.
+ */
+export async function pinnedReference(imageId: string): Promise<string> {
+    const digests = await run("docker", ["image", "inspect", "-f", "{{json .RepoDigests}}", imageId]).then((r) => JSON.parse(r.stdout) as string[] | null, () => null);
+    return digests?.[0] ?? imageId;
+}
+
 /** Quotes an SQL string literal (standard_conforming_strings, on by default since 9.1). */
 export function quoteLiteral(text: string): string {
     return `'${text.replace(/'/g, "''")}'`;

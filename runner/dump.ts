@@ -11,7 +11,7 @@ import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import * as path from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { query, requireContainer, serverVersion, superuserOf } from "./docker";
+import { query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
 import { run } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
@@ -58,7 +58,8 @@ export interface DumpManifest {
     /** sha256 over the files' sha256 lines: one value that names this dump. */
     sha256: string;
     createdAt: string;
-    source: { container: string; image: string; imageId: string; version: string; major: number; superuser: string };
+    /** The old cluster; `pinned` names exactly the image that wrote its data (recorded for a revert). */
+    source: { container: string; image: string; imageId: string; pinned?: string; version: string; major: number; superuser: string };
     tool: { image: string };
     databases: DatabaseLocale[];
     /** On-disk size of the old cluster's databases: what the restore's progress is measured against. */
@@ -178,7 +179,7 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
         bytes,
         sha256: createHash("sha256").update(files.map((f) => `${f.sha256}  ${f.path}\n`).join("")).digest("hex"),
         createdAt: new Date().toISOString(),
-        source: { container: info.name, image: info.image, imageId: info.imageId, version: version.text, major: version.major, superuser },
+        source: { container: info.name, image: info.image, imageId: info.imageId, pinned: await pinnedReference(info.imageId), version: version.text, major: version.major, superuser },
         tool: { image: toolImage },
         databases,
         databasesBytes,

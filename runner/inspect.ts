@@ -1,7 +1,7 @@
 // inspect: what the program needs to know about a PostgreSQL container it did not create (postgres:adopt), read
 // from the container itself: image and digest, major (PG_VERSION in its data), bootstrap user and database, where
 // its data lives (host folder or volume), and the networks and host names Synapse reaches it by.
-import { inspectContainer, query, superuserOf } from "./docker";
+import { inspectContainer, query, superuserOf, pinnedReference } from "./docker";
 import { run } from "./process";
 import { DataLocation } from "./layout";
 import { StepError } from "./step-error";
@@ -48,13 +48,13 @@ export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     const [network, net] = networks[0];
     const service = info.labels["com.docker.compose.service"];
     const hostAlias = service ?? net.aliases.find((a) => a !== container && !info.id.startsWith(a)) ?? container;
-    const digests = await run("docker", ["image", "inspect", "-f", "{{json .RepoDigests}}", info.imageId]).then((r) => JSON.parse(r.stdout) as string[], () => []);
+    const pinned = await pinnedReference(info.imageId);
     let version = String(pgVersion);
     if (info.running) version = (await query(container, superuserOf(info), "SHOW server_version"))[0][0];
     return {
         container: info.name,
         image: info.image,
-        imageDigest: digests[0],
+        imageDigest: pinned.startsWith("sha256:") ? undefined : pinned,
         major: pgVersion,
         version,
         user: superuserOf(info),

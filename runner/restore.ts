@@ -106,7 +106,7 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
         tool: "synapse-postgres",
         state: "restoring",
         major: input.major,
-        source: { container: manifest.source.container, version: manifest.source.version },
+        source: { container: manifest.source.container, version: manifest.source.version, imageId: manifest.source.imageId, pinned: manifest.source.pinned },
         dump: { path: input.dumpPath, sha256: manifest.sha256 },
         history: [{ state: "restoring", at: now }],
     };

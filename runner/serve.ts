@@ -5,7 +5,7 @@ import { inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, 
 import { run } from "./process";
 import { StepError } from "./step-error";
 import { startSynapse, stopSynapse } from "./synapse";
-import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
+import { advanceMarker, Marker, readMarkerIn, writeMarkerIn } from "./target";
 
 export interface ServeInput {
     container: string;
@@ -44,6 +44,16 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
     if (others.length > 0 || !info.running) await stopSynapse(input.synapse ?? []);
     const leaving = await eventsWrittenSinceSwitch(others, input.database ?? "synapse");
+    if (leaving.source?.container === input.container && leaving.source.imageId && leaving.source.imageId !== info.imageId) {
+        // The data was written by that image; another build of the same major may sort text differently (a new
+        // C library), which silently breaks indexes. The old data stays untouched until the right image runs.
+        if (info.running) await stopContainer(input.container); // it must not answer to the alias beside the newer one
+        await startSynapse(input.synapse ?? []);
+        const pin = leaving.source.pinned ?? leaving.source.imageId;
+        throw new StepError(
+            `The revert to "${input.container}" would run image ${info.image} (${info.imageId.slice(0, 19)}), not the image that wrote its data before the upgrade (${pin}); set postgres:image to ${pin} and run pulumi up again.`,
+        );
+    }
     if (leaving.lost > (input.acceptLoss ?? 0)) {
         await startSynapse(input.synapse ?? []);
         throw new StepError(
@@ -86,11 +96,11 @@ async function eventsWrittenSinceSwitch(others: { name: string; env: Record<stri
         const marker = await readMarkerIn(other.name, user).catch(() => undefined);
         if (!marker || (marker.state !== "serving" && marker.state !== "cutover")) continue;
         const since = marker.switchedAt;
-        if (!since) return { served: true, lost: 0, from: other.name, at: "" };
+        if (!since) return { served: true, lost: 0, from: other.name, at: "", source: marker.source };
         const [[n]] = await query(other.name, user, `SELECT count(*) FROM public.events WHERE stream_ordering > ${Number(since.eventsStreamOrdering)}`, since.database);
-        return { served: true, lost: Number(n), from: other.name, at: since.at };
+        return { served: true, lost: Number(n), from: other.name, at: since.at, source: marker.source };
     }
-    return { served: false, lost: 0, from: "", at: "" };
+    return { served: false, lost: 0, from: "", at: "", source: undefined as Marker["source"] | undefined };
 }
 
 /** Running containers on the network that answer to the alias. */

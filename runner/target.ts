@@ -15,7 +15,8 @@ export interface Marker {
     tool: "synapse-postgres";
     state: MarkerState;
     major: number;
-    source: { container: string; version: string };
+    /** The old cluster, and exactly the image that wrote its data (a revert must run that one). */
+    source: { container: string; version: string; imageId?: string; pinned?: string };
     dump: { path: string; sha256: string };
     history: { state: MarkerState; at: string }[];
     /** The old cluster's last event (Synapse's events.stream_ordering) when the switch happened. */

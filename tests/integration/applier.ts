@@ -10,7 +10,7 @@
 //
 // Container inputs that force replacement in the Docker provider (5.x, bridged from Terraform's docker provider):
 // name, image, envs, volumes, mounts, ports, networksAdvanced (aliases too), labels, healthcheck, stopSignal,
-// command, entrypoint, and most others. Updated in place: restart, resource limits, destroyGraceSeconds, wait,
+// command, entrypoint, shmSize, and most others. Updated in place: restart, resource limits, destroyGraceSeconds, wait,
 // waitTimeout, removeVolumes, mustRun. Without `pulumi refresh` nothing is read back: a container stopped by a
 // step stays stopped until something declares a change.
 import { spawn } from "node:child_process";
@@ -88,6 +88,8 @@ export class Applier {
 
     private async container(r: DeclaredResource, prior?: Applied): Promise<void> {
         if (prior) {
+            // ignoreChanges: the engine diffs (and stores) the old value of an ignored input in place of the new one.
+            for (const k of r.ignoreChanges) if (k in prior.inputs) r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
             const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !same(prior.inputs[k], r.inputs[k]));
             if (changed.every((k) => IN_PLACE_CONTAINER_INPUTS.has(k))) return this.remember(r);
             await this.delete(r.name, prior); // deleteBeforeReplace
@@ -118,7 +120,8 @@ export class Applier {
         }
         if (i.restart) args.push("--restart", i.restart);
         if (i.stopSignal) args.push("--stop-signal", i.stopSignal);
-        const { stdout: id } = await run("docker", [...args, i.image], { env });
+        if (i.shmSize !== undefined) args.push("--shm-size", `${i.shmSize}m`);
+        const { stdout: id } = await run("docker", [...args, i.image, ...(i.command ?? [])], { env });
         this.realIds.set(`${r.name}-id`, id.trim());
         if (i.wait) await waitHealthy(i.name, i.waitTimeout ?? 60);
         this.remember(r);

@@ -13,6 +13,14 @@ const PREFIX = "sptest-trap-";
 const PASSWORD = "trap-Pässword-4";
 const PORT = 25434;
 
+async function containerId(name: string): Promise<string> {
+    return (await run("docker", ["inspect", "-f", "{{.Id}}", name])).stdout.trim();
+}
+
+async function shmBytes(name: string): Promise<number> {
+    return Number((await run("docker", ["inspect", "-f", "{{.HostConfig.ShmSize}}", name])).stdout.trim());
+}
+
 async function sql(query: string, database = "synapse"): Promise<any[]> {
     const c = await connect({ port: PORT, user: "synapse", password: PASSWORD }, database);
     try {
@@ -27,7 +35,11 @@ describe("upgrade traps on real containers", function () {
     const applier = new Applier();
     let base: Record<string, string>;
     const up = async (cfg: Record<string, string>) => applier.up(await declare({ ...base, ...cfg }, PASSWORD));
-    const upgrade = { version: "17", upgradeFrom: "15" };
+    // The settings the 15 cluster serves with (test 1), and those declared with the upgrade, for 17 only.
+    const TUNED_15 = JSON.stringify({ shared_buffers: "192MB", work_mem: "12MB" });
+    const TUNED_17 = JSON.stringify({ shared_buffers: "160MB", work_mem: "32MB" });
+    const upgrade = { version: "17", upgradeFrom: "15", settings: TUNED_17 };
+    let id15: string;
     let events15: number;
 
     let suite: Suite | undefined;
@@ -41,6 +53,27 @@ describe("upgrade traps on real containers", function () {
     });
 
     after(() => endSuite(PREFIX, suite));
+
+    it("postgres:settings: a bad value is refused by the server's binary before the serving container changes", async () => {
+        const before = await containerId(`${PREFIX}pg15`);
+        const mark = applier.commandRuns.length;
+        await assert.rejects(up({ version: "15", settings: JSON.stringify({ work_mem: "lots", shared_buffers: "192MB" }) }), (err: Error) => {
+            assert.match(err.message, /synapse-pg check-settings: PostgreSQL in "sptest-trap-pg15" refuses postgres:settings: invalid value for parameter "work_mem": "lots"; fix the setting and run pulumi up again \(the running cluster was not changed\)\./);
+            return true;
+        });
+        assert.deepEqual(applier.commandRuns.slice(mark).map((r) => r.name), [], "nothing ran after the refused check");
+        await assert.rejects(up({ version: "15", settings: JSON.stringify({ wal_level: "minimal" }) }),
+            /PostgreSQL would not start with postgres:settings: wal_level is minimal while max_wal_senders is 10; set max_wal_senders to 0 or wal_level to replica \(the running cluster was not changed\)\./);
+        assert.equal(await containerId(`${PREFIX}pg15`), before, "the serving container was not replaced");
+        assert.equal(await containerState(`${PREFIX}pg15`), "running");
+
+        base = { ...base, settings: TUNED_15 };
+        await up({ version: "15" });
+        assert.notEqual(await containerId(`${PREFIX}pg15`), before, "good settings replace the container, which starts with them");
+        assert.deepEqual(await sql("SELECT current_setting('shared_buffers') AS sb, current_setting('work_mem') AS wm"), [{ sb: "192MB", wm: "12MB" }]);
+        assert.equal(await shmBytes(`${PREFIX}pg15`), 192 * 1024 * 1024, "/dev/shm follows shared_buffers");
+        id15 = await containerId(`${PREFIX}pg15`);
+    });
 
     it("md5 password hashes: named at preflight; the Synapse role is re-set as scram and logs in on the new cluster", async () => {
         // A cluster first created before PostgreSQL 14: md5 hashes behind an md5 host rule. The new cluster's rule is
@@ -60,6 +93,14 @@ describe("upgrade traps on real containers", function () {
         assert.match(restore, /restore: the role synapse had an md5 password hash; it was re-set as scram-sha-256 from the configured password\./);
         const rows = await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, (SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'synapse') AS hash");
         assert.deepEqual(rows, [{ major: 17, hash: "SCRAM-SHA-256$" }], "Synapse logs in over TCP with its password, hashed as scram");
+    });
+
+    it("postgres:settings declared with the upgrade go to the new cluster only; the old container runs on as it was", async () => {
+        assert.deepEqual(await sql("SELECT current_setting('shared_buffers') AS sb, current_setting('work_mem') AS wm"), [{ sb: "160MB", wm: "32MB" }]);
+        assert.equal(await shmBytes(`${PREFIX}pg17`), 160 * 1024 * 1024);
+        assert.equal(await containerId(`${PREFIX}pg15`), id15, "the old container was not recreated for the new settings");
+        const copy = applier.commandRuns.find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
+        assert.match(copy, /copy-config: the new server accepts postgres:settings \(shared_buffers=160MB, work_mem=32MB\); its container starts with them after the switch\./);
     });
 
     it("a revert after Synapse wrote to the new cluster says how many events it would lose and needs a confirmation", async () => {
@@ -87,5 +128,22 @@ describe("upgrade traps on real containers", function () {
         await new Promise((r) => setTimeout(r, 4000));
         await assert.rejects(runShell(`npx --no-install synapse-pg inspect --container ${PREFIX}wrong18`, {}),
             /synapse-pg inspect: "sptest-trap-wrong18" keeps its data at PGDATA=\/var\/lib\/postgresql\/18\/docker, outside what is mounted \(\/var\/lib\/postgresql\/data\): the real data is in an anonymous volume/);
+    });
+
+    it("a revert that would run another image than the one that wrote the old data is refused, naming the image to pin", async () => {
+        // Upgrade again (the reverted 17 data is set aside), then revert with an image template whose 15 is another
+        // build: Docker replaces the 15 container with it. The port stays with 17 until the switch, so none here.
+        await up({ ...upgrade, attempt: "2" });
+        const pinned = (await run("docker", ["inspect", "-f", "{{.Image}}", `${PREFIX}pg15`])).stdout.trim();
+        await run("docker", ["build", "-q", "-t", `${PREFIX}other/postgres:15`, "-"], { stdin: `FROM ${TEST_IMAGE}:15\nLABEL rebuilt=yes\n` });
+        const { port: _port, ...withoutPort } = base;
+        await assert.rejects(applier.up(await declare({ ...withoutPort, version: "15", image: `${PREFIX}other/postgres:{version}` }, PASSWORD)), (err: Error) => {
+            assert.ok(err.message.includes(`synapse-pg serve: The revert to "${PREFIX}pg15" would run image ${PREFIX}other/postgres:15 (`), err.message);
+            assert.ok(err.message.includes(`not the image that wrote its data before the upgrade (${pinned}); set postgres:image to ${pinned} and run pulumi up again.`), err.message);
+            return true;
+        });
+        assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "the wrong image does not serve");
+        assert.equal(await containerState(`${PREFIX}pg17`), "running", "17 keeps serving");
+        assert.equal((await sql("SELECT current_setting('server_version_num')::int / 10000 AS major"))[0].major, 17);
     });
 });

@@ -19,6 +19,14 @@ const COMPOSE_DB: AdoptedFacts = {
 const RUNNER = "npx --no-install synapse-pg";
 
 describe("adopting a compose-managed container (postgres:adopt)", () => {
+    it("refuses postgres:settings for the adopted container it does not run, and gives them to the new cluster", async () => {
+        const settings = JSON.stringify({ work_mem: "16MB" });
+        await assert.rejects(declare({ adopt: "synapse-db-1", version: "15", settings }, "pw", { adopted: COMPOSE_DB }),
+            /postgres:settings applies to the clusters this program runs, not to the adopted container "synapse-db-1": set them in its compose file/);
+        const d = await declare({ adopt: "synapse-db-1", version: "17", backupDir: "/b", settings }, "pw", { adopted: COMPOSE_DB });
+        assert.deepEqual(d.byName("pg17-container").inputs.command, ["postgres", "-c", "work_mem=16MB"]);
+    });
+
     it("while its major is the version, declares only its serve step: nothing that could create, replace or delete it", async () => {
         const d = await declare({ adopt: "synapse-db-1", version: "15" }, "pw", { adopted: COMPOSE_DB });
         assert.deepEqual(d.names(), ["pg15", "pg15-serve"]);

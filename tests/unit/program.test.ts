@@ -328,6 +328,44 @@ describe("published port and image options", () => {
     });
 });
 
+describe("postgres:settings: tuning as declared config, for the serving cluster only", () => {
+    const SETTINGS = JSON.stringify({ shared_buffers: "1GB", work_mem: "16MB", max_connections: 200 });
+
+    it("starts the serving server with -c options, sorted, and sizes /dev/shm after shared_buffers", async () => {
+        const d = await declare({ version: "15", settings: SETTINGS });
+        const c = plain(d, "pg15-container");
+        assert.deepEqual(c.command, ["postgres", "-c", "max_connections=200", "-c", "shared_buffers=1GB", "-c", "work_mem=16MB"]);
+        assert.equal(c.shmSize, 1024);
+    });
+
+    it("keeps Docker's 64 MB /dev/shm as the floor, and the image's own command without settings", async () => {
+        assert.equal(plain(await declare({ version: "15", settings: JSON.stringify({ shared_buffers: "16MB" }) }), "pg15-container").shmSize, 64);
+        const bare = plain(await declare({ version: "15" }), "pg15-container");
+        assert.equal(bare.command, undefined);
+        assert.equal(bare.shmSize, undefined);
+    });
+
+    it("checks the settings with the running server's binary before the container that carries them", async () => {
+        const d = await declare({ version: "15", settings: SETTINGS });
+        const check = d.byName("pg15-check-settings");
+        assert.equal(check.parent, d.byName("pg15").urn);
+        assert.equal(check.inputs.create, `${RUNNER} check-settings --container synapse-pg15 --settings '{"max_connections":"200","shared_buffers":"1GB","work_mem":"16MB"}'`);
+        assert.deepEqual(check.inputs.triggers, ['{"max_connections":"200","shared_buffers":"1GB","work_mem":"16MB"}']);
+        assert.ok(short(d.byName("pg15-container").dependencies).includes("pg15-check-settings"));
+        assert.equal((await declare({ version: "15" })).find("pg15-check-settings"), undefined);
+    });
+
+    it("during an upgrade: the new cluster gets them, copy-config checks them, the old container ignores them", async () => {
+        const d = await declare({ ...UPGRADE_17, settings: SETTINGS });
+        assert.deepEqual(plain(d, "pg17-container").command, ["postgres", "-c", "max_connections=200", "-c", "shared_buffers=1GB", "-c", "work_mem=16MB"]);
+        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create,
+            `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging --settings '{"max_connections":"200","shared_buffers":"1GB","work_mem":"16MB"}'`);
+        assert.deepEqual(d.byName("pg15-container").ignoreChanges.sort(), ["command", "image", "shmSize"]);
+        assert.deepEqual(d.byName("pg17-container").ignoreChanges, []);
+        assert.equal(d.find("pg15-check-settings"), undefined);
+    });
+});
+
 describe("bad stack config is refused before anything is declared", () => {
     const cases: [string, Record<string, string>, string | null, string][] = [
         ["a missing version", {}, "pw", "postgres:version is required: the major (17) or major.minor (17.6) that serves Synapse"],
@@ -355,6 +393,10 @@ describe("bad stack config is refused before anything is declared", () => {
         ["a rehearse flag that is not a boolean", { version: "17", upgradeFrom: "15", rehearse: "yes" }, "pw", 'postgres:rehearse is "yes" but must be true or false'],
         ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
         ["an unknown key", { version: "15", upgradefrom: "14" }, "pw", "postgres:upgradefrom is not a setting of this program (a typo?)"],
+        ["settings that are not a map", { version: "15", settings: "shared_buffers=1GB" }, "pw", 'postgres:settings is "shared_buffers=1GB" but must be a map of PostgreSQL settings, set one at a time with `pulumi config set --path \'postgres:settings.shared_buffers\' 1GB`'],
+        ["a setting the program owns", { version: "15", settings: '{"port":"5433"}' }, "pw", 'postgres:settings is "{"port":"5433"}" but has port, which this program sets itself: the container\'s port 5432 is what Synapse, the healthcheck and postgres:port use; remove it'],
+        ["a setting name that is not one", { version: "15", settings: '{"Work Mem":"1MB"}' }, "pw", 'postgres:settings is "{"Work Mem":"1MB"}" but has "Work Mem", which is not a PostgreSQL parameter name (lower case, like work_mem)'],
+        ["a shared_buffers that is not a size", { version: "15", settings: '{"shared_buffers":"lots"}' }, "pw", 'postgres:settings is "{"shared_buffers":"lots"}" but has shared_buffers = "lots", which must be a size like 512MB or 2GB (the container\'s shared memory follows it)'],
     ];
     for (const [what, config, password, message] of cases) {
         it(`refuses ${what}`, async () => {
