@@ -4,8 +4,10 @@
 //
 // Seeds a Synapse-shaped database of that size in a 15 container, then times
 //   (a) the guide: pg_dumpall in the old container to one file, psql -f into a fresh 17 container;
-//   (b) ours: the step runner's dump and restore (default method), run through its CLI as pulumi up runs it,
+//   (b) ours: the step runner's dump and restore (method directory), run through its CLI as pulumi up runs it,
 //       and the whole downtime (preflight, dump, restore, copy-config, verify, cutover);
+//   (b') ours, method pg_upgrade: prepare (while Synapse would still run, not downtime), then the downtime
+//       (preflight, upgrade, copy-config, verify, cutover);
 //   (c) the floor: a raw copy of the stopped old cluster's data folder.
 // It prints each time, ours/guide, ours/floor, the step runner's peak RSS, and writes JSON to bench/results/.
 import { spawn } from "node:child_process";
@@ -48,6 +50,10 @@ async function startCluster(name: string, major: number, volume: string): Promis
     await run("docker", ["run", "-d", "--name", name, "--shm-size", "256m", "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD",
         "-e", "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C",
         "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`], { env: { POSTGRES_PASSWORD: PASSWORD } });
+    await waitReady(name);
+}
+
+async function waitReady(name: string): Promise<void> {
     for (let i = 0; i < 120; i++) {
         const ok = await run("docker", ["exec", name, "psql", "-h", "127.0.0.1", "-U", "synapse", "-d", "postgres", "-Atc", "SELECT 1"]).then(() => true, () => false);
         if (ok) return;
@@ -127,6 +133,30 @@ async function main(): Promise<void> {
         const oursSeconds = timings.dump + timings.restore;
         const downtimeSeconds = Object.values(timings).reduce((a, b) => a + b, 0);
 
+        // (b') Ours, method pg_upgrade, from the same old cluster (started again: cutover stopped it).
+        console.error("(b') ours: synapse-pg, method pg_upgrade");
+        await run("docker", ["start", old]);
+        await waitReady(old);
+        const uStaging = `${PREFIX}pg17u-staging`;
+        const uData = `${PREFIX}pgsql17u`;
+        const uCluster = ["--staging", uStaging, "--image", `${IMAGE}:17`, "--data", uData, "--major", "17"];
+        const [prepareSeconds, prepareRss] = await seconds(() => step(["prepare", "--container", old, ...uCluster]));
+        rss.prepare = prepareRss;
+        const uTimings: Record<string, number> = {};
+        const uSteps: [string, string[]][] = [
+            ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", uData]],
+            ["upgrade", ["upgrade", "--container", old, ...uCluster]],
+            ["copy-config", ["copy-config", "--from", old, "--to", uStaging]],
+            ["verify", ["verify", "--old", old, "--new", uStaging]],
+            ["cutover", ["cutover", "--old", old, "--new", uStaging, "--data", uData, "--image", `${IMAGE}:17`, "--major", "17"]],
+        ];
+        for (const [name, args] of uSteps) {
+            const [s, r] = await seconds(() => step(args));
+            uTimings[name] = s;
+            rss[`pg_upgrade ${name}`] = r;
+        }
+        const upgradeDowntime = Object.values(uTimings).reduce((a, b) => a + b, 0);
+
         // (c) The floor: a raw copy of the stopped old cluster's data.
         console.error("(c) the floor: raw copy of the data folder");
         const [floorSeconds] = await seconds(() =>
@@ -142,6 +172,7 @@ async function main(): Promise<void> {
             oursSeconds,
             oursSteps: timings,
             oursDowntimeSeconds: downtimeSeconds,
+            pgUpgrade: { prepareSeconds, steps: uTimings, downtimeSeconds: upgradeDowntime, downtimeOverGuide: upgradeDowntime / guideSeconds },
             floorSeconds,
             oursOverGuide: oursSeconds / guideSeconds,
             downtimeOverGuide: downtimeSeconds / guideSeconds,
@@ -160,6 +191,8 @@ async function main(): Promise<void> {
             console.log(`(a) guide, pg_dumpall + psql -f:      ${f(guideSeconds)}`);
             console.log(`(b) ours, dump + restore:             ${f(oursSeconds)}   (ours/guide ${result.oursOverGuide.toFixed(2)})`);
             console.log(`    ours, whole downtime:             ${f(downtimeSeconds)}   (${Object.entries(timings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
+            console.log(`(b') ours, pg_upgrade, whole downtime: ${f(upgradeDowntime)}   (downtime/guide ${(upgradeDowntime / guideSeconds).toFixed(2)}; ${Object.entries(uTimings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
+            console.log(`    before the downtime, prepare:     ${f(prepareSeconds)}`);
             console.log(`(c) floor, raw copy of the data:      ${f(floorSeconds)}   (ours/floor ${result.oursOverFloor.toFixed(2)})`);
             console.log(`step runner peak RSS: ${result.peakRssMB.toFixed(0)} MB`);
             console.log(`written to ${path.relative(REPO, out)}`);

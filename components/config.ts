@@ -33,8 +33,11 @@ export interface StackConfig {
     adopt?: string;
     /** Host folder for dumps; required while upgradeFrom is set. */
     backupDir?: string;
-    /** How the dump is made and restored: directory (parallel, default) or dumpall (the guide's single script). */
-    method: DumpMethod;
+    /**
+     * How the data moves: pg_upgrade (the data files copied by pg_upgrade --copy, the fastest), directory (parallel
+     * dump and restore) or dumpall (the guide's single script).
+     */
+    method: DumpMethod | "pg_upgrade";
     /** Synapse's containers (main and workers): stopped for the upgrade, started after the switch or a failure. */
     synapseContainers: string[];
     /** Only rehearse the upgrade (on a stack of its own): nothing else is declared. */
@@ -100,7 +103,7 @@ const schema = z
         hostAlias: z.string().regex(dockerName, "must be a host name like db").optional(),
         adopt: z.string().regex(dockerName, "must be the name of a running container, as `docker ps` shows it, like synapse-db-1").optional(),
         backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
-        method: z.enum(["directory", "dumpall"], { errorMap: () => ({ message: "must be directory (the fast default) or dumpall (the guide's single script)" }) }).default("directory"),
+        method: z.enum(["pg_upgrade", "directory", "dumpall"], { errorMap: () => ({ message: "must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide's single script)" }) }).default("directory"),
         synapseContainers: z
             .string()
             .transform((v) => parseList(v))
@@ -138,8 +141,8 @@ const schema = z
             if (c.adopt !== undefined) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: "is read from the adopted container (postgres:adopt), which knows its own version: remove upgradeFrom" });
             }
-            if (c.backupDir === undefined && c.rehearse !== "true") {
-                ctx.addIssue({ code: "custom", path: ["backupDir"], message: "is required while postgres:upgradeFrom is set: the host folder the dump is written to" });
+            if (c.backupDir === undefined && c.rehearse !== "true" && c.method !== "pg_upgrade") {
+                ctx.addIssue({ code: "custom", path: ["backupDir"], message: `is required while postgres:upgradeFrom is set with method ${c.method}: the host folder the dump is written to` });
             }
             if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined && c.adopt === undefined) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFromImage"], message: "is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too" });

@@ -105,8 +105,8 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         });
         return { activeVersion: cfg.version.text, hostAlias, containers: [cluster.containerName] };
     }
-    if (cfg.backupDir === undefined) {
-        throw new Error(`Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major}: the host folder the dump is written to`);
+    if (cfg.backupDir === undefined && cfg.method !== "pg_upgrade") {
+        throw new Error(`Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${cfg.method}: the host folder the dump is written to`);
     }
 
     const old = new Cluster(`pg${from.major}`, {

@@ -7,6 +7,9 @@ import { dumpPathOf, DumpMethod } from "../runner/dump";
 import { DataLocation, formatDataLocation } from "../runner/layout";
 import { shellQuote, stepCommand } from "./command-line";
 
+/** directory and dumpall dump and restore; pg_upgrade copies the data files (see runner/pg-upgrade.ts). */
+export type UpgradeMethod = DumpMethod | "pg_upgrade";
+
 export interface MajorUpgradeArgs {
     /** The old cluster's container. */
     fromContainer: pulumi.Input<string>;
@@ -14,11 +17,11 @@ export interface MajorUpgradeArgs {
     toMajor: number;
     toImage: pulumi.Input<string>;
     toData: DataLocation;
-    /** The staging container the restore creates and cutover removes. */
+    /** The staging container the restore (or prepare) creates and cutover removes. */
     stagingContainer: string;
-    /** Host folder for the dump, and how it is made (directory: parallel, the default; dumpall: the guide's). */
-    backupDir: string;
-    method: DumpMethod;
+    /** Host folder for the dump (dump methods only). */
+    backupDir?: string;
+    method: UpgradeMethod;
     /** The role and database Synapse logs in with, checked by verify with the password. */
     loginUser: pulumi.Input<string>;
     loginDatabase: pulumi.Input<string>;
@@ -26,48 +29,67 @@ export interface MajorUpgradeArgs {
     password: pulumi.Input<string>;
     /** postgres:settings for the new cluster: checked by copy-config against the copied files. */
     settings?: Record<string, string>;
-    /** Synapse's containers: every step stops them first and starts them again if it fails before the switch. */
+    /** Synapse's containers: every step but prepare stops them first and starts them again if it fails before the switch. */
     synapseContainers: string[];
     /** Every step's trigger: a new attempt runs the whole upgrade again from a fresh dump. */
     attempt: number;
-    /** Resources the preflight waits for (the old container, the new data volume). */
+    /** Resources the first step waits for (the old container, the new data volume). */
     after: pulumi.Input<pulumi.Resource>[];
 }
 
-export const STEPS = ["preflight", "dump", "restore", "copy-config", "verify", "cutover"] as const;
+/** The steps of each method, in order. */
+export const STEPS = {
+    dump: ["preflight", "dump", "restore", "copy-config", "verify", "cutover"],
+    pg_upgrade: ["prepare", "preflight", "upgrade", "copy-config", "verify", "cutover"],
+} as const;
+type Step = (typeof STEPS)["dump"][number] | (typeof STEPS)["pg_upgrade"][number];
+
+/** Steps that run while Synapse still serves: they get no --synapse, so they never stop it. */
+const BEFORE_DOWNTIME: Step[] = ["prepare"];
 
 export class MajorUpgrade extends pulumi.ComponentResource {
-    readonly backupFile: string;
-    readonly steps: Record<(typeof STEPS)[number], command.local.Command>;
+    readonly backupFile?: string;
+    readonly steps: Partial<Record<Step, command.local.Command>>;
     readonly cutover: command.local.Command;
     readonly verified: pulumi.Output<string>;
 
     constructor(name: string, args: MajorUpgradeArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:MajorUpgrade", name, {}, opts);
         const dumpName = `${name}`;
-        this.backupFile = dumpPathOf(args.backupDir, dumpName, args.method);
+        const physical = args.method === "pg_upgrade";
+        if (!physical && args.backupDir === undefined) throw new Error(`${name}: a dump method needs backupDir`);
+        this.backupFile = physical ? undefined : dumpPathOf(args.backupDir!, dumpName, args.method as DumpMethod);
         const data = formatDataLocation(args.toData);
         const secretEnv = { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) };
+        const newCluster = { staging: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
 
-        const lines: Record<(typeof STEPS)[number], { create: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
+        const lines: Record<Step, { create: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
+            prepare: {
+                create: stepCommand("prepare", { container: args.fromContainer, ...newCluster }),
+                environment: secretEnv,
+            },
             preflight: {
                 create: stepCommand("preflight", {
                     container: args.fromContainer, "target-major": args.toMajor, "target-image": args.toImage,
-                    "target-data": data, "backup-dir": args.backupDir,
+                    "target-data": data, ...(args.backupDir && !physical ? { "backup-dir": args.backupDir } : {}),
                 }),
             },
             dump: {
                 // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.
                 create: stepCommand("dump", {
-                    container: args.fromContainer, out: args.backupDir, name: dumpName, method: args.method, "tool-image": args.toImage,
+                    container: args.fromContainer, out: args.backupDir ?? "", name: dumpName, method: args.method, "tool-image": args.toImage,
                 }),
                 environment: secretEnv,
             },
             restore: {
                 create: stepCommand("restore", {
-                    container: args.stagingContainer, image: args.toImage, data, major: args.toMajor, in: this.backupFile,
+                    container: args.stagingContainer, image: args.toImage, data, major: args.toMajor, in: this.backupFile ?? "",
                     "login-user": args.loginUser,
                 }),
+                environment: secretEnv,
+            },
+            upgrade: {
+                create: stepCommand("upgrade", { container: args.fromContainer, ...newCluster, "login-user": args.loginUser }),
                 environment: secretEnv,
             },
             "copy-config": {
@@ -92,12 +114,13 @@ export class MajorUpgrade extends pulumi.ComponentResource {
 
         const synapse = args.synapseContainers.length ? { synapse: args.synapseContainers.join(",") } : {};
         let previous: pulumi.Input<pulumi.Resource>[] = args.after;
-        const steps = {} as Record<(typeof STEPS)[number], command.local.Command>;
-        for (const step of STEPS) {
+        const steps: Partial<Record<Step, command.local.Command>> = {};
+        for (const step of physical ? STEPS.pg_upgrade : STEPS.dump) {
             const line = lines[step];
+            const stopsSynapse = synapse.synapse && !BEFORE_DOWNTIME.includes(step);
             steps[step] = new command.local.Command(`${name}-${step}`, {
                 ...line,
-                create: synapse.synapse ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse)}` : line.create,
+                create: stopsSynapse ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse!)}` : line.create,
                 triggers: [args.attempt],
             }, {
                 parent: this,
@@ -107,11 +130,11 @@ export class MajorUpgrade extends pulumi.ComponentResource {
                 // image digest) must not run a dump or restore again on a cluster that already serves.
                 ignoreChanges: ["create", "environment"],
             });
-            previous = [steps[step]];
+            previous = [steps[step]!];
         }
         this.steps = steps;
-        this.cutover = steps.cutover;
-        this.verified = steps.verify.stdout;
+        this.cutover = steps.cutover!;
+        this.verified = steps.verify!.stdout;
 
         this.registerOutputs({ backupFile: this.backupFile, verified: this.verified });
     }

@@ -11,6 +11,7 @@ import { rehearse } from "./rehearse";
 import { ProcessError } from "./process";
 import { restoreCluster } from "./restore";
 import { serveCluster } from "./serve";
+import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
 import { checkSettings } from "./settings";
 import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
@@ -59,6 +60,14 @@ function settingsFlag(flags: Flags): Record<string, string> {
     throw new StepError(`--settings must be a JSON object of PostgreSQL settings, like {"work_mem":"16MB"}, not "${flags.settings}".`);
 }
 
+function pgUpgradeInput(f: Flags) {
+    return {
+        container: str(f, "container"), staging: str(f, "staging"), image: str(f, "image"),
+        data: parseDataLocation(str(f, "data")), major: int(f, "major"), password: password(true)!,
+        loginUser: (f["login-user"] as string) ?? "synapse",
+    };
+}
+
 function password(required: boolean): string | undefined {
     const pw = process.env[PASSWORD_ENV];
     if (required && !pw) throw new StepError(`Set ${PASSWORD_ENV} in the environment to the database password; it is never taken from the command line.`);
@@ -99,6 +108,40 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         flags: { container: "the container to adopt" },
         async run(f, out) {
             out(JSON.stringify(await inspectAdopted(str(f, "container"))));
+        },
+    },
+    prepare: {
+        summary: "pg_upgrade method, while Synapse still runs: unpack the old image's binaries, prove they run, initialise the new cluster.",
+        flags: {
+            container: "the old cluster's container (live; only read)",
+            staging: "the staging container to create (stopped when done)",
+            image: "the new major's image",
+            data: "the new cluster's volume name or absolute host folder",
+            major: "the new major",
+        },
+        async run(f, out) {
+            const r = await preparePgUpgrade(pgUpgradeInput(f));
+            if (r.setAsideTo) out(`prepare: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
+            out(`prepare: ${r.binaries.version} runs inside ${str(f, "image")} from ${r.binaries.volume}; ${r.reused ? "the new cluster was already prepared" : "new cluster initialised"} in "${str(f, "staging")}" (stopped).`);
+        },
+    },
+    upgrade: {
+        stopsSynapse: "before",
+        summary: "pg_upgrade method: stop the old cluster, pg_upgrade --copy into the prepared new cluster, start both again.",
+        flags: {
+            container: "the old cluster's container",
+            staging: "the prepared staging container",
+            image: "the new major's image",
+            data: "the new cluster's volume name or absolute host folder",
+            major: "the new major",
+            "login-user?": "the role Synapse logs in as (default synapse): re-set as scram-sha-256 if its hash is md5",
+        },
+        async run(f, out) {
+            const r = await runPgUpgrade(pgUpgradeInput(f));
+            if (r.rehashed) out(`upgrade: the role ${r.rehashed} had an md5 password hash; it was re-set as scram-sha-256 from the configured password.`);
+            out(r.alreadyDone
+                ? `upgrade: "${str(f, "staging")}" already holds the upgraded cluster; nothing to do.`
+                : `upgrade: pg_upgrade --copy from "${str(f, "container")}" into "${str(f, "staging")}" in ${r.seconds.toFixed(1)} s; the old cluster is unchanged and running again.`);
         },
     },
     preflight: {

@@ -55,7 +55,7 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     let setAsideTo: string | undefined;
     if (target.marker) {
         const m = target.marker;
-        if (m.dump.sha256 === manifest.sha256 && (m.state === "restored" || m.state === "verified") && existing) {
+        if (m.dump?.sha256 === manifest.sha256 && (m.state === "restored" || m.state === "verified") && existing) {
             if (!existing.running) await startContainer(input.container);
             await waitUntilAccepting(input.container, superuser);
             return { alreadyRestored: true, manifest };
@@ -146,7 +146,7 @@ export const RESTORE_ONLY_SETTINGS: [string, string][] = [
 ];
 
 /** ALTER SYSTEM SET (or RESET, for an undefined value) and reload. */
-async function setSettings(container: string, user: string, settings: [string, string | undefined][]): Promise<void> {
+export async function setSettings(container: string, user: string, settings: [string, string | undefined][]): Promise<void> {
     for (const [name, value] of settings) {
         await query(container, user, value === undefined ? `ALTER SYSTEM RESET ${name}` : `ALTER SYSTEM SET ${name} = '${value}'`);
     }
@@ -159,7 +159,7 @@ async function setSettings(container: string, user: string, settings: [string, s
  * configured password, after checking that the password is the one the md5 hash was made from. The statement
  * travels on psql's stdin, never in argv.
  */
-async function rehashLoginRole(input: RestoreInput, superuser: string): Promise<string | undefined> {
+export async function rehashLoginRole(input: { container: string; password: string; loginUser?: string }, superuser: string): Promise<string | undefined> {
     const role = input.loginUser ?? "synapse";
     const rows = await query(input.container, superuser, `SELECT rolpassword FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`);
     const hash = rows[0]?.[0] ?? "";
@@ -174,7 +174,7 @@ async function rehashLoginRole(input: RestoreInput, superuser: string): Promise<
 }
 
 /** Prints how long each phase of a step took, so a slow upgrade says where its time went. */
-class PhaseClock {
+export class PhaseClock {
     private last = Date.now();
     constructor(private readonly step: string) {}
     lap(what: string): void {
@@ -185,31 +185,57 @@ class PhaseClock {
 }
 
 async function startStaging(input: RestoreInput, manifest: DumpManifest): Promise<void> {
-    const t = manifest.template1;
-    // The new cluster gets the old one's template1 locale, so postgres and template1 match too; the databases
-    // themselves are created by the dump with their own encoding and locale.
-    const initdbArgs = `--encoding=${t.encoding} --lc-collate=${t.collate} --lc-ctype=${t.ctype}`;
+    await startStagingContainer({
+        ...input,
+        superuser: manifest.source.superuser,
+        locale: manifest.template1,
+        // The dump, read-only, for pg_restore inside the container.
+        mounts: [`${path.resolve(input.dumpPath)}:${DUMP_MOUNT}:ro`],
+    });
+}
+
+export interface StagingSpec {
+    container: string;
+    image: string;
+    major: number;
+    data: DataLocation;
+    password: string;
+    /** The old cluster's bootstrap superuser: the new one is bootstrapped as the same role. */
+    superuser: string;
+    /** The old cluster's template1 locale. */
+    locale: { encoding: string; collate: string; ctype: string };
+    /** More initdb arguments (data checksums for pg_upgrade). */
+    initdbExtra?: string;
+    mounts?: string[];
+}
+
+/**
+ * Starts the staging container: the new image's own first start (initdb, its pg_hba rules) on the new data
+ * location, with the old cluster's superuser and template1 locale, so postgres and template1 match too.
+ */
+export async function startStagingContainer(spec: StagingSpec): Promise<void> {
+    const l = spec.locale;
+    const initdbArgs = `--encoding=${l.encoding} --lc-collate=${l.collate} --lc-ctype=${l.ctype}${spec.initdbExtra ? ` ${spec.initdbExtra}` : ""}`;
     await run(
         "docker",
         [
-            "run", "-d", "--name", input.container,
+            "run", "-d", "--name", spec.container,
             "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
-            "--label", `synapse-postgres.cluster=${input.major}`,
-            // The dump's roles and databases are created by the dump itself: bootstrap only the superuser the
-            // dump was taken as (its CREATE ROLE is filtered below) and no extra database.
-            "-e", `POSTGRES_USER=${manifest.source.superuser}`,
+            "--label", `synapse-postgres.cluster=${spec.major}`,
+            // The old roles and databases come from the dump (or pg_upgrade): bootstrap only the superuser the
+            // old cluster has (a dump's CREATE ROLE of it is filtered) and no extra database.
+            "-e", `POSTGRES_USER=${spec.superuser}`,
             "-e", "POSTGRES_PASSWORD",
             "-e", "POSTGRES_DB=postgres",
             "-e", `POSTGRES_INITDB_ARGS=${initdbArgs}`,
-            "-e", `PGDATA=${dataLayout(input.major).pgdata}`,
+            "-e", `PGDATA=${dataLayout(spec.major).pgdata}`,
             "--shm-size", "256m",
             "--stop-signal", "SIGINT",
-            "-v", mountArgument(input.data, input.major),
-            // The dump, read-only, for pg_restore inside the container.
-            "-v", `${path.resolve(input.dumpPath)}:${DUMP_MOUNT}:ro`,
-            input.image,
+            "-v", mountArgument(spec.data, spec.major),
+            ...(spec.mounts ?? []).flatMap((m) => ["-v", m]),
+            spec.image,
         ],
-        { env: { POSTGRES_PASSWORD: input.password } },
+        { env: { POSTGRES_PASSWORD: spec.password } },
     );
 }
 

@@ -9,7 +9,11 @@ import { StepError } from "./step-error";
 
 export const MARKER_FILE = "synapse-pg-upgrade.json";
 
-export type MarkerState = "restoring" | "restored" | "verified" | "cutover" | "serving";
+/**
+ * restoring/restored: a dump load; prepared/upgrading/restored: pg_upgrade (prepared is an empty new cluster made
+ * before Synapse stops, upgrading a pg_upgrade that has not finished). Up to "verified" it is a staging copy.
+ */
+export type MarkerState = "prepared" | "upgrading" | "restoring" | "restored" | "verified" | "cutover" | "serving";
 
 export interface Marker {
     tool: "synapse-postgres";
@@ -17,7 +21,9 @@ export interface Marker {
     major: number;
     /** The old cluster, and exactly the image that wrote its data (a revert must run that one). */
     source: { container: string; version: string; imageId?: string; pinned?: string };
-    dump: { path: string; sha256: string };
+    /** The dump loaded (dump methods); pg_upgrade has none. */
+    dump?: { path: string; sha256: string };
+    method?: "directory" | "dumpall" | "pg_upgrade";
     history: { state: MarkerState; at: string }[];
     /** The old cluster's last event (Synapse's events.stream_ordering) when the switch happened. */
     switchedAt?: { database: string; eventsStreamOrdering: number; at: string };

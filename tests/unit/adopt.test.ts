@@ -63,7 +63,7 @@ describe("adopting a compose-managed container (postgres:adopt)", () => {
         await assert.rejects(declare({ adopt: "synapse-db-1", version: "14" }, "pw", { adopted: COMPOSE_DB }),
             /postgres:version is "14" but the adopted container "synapse-db-1" runs 15: a downgrade is not a revert; to go back, set postgres:version 15/);
         await assert.rejects(declare({ adopt: "synapse-db-1", version: "17" }, "pw", { adopted: COMPOSE_DB }),
-            /postgres:backupDir is required while upgrading from 15: the host folder the dump is written to/);
+            /postgres:backupDir is required while upgrading from 15 with method directory: the host folder the dump is written to/);
         await assert.rejects(declare({ adopt: "synapse-db-1", version: "17", upgradeFrom: "15", backupDir: "/b" }, "pw", { adopted: COMPOSE_DB }),
             /postgres:upgradeFrom is "15" but read from the adopted container \(postgres:adopt\), which knows its own version: remove upgradeFrom/);
         await assert.rejects(declare({ adopt: "db;reboot", version: "17" }, "pw", { adopted: COMPOSE_DB }),

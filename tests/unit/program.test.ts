@@ -296,6 +296,38 @@ describe("dump method", () => {
     });
 });
 
+describe("method pg_upgrade", () => {
+    const PHYSICAL = { version: "17", upgradeFrom: "15", method: "pg_upgrade", synapseContainers: "synapse" };
+
+    it("declares prepare, preflight, upgrade, copy-config, verify and cutover, chained in that order, and needs no backupDir", async () => {
+        const d = await declare(PHYSICAL);
+        const steps = ["prepare", "preflight", "upgrade", "copy-config", "verify", "cutover"];
+        assert.deepEqual(d.names().filter((n) => n.startsWith("upgrade-15-to-17-")).sort(), steps.map((s) => `upgrade-15-to-17-${s}`).sort());
+        assert.deepEqual(short(d.byName("upgrade-15-to-17-prepare").dependencies), ["pg15-container", "pg17-data"]);
+        for (let i = 1; i < steps.length; i++) {
+            assert.deepEqual(short(d.byName(`upgrade-15-to-17-${steps[i]}`).dependencies), [`upgrade-15-to-17-${steps[i - 1]}`], steps[i]);
+        }
+        assert.ok(short(d.byName("pg17-container").dependencies).includes("upgrade-15-to-17-cutover"));
+        assert.equal(d.outputs.backupFile, undefined);
+    });
+
+    it("runs the exact step commands; prepare runs while Synapse serves, every later step stops it first", async () => {
+        const d = await declare(PHYSICAL);
+        const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
+        const cluster = "--staging synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17";
+        assert.equal(cmd("prepare"), `${RUNNER} prepare --container synapse-pg15 ${cluster}`);
+        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --synapse synapse`);
+        assert.equal(cmd("upgrade"), `${RUNNER} upgrade --container synapse-pg15 ${cluster} --login-user synapse --synapse synapse`);
+        assert.match(cmd("verify"), / --synapse synapse$/);
+        for (const step of ["prepare", "upgrade"]) {
+            const s = d.byName(`upgrade-15-to-17-${step}`);
+            assert.ok(isSecret(s.inputs.environment.SYNAPSE_PG_PASSWORD), `${step} gets the password as a secret`);
+            assert.ok(!s.inputs.create.includes("synapse-secret"));
+            assert.deepEqual(s.ignoreChanges, ["create", "environment"]);
+        }
+    });
+});
+
 describe("published port and image options", () => {
     it("publishes 5432 on 127.0.0.1 only", async () => {
         const d = await declare({ version: "15", port: "25432" });
@@ -375,7 +407,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["upgradeFrom older than this tool handles", { version: "17", upgradeFrom: "9", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "9" but must be 10 or newer (what this tool can dump and restore)'],
         ["upgradeFrom equal to version", { version: "17", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but the same major as postgres:version; a minor change needs no upgradeFrom: remove it'],
         ["a downgrade", { version: "15", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but newer than postgres:version 15: a downgrade is not a revert; to go back, restore the earlier config (version 17, no upgradeFrom)'],
-        ["an upgrade without backupDir", { version: "17", upgradeFrom: "15" }, "pw", "postgres:backupDir is required while postgres:upgradeFrom is set: the host folder the dump is written to"],
+        ["an upgrade without backupDir", { version: "17", upgradeFrom: "15" }, "pw", "postgres:backupDir is required while postgres:upgradeFrom is set with method directory: the host folder the dump is written to"],
         ["a relative backupDir", { version: "17", upgradeFrom: "15", backupDir: "backups" }, "pw", 'postgres:backupDir is "backups" but must be an absolute host folder without spaces or colons, like /srv/synapse/backups'],
         ["a relative dataRoot", { version: "15", dataRoot: "./data" }, "pw", 'postgres:dataRoot is "./data" but must be an absolute host folder without spaces or colons, like /srv/synapse'],
         ["a port out of range", { version: "15", port: "70000" }, "pw", 'postgres:port is "70000" but must be a TCP port from 1 to 65535'],
@@ -385,7 +417,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["an alias with a slash", { version: "15", hostAlias: "db/x" }, "pw", 'postgres:hostAlias is "db/x" but must be a host name like db'],
         ["an image with a space", { version: "15", image: "postgres 15" }, "pw", 'postgres:image is "postgres 15" but must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>'],
         ["one pinned digest for two majors", { ...UPGRADE_17, image: "postgres@sha256:" + "b".repeat(64) }, "pw", "postgres:upgradeFromImage is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too"],
-        ["an unknown dump method", { ...UPGRADE_17, method: "pgcopydb" }, "pw", 'postgres:method is "pgcopydb" but must be directory (the fast default) or dumpall (the guide\'s single script)'],
+        ["an unknown dump method", { ...UPGRADE_17, method: "pgcopydb" }, "pw", 'postgres:method is "pgcopydb" but must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide\'s single script)'],
         ["Synapse containers that are not names", { ...UPGRADE_17, synapseContainers: "synapse;rm -rf /" }, "pw", 'postgres:synapseContainers is "synapse;rm -rf /" but must be container names, comma-separated or a JSON list, like synapse,synapse-worker1'],
         ["an attempt that is not a positive number", { ...UPGRADE_17, attempt: "0" }, "pw", 'postgres:attempt is "0" but must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)'],
         ["a revertAcceptLoss that is not a count", { version: "15", revertAcceptLoss: "yes" }, "pw", 'postgres:revertAcceptLoss is "yes" but must be the number of events the revert may lose, as the refused revert reported it, like 42'],

@@ -1,0 +1,372 @@
+// method pg_upgrade: the physical upgrade, pg_upgrade --copy, the fastest way there is (the data files are copied,
+// not re-loaded and re-indexed). pg_upgrade needs the old major's binaries next to the new ones, which no official
+// image has, so they are taken from the very image the old cluster runs:
+//
+//   prepare (Synapse still up)  the old image's file system is unpacked into a volume of its own; the old
+//                               binaries are run from it through the old image's own dynamic loader and libraries,
+//                               inside the new image (probed here, so an image where that cannot work is found
+//                               before any downtime); the new cluster is initialised as the new image does it and
+//                               stopped: that is the staging copy.
+//   upgrade (Synapse stopped)   the old container is stopped cleanly, pg_upgrade --copy runs in a throw-away
+//                               container of the new image, and the old container is started again, unchanged,
+//                               for copy-config and verify. Then the staging server starts on the new data.
+//
+// --copy, never --link: the old cluster's files are read, not shared, so it stays a complete, startable cluster
+// whatever happens to the new one (pg_upgrade starts and cleanly stops the old server, as its container does).
+import { spawn } from "node:child_process";
+import { Writable } from "node:stream";
+import { containerLogTail, ContainerInfo, inspectContainer, MANAGED_LABEL, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, pinnedReference } from "./docker";
+import { DataLocation, dataLayout } from "./layout";
+import { run, ProcessError } from "./process";
+import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
+import { StepError } from "./step-error";
+import { advanceMarker, emptyTarget, foreignDataError, hasServed, Marker, readTargetState, requireUnused, setAside, writeMarker, writeMarkerIn } from "./target";
+
+export interface PgUpgradeInput {
+    /** The old cluster's container. */
+    container: string;
+    /** The staging container of the new major (created by prepare, started by upgrade). */
+    staging: string;
+    /** The new major, its image and data location. */
+    image: string;
+    major: number;
+    data: DataLocation;
+    /** The bootstrap superuser's password (SYNAPSE_PG_PASSWORD), for the new cluster's first start. */
+    password: string;
+    /** The role Synapse logs in as: an md5 hash of it is re-set as scram-sha-256. */
+    loginUser?: string;
+}
+
+/** Where the old image's file system is mounted in the helper containers, and the wrappers of its binaries. */
+const OLD_ROOT = "/synapse-pg-old-root";
+const WRAPPERS = `${OLD_ROOT}/.synapse-pg-bin`;
+/** Where the old cluster's data is mounted for pg_upgrade (beside the new one, which may use the same path). */
+const OLD_DATA = "/synapse-pg-old-data";
+/** The binaries pg_upgrade runs from the old bin directory. */
+const OLD_PROGRAMS = ["postgres", "pg_ctl", "pg_controldata", "pg_resetwal"];
+const COMPLETE = ".synapse-pg-complete";
+
+export interface OldBinaries {
+    volume: string;
+    /** The old bin directory and dynamic loader, as paths inside OLD_ROOT's file system. */
+    bindir: string;
+    loader: string;
+    /** What `postgres -V` of the old binaries says, run inside the new image. */
+    version: string;
+}
+
+export interface PrepareResult {
+    binaries: OldBinaries;
+    /** The staging copy was already prepared for this old cluster: nothing done. */
+    reused: boolean;
+    setAsideTo?: string;
+}
+
+export interface UpgradeResult {
+    alreadyDone: boolean;
+    rehashed?: string;
+    seconds: number;
+}
+
+/** Before Synapse stops: old binaries ready and proven to run, new cluster initialised and stopped. */
+export async function preparePgUpgrade(input: PgUpgradeInput): Promise<PrepareResult> {
+    const old = await requireContainer(input.container, "old");
+    if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
+    const superuser = superuserOf(old);
+    const version = await serverVersion(input.container, superuser);
+    const binaries = await oldBinaries(old, input.image, version.major);
+    await requireSameOwner(old, input.image);
+
+    const existing = await inspectContainer(input.staging);
+    if (existing && existing.labels["synapse-postgres.role"] !== "staging") {
+        throw new StepError(`A container named "${input.staging}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
+    }
+    const target = await readTargetState(input.data, input.major, input.image);
+    const m = target.marker;
+    if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running) {
+        return { binaries, reused: true };
+    }
+    let setAsideTo: string | undefined;
+    if (m && hasServed(m)) {
+        if (existing) await removeContainer(input.staging);
+        await requireUnused(input.data);
+        setAsideTo = await setAside(input.data, input.major, input.image);
+    } else if (!m && !target.isEmpty) {
+        throw foreignDataError(input.data, target);
+    }
+    // What is left is empty, or a staging copy of ours that never served: safe to make again.
+    if (existing) await removeContainer(input.staging);
+    await requireUnused(input.data);
+    if (!target.isEmpty && !setAsideTo) await emptyTarget(input.data, input.major, input.image);
+
+    const [[encoding, collate, ctype, checksums]] = await query(input.container, superuser,
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype, current_setting('data_checksums') FROM pg_database WHERE datname = 'template1'");
+    await startStagingContainer({
+        ...input, container: input.staging, superuser, locale: { encoding, collate, ctype },
+        // pg_upgrade needs both clusters alike in data checksums; 18's initdb turns them on by default.
+        initdbExtra: checksums === "on" ? "--data-checksums" : input.major >= 18 ? "--no-data-checksums" : undefined,
+    });
+    await waitUntilAccepting(input.staging, superuser);
+    const now = new Date().toISOString();
+    const marker: Marker = {
+        tool: "synapse-postgres",
+        state: "prepared",
+        major: input.major,
+        method: "pg_upgrade",
+        source: { container: old.name, version: version.text, imageId: old.imageId, pinned: await pinnedReference(old.imageId) },
+        history: [{ state: "prepared", at: now }],
+    };
+    await writeMarkerIn(input.staging, superuser, marker);
+    await stopContainer(input.staging);
+    return { binaries, reused: false, setAsideTo };
+}
+
+/** Synapse stopped: the old cluster is stopped, pg_upgrade --copy runs, both servers start again. */
+export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult> {
+    const started = Date.now();
+    const old = await requireContainer(input.container, "old");
+    const superuser = superuserOf(old);
+    let staging = await inspectContainer(input.staging);
+    let target = await readTargetState(input.data, input.major, input.image);
+    if (staging && (target.marker?.state === "restored" || target.marker?.state === "verified")) {
+        if (!staging.running) await startContainer(input.staging);
+        await waitUntilAccepting(input.staging, superuser);
+        return { alreadyDone: true, seconds: 0 };
+    }
+    if (!staging || target.marker?.state !== "prepared") {
+        // An earlier attempt stopped half-way (or prepare never ran): make the new cluster again first.
+        if (!old.running) await startAndWait(input.container, superuser);
+        await preparePgUpgrade(input);
+        staging = await inspectContainer(input.staging);
+        target = await readTargetState(input.data, input.major, input.image);
+    }
+    const phases = new PhaseClock("upgrade");
+    const binaries = await oldBinaries(await requireContainer(input.container, "old"), input.image);
+    let marker = advanceMarker(target.marker!, "upgrading");
+    await writeMarker(input.data, input.major, input.image, marker);
+
+    // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
+    await stopContainer(input.container);
+    phases.lap("old server stopped");
+    try {
+        await pgUpgrade(input, old, superuser, binaries);
+    } finally {
+        // The old cluster goes back to what it was: running, for copy-config and verify (and, after a failure,
+        // for Synapse, which the CLI starts again).
+        await startAndWait(input.container, superuser);
+    }
+    phases.lap("pg_upgrade --copy done");
+    await startContainer(input.staging);
+    await waitUntilAccepting(input.staging, superuser);
+    if (input.major < 18) {
+        // Statistics travel with pg_upgrade only from 18: without them Synapse's first queries crawl.
+        await run("docker", ["exec", input.staging, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+        phases.lap("statistics gathered");
+    }
+    const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
+    marker = advanceMarker(marker, "restored");
+    await writeMarkerIn(input.staging, superuser, marker);
+    return { alreadyDone: false, rehashed, seconds: (Date.now() - started) / 1000 };
+}
+
+async function startAndWait(container: string, superuser: string): Promise<void> {
+    const info = await inspectContainer(container);
+    if (info && !info.running) await startContainer(container);
+    await waitUntilAccepting(container, superuser);
+}
+
+/** pg_upgrade in a throw-away container of the new image: old data and old binaries mounted beside the new data. */
+async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, binaries: OldBinaries): Promise<void> {
+    const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
+    const dataMounts = old.mounts.filter((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
+    if (dataMounts.length === 0) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`);
+    const layout = dataLayout(input.major);
+    const log = new TailWriter("upgrade: ");
+    const args = [
+        "run", "--rm", "--name", `${input.staging}-pg-upgrade`, "--network", "none", "--user", "postgres",
+        "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
+        ...dataMounts.flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}`]),
+        "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
+        "-v", `${binaries.volume}:${OLD_ROOT}:ro`,
+        "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
+        "--old-bindir", `${WRAPPERS}`, "--old-datadir", `${OLD_DATA}${pgdata}`, "--new-datadir", layout.pgdata,
+        "--username", superuser, "--copy", "--socketdir", "/tmp",
+    ];
+    try {
+        await run("docker", args, { stdout: log });
+    } catch (err) {
+        if (!(err instanceof ProcessError)) throw err;
+        const said = log.lines.filter((l) => l.trim() && !/^-+$/.test(l.trim())).slice(-4).join(" | ");
+        const server = await serverLogTail(input, layout.pgdata, log.lines.join("\n"));
+        throw new StepError(`pg_upgrade stopped before the switch, the old cluster is unchanged and running again: ${said}${server ? ` (server log: ${server})` : ""}`);
+    }
+}
+
+/** pg_upgrade names its log files in its failure message; the server's last lines usually say why. */
+async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: string): Promise<string> {
+    const file = /"([^"]*pg_upgrade_(?:server|internal)\.log)"/.exec(output)?.[1];
+    if (!file || !file.startsWith(pgdata)) return "";
+    return runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["tail", "-n", "3", file])
+        .then((t) => t.trim().split("\n").join(" | "), () => "");
+}
+
+/** Prints pg_upgrade's lines as it goes (progress in `pulumi up`) and keeps the last ones for an error. */
+class TailWriter extends Writable {
+    readonly lines: string[] = [];
+    private partial = "";
+    constructor(private readonly prefix: string) {
+        super();
+    }
+    _write(chunk: Buffer, _enc: string, done: () => void): void {
+        const parts = (this.partial + chunk.toString("utf8")).split("\n");
+        this.partial = parts.pop()!;
+        for (const line of parts) {
+            if (line.trim()) process.stderr.write(`${this.prefix}${line}\n`);
+            this.lines.push(line);
+            if (this.lines.length > 40) this.lines.shift();
+        }
+        done();
+    }
+}
+
+/** The old data's owner must be the new image's postgres user, or pg_upgrade cannot read it (mode 0700). */
+async function requireSameOwner(old: ContainerInfo, image: string): Promise<void> {
+    const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
+    const owner = (await run("docker", ["exec", old.name, "stat", "-c", "%u", pgdata])).stdout.trim();
+    const uid = (await run("docker", ["run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u", "postgres"])).stdout.trim();
+    if (owner !== uid) {
+        throw new StepError(`The old data belongs to uid ${owner} but ${image} runs PostgreSQL as uid ${uid} (an Alpine image against a Debian one?), so pg_upgrade cannot read it; use the same image family, or set postgres:method to directory.`);
+    }
+}
+
+/**
+ * The old image's binaries, unpacked once per image id into a volume (the export is the slow part, ~10 s for a
+ * Debian image, and happens before Synapse stops), with wrappers that run each program through the old image's
+ * own loader and libraries. Probed: `postgres -V` must answer with the old major inside the new image.
+ */
+async function oldBinaries(old: ContainerInfo, newImage: string, major?: number): Promise<OldBinaries> {
+    const id = old.imageId.replace(/^sha256:/, "").slice(0, 16);
+    const volume = `synapse-pg-binaries-${id}`;
+    const helper = new OldRootHelper(volume, newImage);
+    if (!(await run("docker", ["volume", "inspect", volume]).then(() => true, () => false))) {
+        await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `synapse-postgres.binaries-of=${old.imageId}`, volume]);
+    }
+    let found: { bindir: string; loader: string } | undefined = await helper.read(COMPLETE).then((t) => JSON.parse(t), () => undefined);
+    if (!found) {
+        await unpackImage(old.imageId, `synapse-pg-export-${id}`, helper);
+        const bindir = await findBindir(helper, (await imageEnv(old.imageId)).PATH ?? "");
+        const loader = await findLoader(helper, bindir);
+        for (const program of OLD_PROGRAMS) {
+            // pg_ctl finds postgres beside itself, so it must believe it lives among the wrappers; postgres finds
+            // its share and lib folders from its real place in the old image's tree.
+            const argv0 = program === "pg_ctl" ? `${WRAPPERS}/${program}` : `${OLD_ROOT}${bindir}/${program}`;
+            const libraryPath = libraryDirs(loader).map((d) => `${OLD_ROOT}${d}`).join(":");
+            await helper.write(`${WRAPPERS}/${program}`,
+                `#!/bin/sh\nexec '${OLD_ROOT}${loader}' --library-path '${libraryPath}' --argv0 '${argv0}' '${OLD_ROOT}${bindir}/${program}' "$@"\n`);
+        }
+        found = { bindir, loader };
+        // Written last: a volume without it is unpacked again.
+        await helper.write(`${OLD_ROOT}/${COMPLETE}`, JSON.stringify(found) + "\n");
+    }
+    const { stdout } = await helper.run([`${WRAPPERS}/postgres`, "-V"], "postgres").catch((err: Error) => {
+        throw new StepError(`The old image's PostgreSQL cannot run inside ${newImage} (${err.message.split("\n").pop()}), so pg_upgrade cannot be used with these two images; set postgres:method to directory (dump and restore) and run pulumi up again.`);
+    });
+    const version = stdout.trim();
+    if (major !== undefined && !new RegExp(`\\(PostgreSQL\\) ${major}[.\\s]`).test(version + " ")) {
+        throw new StepError(`The old image's binaries say "${version}", not PostgreSQL ${major} as the old server runs; set postgres:method to directory.`);
+    }
+    return { volume, ...found!, version };
+}
+
+/** Throw-away containers of the new image with the old image's file system mounted at OLD_ROOT. */
+class OldRootHelper {
+    constructor(readonly volume: string, readonly image: string) {}
+
+    run(argv: string[], user = "root", opts: { stdin?: string | NodeJS.ReadableStream; writable?: boolean } = {}) {
+        return run("docker", [
+            "run", "--rm", "-i", "--network", "none", "--user", user,
+            "-v", `${this.volume}:${OLD_ROOT}${opts.writable ? "" : ":ro"}`, "--entrypoint", argv[0], this.image, ...argv.slice(1),
+        ], { stdin: opts.stdin as any });
+    }
+
+    async read(file: string): Promise<string> {
+        return (await this.run(["cat", `${OLD_ROOT}/${file}`])).stdout;
+    }
+
+    async write(file: string, text: string): Promise<void> {
+        await this.run(["install", "-D", "-m", "0755", "/dev/stdin", file], "root", { stdin: text, writable: true });
+    }
+}
+
+/** `docker export` of a created (never started) container of the old image, streamed into tar in the volume. */
+async function unpackImage(imageId: string, holder: string, helper: OldRootHelper): Promise<void> {
+    // -v removes only the holder's own, empty anonymous volume (the image's VOLUME), never a named one.
+    await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
+    await run("docker", ["create", "--name", holder, "--network", "none", imageId]);
+    try {
+        const exporter = spawn("docker", ["export", holder], { stdio: ["ignore", "pipe", "inherit"] });
+        const exited = new Promise<number | null>((resolve) => exporter.on("close", resolve));
+        await helper.run(["tar", "-x", "-f", "-", "-C", OLD_ROOT], "root", { stdin: exporter.stdout, writable: true });
+        if ((await exited) !== 0) throw new StepError(`docker export of the old image ${imageId.slice(0, 19)} failed; see the lines above.`);
+    } finally {
+        await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
+    }
+}
+
+async function imageEnv(imageId: string): Promise<Record<string, string>> {
+    const { stdout } = await run("docker", ["image", "inspect", "-f", "{{json .Config.Env}}", imageId]);
+    return Object.fromEntries((JSON.parse(stdout) as string[] ?? []).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+}
+
+/** The first folder of the old image's PATH that holds pg_ctl (Debian: /usr/lib/postgresql/<major>/bin, Alpine: /usr/local/bin). */
+async function findBindir(helper: OldRootHelper, pathVar: string): Promise<string> {
+    for (const dir of pathVar.split(":").filter((d) => d.startsWith("/"))) {
+        if (await helper.run(["test", "-x", `${OLD_ROOT}${dir}/pg_ctl`]).then(() => true, () => false)) return dir;
+    }
+    throw new StepError(`The old image has no pg_ctl on its PATH (${pathVar}), so pg_upgrade cannot use its binaries; set postgres:method to directory.`);
+}
+
+/**
+ * The old postgres's ELF interpreter (its dynamic loader), resolved inside the old tree: Debian's /lib64 link is
+ * absolute, and followed outside the tree it would load the new image's C library with the old one's.
+ */
+async function findLoader(helper: OldRootHelper, bindir: string): Promise<string> {
+    const head = await new Promise<Buffer>((resolve, reject) => {
+        const child = spawn("docker", ["run", "--rm", "--network", "none", "-v", `${helper.volume}:${OLD_ROOT}:ro`, "--entrypoint", "head", helper.image,
+            "-c", "8192", `${OLD_ROOT}${bindir}/postgres`], { stdio: ["ignore", "pipe", "ignore"] });
+        const chunks: Buffer[] = [];
+        child.stdout.on("data", (c: Buffer) => chunks.push(c));
+        child.on("close", (code) => (code === 0 ? resolve(Buffer.concat(chunks)) : reject(new Error(`head exited with ${code}`))));
+    });
+    const interp = elfInterpreter(head);
+    if (!interp) throw new StepError(`The old image's postgres is not a dynamically linked ELF program this tool can run elsewhere; set postgres:method to directory.`);
+    const { stdout } = await helper.run(["chroot", OLD_ROOT, "readlink", "-f", interp]);
+    return stdout.trim();
+}
+
+/** PT_INTERP of a 64-bit little-endian ELF file (x86-64, arm64), from its first bytes. */
+export function elfInterpreter(head: Buffer): string | undefined {
+    if (head.length < 64 || head.readUInt32BE(0) !== 0x7f454c46 || head[4] !== 2 || head[5] !== 1) return undefined;
+    const phoff = Number(head.readBigUInt64LE(0x20));
+    const phentsize = head.readUInt16LE(0x36);
+    const phnum = head.readUInt16LE(0x38);
+    for (let i = 0; i < phnum; i++) {
+        const at = phoff + i * phentsize;
+        if (at + 56 > head.length) return undefined;
+        if (head.readUInt32LE(at) !== 3) continue; // PT_INTERP
+        const offset = Number(head.readBigUInt64LE(at + 8));
+        const size = Number(head.readBigUInt64LE(at + 32));
+        if (offset + size > head.length) return undefined;
+        return head.subarray(offset, offset + size).toString("latin1").replace(/\0+$/, "");
+    }
+    return undefined;
+}
+
+/** Where the old image keeps its libraries: beside its loader (/usr/lib/x86_64-linux-gnu, /lib), and the usual places. */
+function libraryDirs(loader: string): string[] {
+    const dir = loader.slice(0, loader.lastIndexOf("/")) || "/";
+    const triplet = dir.split("/").pop()!;
+    const dirs = [dir, "/lib", "/usr/lib", "/usr/local/lib"];
+    if (triplet.includes("-linux-")) dirs.push(`/lib/${triplet}`, `/usr/lib/${triplet}`);
+    return [...new Set(dirs)];
+}
