@@ -1,9 +1,12 @@
-// The command line a command resource runs: `npx --no-install synapse-pg <step> --flag value ...`, every value
+// The command line a command resource runs: `./bin/synapse-pg <step> --flag value ...`, every value
 // shell-quoted. The only place the Pulumi layer names the step runner, so tests can assert exact commands.
 import * as pulumi from "@pulumi/pulumi";
 
-/** Run from the project folder (the Pulumi program's working directory), where npm ci installed the runner. */
-export const STEP_RUNNER = "npx --no-install synapse-pg";
+/**
+ * Run from the project folder (the Pulumi program's working directory), where npm ci compiled the runner. The bin
+ * script itself, not `npx synapse-pg`: npx takes a second to start, and every step of an upgrade is downtime.
+ */
+export const STEP_RUNNER = "./bin/synapse-pg";
 
 export function shellQuote(value: string): string {
     return /^[A-Za-z0-9_@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;

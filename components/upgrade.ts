@@ -71,7 +71,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             preflight: {
                 create: stepCommand("preflight", {
                     container: args.fromContainer, "target-major": args.toMajor, "target-image": args.toImage,
-                    "target-data": data, ...(args.backupDir && !physical ? { "backup-dir": args.backupDir } : {}),
+                    "target-data": data, ...(physical ? { staging: args.stagingContainer } : args.backupDir ? { "backup-dir": args.backupDir } : {}),
                 }),
             },
             dump: {

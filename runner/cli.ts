@@ -153,6 +153,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "target-image": "the image of the new major",
             "target-data": "the new cluster's volume name or absolute host folder",
             "backup-dir?": "where the dump will go, to check its free space",
+            "staging?": "the staging container prepare made (method pg_upgrade), read instead of the data location",
             "json!": "print the result as JSON",
         },
         async run(f, out) {
@@ -162,6 +163,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 targetImage: str(f, "target-image"),
                 targetData: parseDataLocation(str(f, "target-data")),
                 backupDir: f["backup-dir"] as string | undefined,
+                staging: f.staging as string | undefined,
             });
             if (f.json) return out(JSON.stringify(r, null, 2));
             if (r.alreadyUpgraded) return out(`preflight: "${str(f, "container")}" was already switched to ${str(f, "target-major")}; nothing to check.`);

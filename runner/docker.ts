@@ -1,5 +1,6 @@
 // Talking to containers: inspect, exec psql, start, stop, run a short-lived helper. Every call goes through
 // process.ts; a password is only ever passed by name (`-e PGPASSWORD`), the value coming from our environment.
+import { Writable } from "node:stream";
 import { ProcessError, run, RunOptions } from "./process";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
@@ -82,6 +83,20 @@ export async function query(container: string, user: string, sql: string, databa
     const text = stdout.replace(/\n$/, "");
     if (text === "") return [];
     return text.split(RECORD).map((r) => r.replace(/^\n/, "").split(FIELD));
+}
+
+/**
+ * Like query, for a script of several statements (and psql meta-commands) read from stdin: all their rows. psql
+ * ends each result with a newline instead of the record separator, so a newline also ends a record here: for
+ * values without newlines (names, numbers, settings).
+ */
+export async function queryScript(container: string, user: string, script: string, database = "postgres"): Promise<string[][]> {
+    const { stdout } = await run("docker", [
+        "exec", "-i", container,
+        "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+        "-F", FIELD, "-R", RECORD, "-U", user, "-d", database,
+    ], { stdin: script });
+    return stdout.split(new RegExp(`${RECORD}|\n`)).filter((r) => r !== "").map((r) => r.split(FIELD));
 }
 
 export async function serverVersion(container: string, user: string): Promise<{ text: string; major: number }> {
@@ -202,6 +217,32 @@ export async function readFileIn(container: string, file: string): Promise<strin
         if (err instanceof ProcessError) return undefined;
         throw err;
     }
+}
+
+/**
+ * A file of a container's file system, running or stopped, through `docker cp` (a tar stream of one file): much
+ * cheaper than a throw-away container. Undefined when it is missing.
+ */
+export async function copyFileOut(container: string, file: string): Promise<Buffer | undefined> {
+    const chunks: Buffer[] = [];
+    const sink = new Writable({ write(chunk, _enc, done) { chunks.push(chunk); done(); } });
+    try {
+        await run("docker", ["cp", `${container}:${file}`, "-"], { stdout: sink });
+    } catch (err) {
+        if (err instanceof ProcessError && /Could not find the file|No such container:path/i.test(err.message)) return undefined;
+        throw err;
+    }
+    const tar = Buffer.concat(chunks);
+    const size = parseInt(tar.subarray(124, 136).toString("latin1").replace(/\0.*$/s, "").trim() || "0", 8);
+    return tar.subarray(512, 512 + size);
+}
+
+/** Whether a path exists in a container's file system, running or stopped. */
+export async function existsIn(container: string, file: string): Promise<boolean> {
+    return run("docker", ["cp", `${container}:${file}`, "-"], { stdout: new Writable({ write(_c, _e, done) { done(); } }) }).then(() => true, (err) => {
+        if (err instanceof ProcessError && /Could not find the file|No such container:path/i.test(err.message)) return false;
+        throw err;
+    });
 }
 
 /** Writes a file inside a container as the postgres user, so the server owns what it reads. */

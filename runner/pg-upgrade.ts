@@ -15,12 +15,12 @@
 // whatever happens to the new one (pg_upgrade starts and cleanly stops the old server, as its container does).
 import { spawn } from "node:child_process";
 import { Writable } from "node:stream";
-import { containerLogTail, ContainerInfo, inspectContainer, MANAGED_LABEL, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, pinnedReference } from "./docker";
+import { ContainerInfo, copyFileOut, existsIn, inspectContainer, MANAGED_LABEL, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, pinnedReference } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { StepError } from "./step-error";
-import { advanceMarker, emptyTarget, foreignDataError, hasServed, Marker, readTargetState, requireUnused, setAside, writeMarker, writeMarkerIn } from "./target";
+import { advanceMarker, emptyTarget, foreignDataError, hasServed, Marker, MARKER_FILE, readTargetState, requireUnused, setAside, writeMarkerIn } from "./target";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -123,50 +123,71 @@ export async function preparePgUpgrade(input: PgUpgradeInput): Promise<PrepareRe
 
 /** Synapse stopped: the old cluster is stopped, pg_upgrade --copy runs, both servers start again. */
 export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult> {
+    // Every second here is downtime: the marker is read with docker cp (no helper container), the binaries are
+    // the ones prepare proved, and the two servers start side by side.
     const started = Date.now();
+    const phases = new PhaseClock("upgrade");
     const old = await requireContainer(input.container, "old");
     const superuser = superuserOf(old);
-    let staging = await inspectContainer(input.staging);
-    let target = await readTargetState(input.data, input.major, input.image);
-    if (staging && (target.marker?.state === "restored" || target.marker?.state === "verified")) {
+    const pgdata = dataLayout(input.major).pgdata;
+    const staging = await inspectContainer(input.staging);
+    const marker = staging && (await readStagingMarker(input.staging, pgdata));
+    if (staging && (marker?.state === "restored" || marker?.state === "verified")) {
         if (!staging.running) await startContainer(input.staging);
         await waitUntilAccepting(input.staging, superuser);
         return { alreadyDone: true, seconds: 0 };
     }
-    if (!staging || target.marker?.state !== "prepared") {
-        // An earlier attempt stopped half-way (or prepare never ran): make the new cluster again first.
+    // pg_upgrade removes its output folder when it succeeds: one left behind is an attempt that stopped half-way,
+    // whose new cluster must be made again (as must one that prepare never made).
+    const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId
+        && !(await existsIn(input.staging, `${pgdata}/pg_upgrade_output.d`));
+    if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
         await preparePgUpgrade(input);
-        staging = await inspectContainer(input.staging);
-        target = await readTargetState(input.data, input.major, input.image);
+        phases.lap("new cluster prepared again");
     }
-    const phases = new PhaseClock("upgrade");
-    const binaries = await oldBinaries(await requireContainer(input.container, "old"), input.image);
-    let marker = advanceMarker(target.marker!, "upgrading");
-    await writeMarker(input.data, input.major, input.image, marker);
+    const prepared = (await readStagingMarker(input.staging, pgdata))!;
 
     // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
     await stopContainer(input.container);
     phases.lap("old server stopped");
     try {
-        await pgUpgrade(input, old, superuser, binaries);
-    } finally {
-        // The old cluster goes back to what it was: running, for copy-config and verify (and, after a failure,
-        // for Synapse, which the CLI starts again).
-        await startAndWait(input.container, superuser);
+        await pgUpgrade(input, old, superuser, binariesVolume(old));
+        phases.lap("pg_upgrade --copy done");
+    } catch (err) {
+        // The old cluster goes back to what it was, running (the CLI starts Synapse on it again).
+        await startAndWait(input.container, superuser).catch(() => undefined);
+        throw err;
     }
-    phases.lap("pg_upgrade --copy done");
-    await startContainer(input.staging);
-    await waitUntilAccepting(input.staging, superuser);
-    if (input.major < 18) {
-        // Statistics travel with pg_upgrade only from 18: without them Synapse's first queries crawl.
-        await run("docker", ["exec", input.staging, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
-        phases.lap("statistics gathered");
-    }
+    // The old server comes back, unchanged, for copy-config and verify; the new one starts beside it.
+    await Promise.all([startAndWait(input.container, superuser), startAndWait(input.staging, superuser)]);
+    phases.lap("both servers started");
+    await Promise.all([
+        // pg_upgrade ran with --no-sync: the new files are made durable here, beside the work below.
+        run("docker", ["exec", input.staging, "sync"]),
+        (async () => {
+            if (input.major < 18) {
+                // Statistics travel with pg_upgrade only from 18. Before the switch: the quick first stage of
+                // --analyze-in-stages, enough for sane plans; serve runs the full ANALYZE once Synapse is back.
+                await run("docker", ["exec", "-e", `PGOPTIONS=-c default_statistics_target=1 -c vacuum_cost_delay=0`, input.staging,
+                    "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+            }
+        })(),
+    ]);
+    phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
-    marker = advanceMarker(marker, "restored");
-    await writeMarkerIn(input.staging, superuser, marker);
+    await writeMarkerIn(input.staging, superuser, advanceMarker(prepared, "restored"));
     return { alreadyDone: false, rehashed, seconds: (Date.now() - started) / 1000 };
+}
+
+async function readStagingMarker(container: string, pgdata: string): Promise<Marker | undefined> {
+    const text = await copyFileOut(container, `${pgdata}/${MARKER_FILE}`);
+    return text === undefined ? undefined : JSON.parse(text.toString("utf8"));
+}
+
+/** The volume prepare unpacked the old image into (one per image id). */
+function binariesVolume(old: ContainerInfo): string {
+    return `synapse-pg-binaries-${old.imageId.replace(/^sha256:/, "").slice(0, 16)}`;
 }
 
 async function startAndWait(container: string, superuser: string): Promise<void> {
@@ -176,7 +197,7 @@ async function startAndWait(container: string, superuser: string): Promise<void>
 }
 
 /** pg_upgrade in a throw-away container of the new image: old data and old binaries mounted beside the new data. */
-async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, binaries: OldBinaries): Promise<void> {
+async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, volume: string): Promise<void> {
     const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
     const dataMounts = old.mounts.filter((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
     if (dataMounts.length === 0) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`);
@@ -187,10 +208,12 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
         ...dataMounts.flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}`]),
         "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
-        "-v", `${binaries.volume}:${OLD_ROOT}:ro`,
+        "-v", `${volume}:${OLD_ROOT}:ro`,
         "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
         "--old-bindir", `${WRAPPERS}`, "--old-datadir", `${OLD_DATA}${pgdata}`, "--new-datadir", layout.pgdata,
-        "--username", superuser, "--copy", "--socketdir", "/tmp",
+        "--username", superuser, "--socketdir", "/tmp",
+        // --copy-file-range (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
+        ...(input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",
     ];
     try {
         await run("docker", args, { stdout: log });
@@ -246,7 +269,7 @@ async function requireSameOwner(old: ContainerInfo, image: string): Promise<void
  */
 async function oldBinaries(old: ContainerInfo, newImage: string, major?: number): Promise<OldBinaries> {
     const id = old.imageId.replace(/^sha256:/, "").slice(0, 16);
-    const volume = `synapse-pg-binaries-${id}`;
+    const volume = binariesVolume(old);
     const helper = new OldRootHelper(volume, newImage);
     if (!(await run("docker", ["volume", "inspect", volume]).then(() => true, () => false))) {
         await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `synapse-postgres.binaries-of=${old.imageId}`, volume]);

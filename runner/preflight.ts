@@ -4,10 +4,10 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { checkBackupSpace, databasesSize, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
-import { query, requireContainer, serverVersion, superuserOf } from "./docker";
+import { inspectContainer, query, requireContainer, serverVersion, superuserOf } from "./docker";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
-import { foreignDataError, hasServed, readTargetState } from "./target";
+import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
 
 export interface PreflightInput {
     /** The old cluster's container. */
@@ -18,6 +18,8 @@ export interface PreflightInput {
     targetData: DataLocation;
     /** backupDir, to check free space for the dump. */
     backupDir?: string;
+    /** The staging container prepare made (method pg_upgrade): its marker is read through it, quickly. */
+    staging?: string;
 }
 
 export interface PreflightResult {
@@ -25,7 +27,7 @@ export interface PreflightResult {
     sourceMajor: number;
     databasesBytes: number;
     /** What the new data location holds now. */
-    target: "empty" | "staging copy (will be redone)" | "served before a revert (will be set aside, kept)";
+    target: "empty" | "staging copy (will be redone)" | "served before a revert (will be set aside, kept)" | "prepared for pg_upgrade";
     /** The upgrade already switched to the new cluster: nothing is left to check. */
     alreadyUpgraded: boolean;
     /** Roles whose password is an md5 hash: they cannot log in through the new cluster's scram-sha-256 rule. */
@@ -74,7 +76,10 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_SYNAPSE_MAJOR} or newer); choose a newer target.`);
     }
     const old = await requireContainer(input.container, "old");
-    const target = await readTargetState(input.targetData, input.targetMajor, input.targetImage);
+    const staging = input.staging ? await inspectContainer(input.staging) : undefined;
+    const target = staging?.labels["synapse-postgres.role"] === "staging"
+        ? await readTargetStateThrough(staging.name, input.targetMajor)
+        : await readTargetState(input.targetData, input.targetMajor, input.targetImage);
     if (!old.running) {
         if (target.marker && hasServed(target.marker)) {
             return { sourceVersion: "", sourceMajor: 0, databasesBytes: 0, target: "served before a revert (will be set aside, kept)", alreadyUpgraded: true, md5Roles: [] };
@@ -101,7 +106,8 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
 
     let state: PreflightResult["target"] = "empty";
     if (target.marker) {
-        state = hasServed(target.marker) ? "served before a revert (will be set aside, kept)" : "staging copy (will be redone)";
+        state = hasServed(target.marker) ? "served before a revert (will be set aside, kept)"
+            : target.marker.state === "prepared" ? "prepared for pg_upgrade" : "staging copy (will be redone)";
     } else if (!target.isEmpty) {
         throw foreignDataError(input.targetData, target);
     }

@@ -154,10 +154,10 @@ async function knownProblems(input: RehearseInput, user: string, databasesBytes:
     return problems;
 }
 
-/** How long one step process takes to start, as a command resource starts it (npx in the project folder). */
+/** How long one step process takes to start, as a command resource starts it (the bin script, see command-line.ts). */
 async function stepStartup(): Promise<number> {
     const start = Date.now();
-    await run("npx", ["--no-install", "synapse-pg", "--help"]).catch(() => undefined);
+    await run(process.execPath, [path.resolve(__dirname, "../../bin/synapse-pg"), "--help"]).catch(() => undefined);
     return (Date.now() - start) / 1000;
 }
 

@@ -70,7 +70,14 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     const user = superuserOf(info);
     await waitUntilAccepting(input.container, user);
     const marker = await readMarkerIn(input.container, user);
-    if (marker && marker.state === "cutover") await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
+    if (marker && marker.state === "cutover") {
+        await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
+        if (marker.method === "pg_upgrade" && marker.major < 18) {
+            // pg_upgrade before 18 carries no statistics; the upgrade gathered a quick first stage. The full
+            // ANALYZE runs now, in the background, while Synapse works (pg_upgrade's own advice).
+            await run("docker", ["exec", "-d", input.container, "vacuumdb", "-U", user, "--all", "--analyze-only", "--quiet"]);
+        }
+    }
     const version = (await serverVersion(input.container, user)).text;
     let oneTimeKeysCleared: number | undefined;
     if (leaving.served && leaving.lost > 0) {

@@ -3,7 +3,7 @@
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
-import { runWithData, containersUsing, query, readFileIn, writeFileIn, MANAGED_LABEL } from "./docker";
+import { runWithData, containersUsing, copyFileOut, query, readFileIn, writeFileIn, MANAGED_LABEL } from "./docker";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
 
@@ -55,6 +55,15 @@ export async function readTargetState(data: DataLocation, major: number, image: 
         if (!(err instanceof ProcessError)) throw err;
     }
     return { isEmpty: false, marker, entries };
+}
+
+/**
+ * The same, read through the staging container that mounts the location (running or stopped) with docker cp:
+ * a tenth of the time of a helper container, which counts when Synapse is down.
+ */
+export async function readTargetStateThrough(container: string, major: number): Promise<TargetState> {
+    const text = await copyFileOut(container, markerPath(major));
+    return { isEmpty: false, marker: text === undefined ? undefined : JSON.parse(text.toString("utf8")), entries: [] };
 }
 
 export async function writeMarker(data: DataLocation, major: number, image: string, marker: Marker): Promise<void> {

@@ -16,7 +16,7 @@ const COMPOSE_DB: AdoptedFacts = {
     hostAlias: "db",
     running: true,
 };
-const RUNNER = "npx --no-install synapse-pg";
+const RUNNER = "./bin/synapse-pg";
 
 describe("adopting a compose-managed container (postgres:adopt)", () => {
     it("refuses postgres:settings for the adopted container it does not run, and gives them to the new cluster", async () => {
@@ -41,7 +41,7 @@ describe("adopting a compose-managed container (postgres:adopt)", () => {
         assert.deepEqual(c.volumes, [{ hostPath: "/srv/synapse/pgsql17", containerPath: "/var/lib/postgresql/data" }]);
         assert.equal(d.byName("upgrade-15-to-17-preflight").inputs.create,
             `${RUNNER} preflight --container synapse-db-1 --target-major 17 --target-image postgres:17-alpine --target-data /srv/synapse/pgsql17 --backup-dir /srv/synapse/backups`);
-        assert.match(d.byName("upgrade-15-to-17-cutover").inputs.create, /^npx --no-install synapse-pg cutover --old synapse-db-1 --new synapse-pg17-staging /);
+        assert.match(d.byName("upgrade-15-to-17-cutover").inputs.create, /^\.\/bin\/synapse-pg cutover --old synapse-db-1 --new synapse-pg17-staging /);
         assert.deepEqual(d.byName("upgrade-15-to-17-preflight").dependencies, [], "nothing of the adopted container is a resource");
     });
 
