@@ -219,7 +219,10 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         await run("docker", args, { stdout: log });
     } catch (err) {
         if (!(err instanceof ProcessError)) throw err;
-        const said = log.lines.filter((l) => l.trim() && !/^-+$/.test(l.trim())).slice(-4).join(" | ");
+        // pg_upgrade says why from its first "fatal" (or "*failure*") line on, over several wrapped lines.
+        const lines = log.lines.map((l) => l.trim()).filter((l) => l && !/^-+$/.test(l));
+        const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
+        const said = (first >= 0 ? lines.slice(first, first + 10) : lines.slice(-4)).join(" ").replace(/\s+/g, " ").slice(0, 700);
         const server = await serverLogTail(input, layout.pgdata, log.lines.join("\n"));
         throw new StepError(`pg_upgrade stopped before the switch, the old cluster is unchanged and running again: ${said}${server ? ` (server log: ${server})` : ""}`);
     }

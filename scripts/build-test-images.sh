@@ -14,7 +14,7 @@ mkdir -p "$CACHE"
 
 # The image label follows everything that shapes an image; the cached root file system only what goes into it.
 inputs_hash=$(cat scripts/build-test-images.sh images/postgres/docker-entrypoint.sh | sha256sum | cut -c1-16)
-ROOTFS_RECIPE=1
+ROOTFS_RECIPE=2
 rootfs_hash=$( (echo "$ROOTFS_RECIPE"; cat images/postgres/docker-entrypoint.sh) | sha256sum | cut -c1-16)
 
 release_of() {
@@ -24,6 +24,23 @@ release_of() {
 		18) echo forky ;;
 		*) echo "build-test-images: no Debian release ships PostgreSQL $1 here (15, 17, 18)" >&2; return 1 ;;
 	esac
+}
+
+# The official Debian image creates its postgres user as uid and gid 999 (Alpine's: 70); debootstrap takes the
+# next free system id, which differs between releases (100 in trixie, 101 in forky). pg_upgrade reads the old
+# data as the new image's user, so the stand-ins pin 999 like the official image, moving whatever held it.
+pin_postgres_ids() {
+	local root=$1 uid gid other
+	uid=$(chroot "$root" id -u postgres)
+	gid=$(chroot "$root" id -g postgres)
+	other=$(chroot "$root" getent group 999 | cut -d: -f1 || true)
+	if [ -n "$other" ] && [ "$other" != postgres ]; then chroot "$root" groupmod -g 990 "$other"; fi
+	other=$(chroot "$root" getent passwd 999 | cut -d: -f1 || true)
+	if [ -n "$other" ] && [ "$other" != postgres ]; then chroot "$root" usermod -u 990 "$other"; fi
+	find "$root" -xdev -uid "$uid" -exec chown -h 999 {} +
+	find "$root" -xdev -gid "$gid" -exec chgrp -h 999 {} +
+	chroot "$root" groupmod -g 999 postgres
+	chroot "$root" usermod -u 999 -g 999 postgres
 }
 
 build_one() {
@@ -52,6 +69,7 @@ build_one() {
 		# The official image listens on all addresses by default (it edits the sample the same way).
 		sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$rootfs/usr/share/postgresql/$major/postgresql.conf.sample"
 		chroot "$rootfs" localedef -i en_US -c -f UTF-8 en_US.UTF-8
+		pin_postgres_ids "$rootfs"
 		install -m 0755 images/postgres/docker-entrypoint.sh "$rootfs/usr/local/bin/docker-entrypoint.sh"
 		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
 		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"

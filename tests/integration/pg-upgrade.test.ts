@@ -1,0 +1,118 @@
+// method pg_upgrade on real containers: the old image's own binaries run inside the new image, pg_upgrade --copy,
+// each step run twice; a refusal by pg_upgrade's own checks, with the old cluster running again and unchanged;
+// a revert to the untouched old data; 17 -> 18, where initdb's new default (data checksums on) must not meet an
+// old cluster without them. The data is compared with the tests' own snapshot, row for row.
+import { strict as assert } from "node:assert";
+import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
+import { seedSynapse } from "../fixtures/seed";
+import { ClusterSnapshot, connect, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
+import { Applier, runShell } from "./applier";
+import { containerState, endSuite, startSuite, Suite } from "./docker-env";
+
+const PREFIX = "sptest-pgu-";
+const PASSWORD = "pg_upgrade-Pässword-5";
+const PORT = 25436;
+
+describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 -> 18", function () {
+    this.timeout(15 * 60 * 1000);
+    let base: Record<string, string>;
+    let original: ClusterSnapshot;
+    const login = { port: PORT, user: "synapse", password: PASSWORD };
+    const reruns: string[] = [];
+    // Every step command runs a second time right after it succeeded, as a person re-running it by hand would.
+    const applier = new Applier(async (r: DeclaredResource, env) => {
+        const again = await runShell(r.inputs.create, env);
+        reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
+    });
+    const up = async (config: Record<string, string>) => {
+        reruns.length = 0;
+        await applier.up(await declare({ ...base, method: "pg_upgrade", ...config }, PASSWORD));
+    };
+    const commandsRun = (since: number) => applier.commandRuns.slice(since).map((c) => c.name);
+    const sql = async (query: string, database = "synapse") => {
+        const c = await connect(login, database);
+        try {
+            return (await c.query(query)).rows;
+        } finally {
+            await c.end();
+        }
+    };
+
+    let suite: Suite | undefined;
+    before(async () => {
+        suite = await startSuite(PREFIX, PORT, [15, 17, 18]);
+        // No backupDir: pg_upgrade writes no dump (the old data itself is the way back).
+        const { backupDir: _unused, ...rest } = suite.base;
+        base = rest;
+        await up({ version: "15" });
+        await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 8, seed: 5 });
+        original = await snapshotCluster(login);
+    });
+    after(() => endSuite(PREFIX, suite));
+
+    it("stops before the switch when pg_upgrade's own checks refuse the old cluster, which runs on unchanged", async () => {
+        // A reg* column: its OIDs do not survive pg_upgrade, which refuses such tables. A dump method would not care.
+        await sql("CREATE TABLE public.synapse_pg_regproc_trap (f regproc)");
+        const withTrap = await snapshotCluster(login);
+        const mark = applier.commandRuns.length;
+        await assert.rejects(up({ version: "17", upgradeFrom: "15" }), (err: Error) => {
+            assert.match(err.message, /synapse-pg upgrade: pg_upgrade stopped before the switch, the old cluster is unchanged and running again: .*reg\* data types in user tables/);
+            return true;
+        });
+        assert.deepEqual(commandsRun(mark), ["upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight"], "prepare and preflight ran; upgrade failed");
+        assert.match(applier.commandRuns[mark].stdout, /prepare: postgres \(PostgreSQL\) 15\.\S+ .*runs inside synapse-pg-test\/postgres:17 from synapse-pg-binaries-\w+; new cluster initialised in "sptest-pgu-pg17-staging" \(stopped\)\./);
+        assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster is running again");
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withTrap), "and holds exactly what it held");
+        await sql("DROP TABLE public.synapse_pg_regproc_trap");
+    });
+
+    it("upgrades 15 -> 17 with pg_upgrade --copy (the failed attempt's half-made cluster made again), each step twice", async () => {
+        const mark = applier.commandRuns.length;
+        await up({ version: "17", upgradeFrom: "15" });
+        assert.deepEqual(commandsRun(mark), [
+            "upgrade-15-to-17-upgrade", "upgrade-15-to-17-copy-config", "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve",
+        ], "the failed step and those after it run; prepare and preflight had succeeded");
+        const upgrade = applier.commandRuns[mark];
+        assert.match(upgrade.stderr, /upgrade: new cluster prepared again/, "pg_upgrade's leftovers were not trusted");
+        assert.match(upgrade.stdout, /upgrade: pg_upgrade --copy from "sptest-pgu-pg15" into "sptest-pgu-pg17-staging" in [\d.]+ s; the old cluster is unchanged and running again\./);
+        assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        const { tables, rows } = countRows(after);
+        console.log(`      pg_upgrade path 15->17: ${tables} tables, ${rows} rows compared row for row`);
+        assert.equal(await containerState(`${PREFIX}pg15`), "stopped");
+        assert.equal(await containerState(`${PREFIX}pg17-staging`), "absent");
+        // Statistics: the first stage before the switch, the full ANALYZE started by serve in the background.
+        const analyzed = await sql("SELECT count(*)::int AS n FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL");
+        assert.ok(analyzed[0].n > 100, `tables analyzed: ${analyzed[0].n}`);
+    });
+
+    it("reverts to 15: the old data, never written by pg_upgrade, serves again exactly as it was", async () => {
+        await up({ version: "15" });
+        const reverted = await snapshotCluster(login);
+        assert.match(reverted.version, /^15\./);
+        assert.deepEqual(logicalContent(reverted), logicalContent(original));
+        assert.equal(await containerState(`${PREFIX}pg17`), "absent");
+    });
+
+    it("upgrades 15 -> 17 -> 18 with pg_upgrade: 18's initdb default (data checksums) is matched to the old cluster", async () => {
+        await up({ version: "17", upgradeFrom: "15", attempt: "2" });
+        await up({ version: "17" });
+        const mark = applier.commandRuns.length;
+        await up({ version: "18", upgradeFrom: "17", attempt: "3" });
+        assert.deepEqual(commandsRun(mark), [
+            "upgrade-17-to-18-prepare", "upgrade-17-to-18-preflight", "upgrade-17-to-18-upgrade",
+            "upgrade-17-to-18-copy-config", "upgrade-17-to-18-verify", "upgrade-17-to-18-cutover", "pg18-serve",
+        ]);
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^18\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        assert.deepEqual(await sql("SELECT current_setting('data_checksums') AS c, current_setting('data_directory') AS d"),
+            [{ c: "off", d: "/var/lib/postgresql/18/docker" }]);
+        // From 18 pg_upgrade carries the statistics itself.
+        const stats = await sql("SELECT count(*)::int AS n FROM pg_stats WHERE schemaname = 'public'");
+        assert.ok(stats[0].n > 0, "statistics came across");
+    });
+});
+
