@@ -16,6 +16,8 @@ export interface RehearsalArgs {
     password: pulumi.Input<string>;
     /** The real run's backup folder, to check its space. */
     backupDir?: string;
+    /** The method the real upgrade will use (pg_upgrade is rehearsed on a physical copy). */
+    method?: string;
     /** Bump to rehearse again (the command's trigger). */
     attempt: number;
 }
@@ -30,6 +32,7 @@ export class Rehearsal extends pulumi.ComponentResource {
                 container: args.fromContainer, to: args.toMajor, image: args.toImage,
                 "login-user": args.loginUser, "login-database": args.loginDatabase,
                 ...(args.backupDir ? { "backup-dir": args.backupDir } : {}),
+                ...(args.method === "pg_upgrade" ? { method: "pg_upgrade" } : {}),
             }).apply((line) => `${line} --json`),
             environment: { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) },
             triggers: [args.attempt],

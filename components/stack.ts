@@ -85,6 +85,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
             loginDatabase: common.database,
             password: cfg.password,
             backupDir: cfg.backupDir,
+            method: cfg.method,
             attempt: cfg.attempt,
         });
         return { activeVersion: from!.text, hostAlias, containers: [], rehearsal: rehearsal.report };

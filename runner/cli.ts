@@ -84,6 +84,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "backup-dir?": "the real run's backup folder, to check its free space",
             "login-user?": "the role Synapse logs in as (default synapse)",
             "login-database?": "its database (default synapse)",
+            "method?": "pg_upgrade to rehearse the physical upgrade on a copy made with pg_basebackup (default: the dump method)",
             "keep!": "leave the rehearsal's container running and print its name",
             "json!": "print the report as JSON",
         },
@@ -92,11 +93,12 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 container: str(f, "container"), to: int(f, "to"), image: f.image as string | undefined, keep: f.keep === true,
                 password: password(true)!, loginUser: (f["login-user"] as string) ?? "synapse",
                 loginDatabase: (f["login-database"] as string) ?? "synapse", backupDir: f["backup-dir"] as string | undefined,
+                physical: f.method === "pg_upgrade",
             });
             if (f.json) return out(JSON.stringify(r, null, 2));
             out(`rehearse: ${r.source.container} (PostgreSQL ${r.source.version}, ${formatBytes(r.source.databasesBytes)}) -> ${r.target.image} (PostgreSQL ${r.target.version})`);
             out(`rehearse: ${Object.entries(r.timings).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(", ")}`);
-            out(`rehearse: predicted downtime of the real upgrade: about ${Math.ceil(r.predictedDowntimeSeconds)} s (dump ${formatBytes(r.dumpBytes)})`);
+            out(`rehearse: predicted downtime of the real upgrade: about ${Math.ceil(r.predictedDowntimeSeconds)} s (${r.method === "pg_upgrade" ? "pg_upgrade --copy" : `dump ${formatBytes(r.dumpBytes)}`})`);
             if (r.liveWrites.length) out(`rehearse: ${r.liveWrites.length} table(s) grew during the rehearsal (Synapse kept writing), as expected`);
             for (const p of r.problems) out(`rehearse: problem: ${p}`);
             out(r.verified && r.problems.length === 0 ? "rehearse: no problems found." : `rehearse: ${r.problems.length} problem(s) to fix before the real upgrade.`);

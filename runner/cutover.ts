@@ -40,9 +40,14 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         const switched = advanceMarker(marker, "cutover");
         if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
         await writeMarkerIn(input.new, user, switched);
-        await stopContainer(input.new);
-        await removeContainer(input.new);
+        // Both servers stop side by side (Synapse is down: each second counts); the old one is only stopped.
+        await Promise.all([
+            stopContainer(input.new).then(() => removeContainer(input.new)),
+            old?.running ? stopContainer(input.old) : Promise.resolve(),
+        ]);
         stopped.push(input.new);
+        if (old?.running) stopped.push(input.old);
+        return { alreadyDone: false, stopped };
     } else {
         const target = await readTargetState(input.data, input.major, input.image);
         if (!target.marker || !hasServed(target.marker)) {

@@ -2,15 +2,17 @@
 // before the maintenance window. A consistent dump of the live old cluster (pg_dump's snapshot; Synapse is not
 // stopped), a restore into a throw-away container and volume of the target major, the config check, verify, and
 // a report. The old cluster is only read. Without --keep everything the rehearsal created is removed.
+import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyConfig } from "./copy-config";
 import { databasesSize, dumpCluster, formatBytes, freeBytes } from "./dump";
-import { inspectContainer, MANAGED_LABEL, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { HEALTHCHECK_INTERVAL_SECONDS } from "./layout";
 import { run } from "./process";
 import { restoreCluster } from "./restore";
+import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
 import { StepError } from "./step-error";
 import { readTargetState } from "./target";
 import { verifyClusters } from "./verify";
@@ -26,9 +28,12 @@ export interface RehearseInput {
     loginDatabase: string;
     /** The real run's backupDir, to check its free space. */
     backupDir?: string;
+    /** Rehearse method pg_upgrade: on a physical copy (pg_basebackup) of the live cluster. */
+    physical?: boolean;
 }
 
 export interface RehearsalReport {
+    method: "pg_upgrade" | "dump";
     source: { container: string; version: string; databasesBytes: number };
     target: { container: string; version: string; image: string; kept: boolean };
     verified: boolean;
@@ -83,19 +88,36 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     let targetVersion = "";
     let dumpBytes = 0;
     let kept = false;
+    // pg_upgrade needs a stopped old cluster: it is rehearsed on a physical copy, which then stands for the old one.
+    const source = input.physical ? `${name}-source` : input.container;
     try {
-        const dump = await timed(timings, "dump", () => dumpCluster({ container: input.container, outDir: work, name: "rehearsal", toolImage: image, password: input.password }));
-        dumpBytes = dump.manifest.bytes;
-        await timed(timings, "restore", () => restoreCluster({
-            container: name, image, data: { kind: "volume", name: volume }, major: input.to, dumpPath: dump.path,
-            password: input.password, loginUser: input.loginUser,
-        }));
-        await timed(timings, "copy-config", () => copyConfig({ from: input.container, to: name })).catch((err: Error) => {
+        if (input.physical) {
+            await physicalCopy(old, source, user, input.password);
+            try {
+                await preparePgUpgrade({ container: source, staging: name, image, data: { kind: "volume", name: volume }, major: input.to, password: input.password, loginUser: input.loginUser });
+                await timed(timings, "upgrade", () => runPgUpgrade({
+                    container: source, staging: name, image, data: { kind: "volume", name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
+                }));
+            } catch (err) {
+                if (!(err instanceof StepError)) throw err;
+                // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
+                problems.push(err.message);
+                return rehearsalReport(input, version.text, databasesBytes, { container: name, version: "", image, kept: false }, false, timings, 0, problems, liveWrites);
+            }
+        } else {
+            const dump = await timed(timings, "dump", () => dumpCluster({ container: input.container, outDir: work, name: "rehearsal", toolImage: image, password: input.password }));
+            dumpBytes = dump.manifest.bytes;
+            await timed(timings, "restore", () => restoreCluster({
+                container: name, image, data: { kind: "volume", name: volume }, major: input.to, dumpPath: dump.path,
+                password: input.password, loginUser: input.loginUser,
+            }));
+        }
+        await timed(timings, "copy-config", () => copyConfig({ from: source, to: name })).catch((err: Error) => {
             if (!(err instanceof StepError)) throw err;
             problems.push(err.message);
         });
         const report = await timed(timings, "verify", () => verifyClusters({
-            old: input.container, new: name, loginUser: input.loginUser, loginDatabase: input.loginDatabase, password: input.password,
+            old: source, new: name, loginUser: input.loginUser, loginDatabase: input.loginDatabase, password: input.password,
         }));
         for (const c of report.comparisons.filter((c) => !c.same)) {
             // Rows and sequences that grew in the live cluster after the snapshot: Synapse kept writing.
@@ -115,19 +137,29 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
         timings.switch = 2 * stop + timings.start + HEALTHCHECK_INTERVAL_SECONDS;
         delete timings.stop;
         delete timings.start;
-        // What the real run adds: preflight's checks, and starting each of its seven step processes.
+        // What the real run adds: preflight's checks, and starting each of its step processes in the downtime
+        // (preflight, dump, restore or upgrade, copy-config, verify, cutover, serve).
         await timed(timings, "preflight", () => readTargetState({ kind: "volume", name: volume }, input.to, image).then(() => databasesSize(input.container, user)));
-        timings["step start-up"] = 7 * (await stepStartup());
+        timings["step start-up"] = (input.physical ? 6 : 7) * (await stepStartup());
         problems.push(...(await knownProblems(input, user, databasesBytes)));
         kept = input.keep;
     } finally {
         if (!kept) await removeRehearsal(name, volume);
+        if (input.physical) await removeRehearsal(source, `${source}-data`);
         await fs.rm(work, { recursive: true, force: true });
     }
+    return rehearsalReport(input, version.text, databasesBytes, { container: name, version: targetVersion, image, kept }, verified, timings, dumpBytes, problems, liveWrites);
+}
+
+function rehearsalReport(
+    input: RehearseInput, version: string, databasesBytes: number, target: RehearsalReport["target"], verified: boolean,
+    timings: Record<string, number>, dumpBytes: number, problems: string[], liveWrites: string[],
+): RehearsalReport {
     const predicted = Object.values(timings).reduce((s, t) => s + t, 0);
     return {
-        source: { container: input.container, version: version.text, databasesBytes },
-        target: { container: name, version: targetVersion, image, kept },
+        method: input.physical ? "pg_upgrade" : "dump",
+        source: { container: input.container, version, databasesBytes },
+        target,
         verified,
         timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
         predictedDowntimeSeconds: Math.round(predicted * 10) / 10,
@@ -135,6 +167,36 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
         problems,
         liveWrites,
     };
+}
+
+/**
+ * A physical copy of the live cluster for rehearsing pg_upgrade: pg_basebackup in the old container streams a tar
+ * (with the WAL it needs) into a new volume, and a container of the old image recovers it to a consistent
+ * cluster. The live cluster is only read, through a replication connection on its local socket.
+ */
+async function physicalCopy(old: ContainerInfo, copy: string, user: string, password: string): Promise<void> {
+    const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
+    const mount = old.mounts.find((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
+    if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
+    const volume = `${copy}-data`;
+    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
+    const inCopy = (argv: string[], opts: { stdin?: NodeJS.ReadableStream } = {}) => run("docker", [
+        "run", "--rm", "-i", "--network", "none", "--user", "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
+    ], { stdin: opts.stdin as any });
+    await inCopy(["install", "-d", "-m", "0700", pgdata]);
+    const backup = spawn("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", "-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"],
+        { stdio: ["ignore", "pipe", "pipe"] });
+    let errors = "";
+    backup.stderr.on("data", (d) => (errors += d));
+    const exited = new Promise<number | null>((resolve) => backup.on("close", resolve));
+    await inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin: backup.stdout });
+    if ((await exited) !== 0) throw new StepError(`pg_basebackup of "${old.name}" for the rehearsal failed: ${errors.trim().split("\n").pop()}`);
+    await run("docker", [
+        "run", "-d", "--name", copy, "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal",
+        "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "-e", "POSTGRES_PASSWORD", "--stop-signal", "SIGINT",
+        "-v", `${volume}:${mount.destination}`, old.imageId,
+    ], { env: { POSTGRES_PASSWORD: password } });
+    await waitUntilAccepting(copy, user);
 }
 
 /** What the real run would meet that the copy cannot show by failing: md5 hashes, locale, disk space. */

@@ -74,6 +74,8 @@ build_one() {
 		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
 		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
 		rm -rf "$rootfs"
+		# Root file systems of an earlier recipe are not used again.
+		find "$CACHE" -maxdepth 1 -name "rootfs-$release-pg$major-*.tar" ! -name "${tarball##*/}" -delete
 	fi
 	local pgdata=/var/lib/postgresql/data volume=/var/lib/postgresql/data
 	if [ "$major" -ge 18 ]; then

@@ -45,7 +45,9 @@ async function startWriter() {
 
 describe("rehearsal: the upgrade on a copy while Synapse keeps writing", function () {
     this.timeout(15 * 60 * 1000);
-    const applier = new Applier();
+    // When each command finished, to time the real downtime (from the end of prepare, which runs before it).
+    const finished = new Map<string, number>();
+    const applier = new Applier(async (r) => void finished.set(r.name, Date.now()));
     let base: Record<string, string>;
     const up = async (cfg: Record<string, string>) => applier.up(await declare({ ...base, ...cfg }, PASSWORD));
     let predicted = 0;
@@ -97,11 +99,55 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         await run("docker", ["volume", "rm", "-f", `${PREFIX}pg15-rehearsal-17-data`]);
     });
 
+    let predictedPhysical = 0;
+    it("rehearses method pg_upgrade on a physical copy while a client writes: an exact comparison, nothing left, no write disturbed", async () => {
+        const count = async () => {
+            const c = await connect(LOGIN, "synapse");
+            try {
+                return (await c.query("SELECT count(*)::int AS n FROM live_writes")).rows[0].n as number;
+            } finally {
+                await c.end();
+            }
+        };
+        const before = await count();
+        const writer = await startWriter();
+        let report: any;
+        try {
+            const d = await declare({ ...base, version: "17", upgradeFrom: "15", rehearse: "true", method: "pg_upgrade" }, PASSWORD);
+            const r = d.byName("rehearse-15-to-17-run");
+            assert.match(r.inputs.create, / --method pg_upgrade --json$/);
+            const { stdout } = await runShell(r.inputs.create, { SYNAPSE_PG_PASSWORD: PASSWORD });
+            report = JSON.parse(stdout);
+        } finally {
+            await writer.stop();
+        }
+        assert.equal(report.method, "pg_upgrade");
+        assert.equal(report.verified, true, JSON.stringify(report.problems));
+        assert.deepEqual(report.problems, []);
+        assert.deepEqual(report.liveWrites, [], "the copy is compared with itself before and after pg_upgrade: no live writes");
+        assert.match(report.target.version, /^17\./);
+        assert.ok(report.timings.upgrade > 0 && report.timings.dump === undefined, JSON.stringify(report.timings));
+        for (const gone of [`${PREFIX}pg15-rehearsal-17`, `${PREFIX}pg15-rehearsal-17-source`]) assert.equal(await containerState(gone), "absent", gone);
+        assert.equal(await volumeExists(`${PREFIX}pg15-rehearsal-17-source-data`), false);
+        assert.equal(writer.counts.failed, 0, writer.counts.errors.join("; "));
+        assert.equal(await count(), before + writer.counts.ok, "every write the client made is in the old cluster");
+        predictedPhysical = report.predictedDowntimeSeconds;
+        console.log(`      rehearsal, pg_upgrade: predicted downtime ${predictedPhysical} s (${Object.entries(report.timings).map(([k, v]) => `${k} ${v}`).join(", ")})`);
+    });
+
     it("predicts the real upgrade's downtime within 30%", async () => {
         const start = Date.now();
         await up({ version: "17", upgradeFrom: "15" });
         const real = (Date.now() - start) / 1000;
         console.log(`      real upgrade: ${real.toFixed(1)} s; predicted ${predicted} s (${((predicted / real - 1) * 100).toFixed(0)}%)`);
         assert.ok(Math.abs(predicted - real) / real <= 0.3, `predicted ${predicted} s, real ${real.toFixed(1)} s`);
+    });
+
+    it("predicts the real pg_upgrade downtime within 30% (from the end of prepare, which runs while Synapse serves)", async () => {
+        await up({ version: "15" }); // revert: nothing was written to 17
+        await up({ version: "17", upgradeFrom: "15", method: "pg_upgrade", attempt: "2" });
+        const real = (finished.get("pg17-serve")! - finished.get("upgrade-15-to-17-prepare")!) / 1000;
+        console.log(`      real pg_upgrade upgrade: ${real.toFixed(1)} s; predicted ${predictedPhysical} s (${((predictedPhysical / real - 1) * 100).toFixed(0)}%)`);
+        assert.ok(Math.abs(predictedPhysical - real) / real <= 0.3, `predicted ${predictedPhysical} s, real ${real.toFixed(1)} s`);
     });
 });
