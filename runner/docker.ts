@@ -124,7 +124,8 @@ export async function waitUntilAccepting(container: string, user: string, timeou
         } catch (err) {
             last = (err as Error).message;
         }
-        await sleep(1000);
+        // Often: during an upgrade's downtime each wait for a server is on the clock.
+        await sleep(300);
     }
     throw new StepError(`PostgreSQL in "${container}" did not accept connections within ${timeoutSeconds} s (${last}).`);
 }

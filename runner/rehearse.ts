@@ -180,10 +180,11 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string, pass
     if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
     const volume = `${copy}-data`;
     await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
-    const inCopy = (argv: string[], opts: { stdin?: NodeJS.ReadableStream } = {}) => run("docker", [
-        "run", "--rm", "-i", "--network", "none", "--user", "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
+    const inCopy = (argv: string[], opts: { stdin?: NodeJS.ReadableStream; user?: string } = {}) => run("docker", [
+        "run", "--rm", "-i", "--network", "none", "--user", opts.user ?? "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
     ], { stdin: opts.stdin as any });
-    await inCopy(["install", "-d", "-m", "0700", pgdata]);
+    // A new volume's root belongs to root: PGDATA is made for the image's postgres user, the files unpacked as it.
+    await inCopy(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", pgdata], { user: "root" });
     const backup = spawn("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", "-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"],
         { stdio: ["ignore", "pipe", "pipe"] });
     let errors = "";
