@@ -144,7 +144,7 @@ async function main(): Promise<void> {
         rss.prepare = prepareRss;
         const uTimings: Record<string, number> = {};
         const uSteps: [string, string[]][] = [
-            ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", uData]],
+            ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", uData, "--staging", uStaging]],
             ["upgrade", ["upgrade", "--container", old, ...uCluster]],
             ["copy-config", ["copy-config", "--from", old, "--to", uStaging]],
             ["verify", ["verify", "--old", old, "--new", uStaging]],

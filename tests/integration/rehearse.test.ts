@@ -147,7 +147,10 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         await up({ version: "15" }); // revert: nothing was written to 17
         await up({ version: "17", upgradeFrom: "15", method: "pg_upgrade", attempt: "2" });
         const real = (finished.get("pg17-serve")! - finished.get("upgrade-15-to-17-prepare")!) / 1000;
-        console.log(`      real pg_upgrade upgrade: ${real.toFixed(1)} s; predicted ${predictedPhysical} s (${((predictedPhysical / real - 1) * 100).toFixed(0)}%)`);
+        const order = ["upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight", "upgrade-15-to-17-upgrade", "upgrade-15-to-17-copy-config",
+            "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve"];
+        const steps = order.slice(1).map((s, i) => `${s.replace("upgrade-15-to-17-", "")} ${((finished.get(s)! - finished.get(order[i])!) / 1000).toFixed(1)}`);
+        console.log(`      real pg_upgrade upgrade: ${real.toFixed(1)} s (${steps.join(", ")}); predicted ${predictedPhysical} s (${((predictedPhysical / real - 1) * 100).toFixed(0)}%)`);
         assert.ok(Math.abs(predictedPhysical - real) / real <= 0.3, `predicted ${predictedPhysical} s, real ${real.toFixed(1)} s`);
     });
 });
