@@ -9,18 +9,18 @@
 //                               stopped: that is the staging copy.
 //   upgrade (Synapse stopped)   the old container is stopped cleanly, pg_upgrade --copy runs in a throw-away
 //                               container of the new image, and the old container is started again, unchanged,
-//                               for copy-config and verify. Then the staging server starts on the new data.
+//                               for copy-config and verify, beside the new server on the new data.
 //
 // --copy, never --link: the old cluster's files are read, not shared, so it stays a complete, startable cluster
 // whatever happens to the new one (pg_upgrade starts and cleanly stops the old server, as its container does).
 import { spawn } from "node:child_process";
 import { Writable } from "node:stream";
-import { ContainerInfo, copyFileOut, existsIn, inspectContainer, MANAGED_LABEL, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, pinnedReference } from "./docker";
+import { ContainerInfo, copyFileOut, existsIn, inspectContainer, MANAGED_LABEL, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, pinnedReference } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { StepError } from "./step-error";
-import { advanceMarker, emptyTarget, foreignDataError, hasServed, Marker, MARKER_FILE, readTargetState, requireUnused, setAside, writeMarkerIn } from "./target";
+import { advanceMarker, makeRoomForStaging, Marker, MARKER_FILE, ourStaging, readTargetState, writeMarkerIn } from "./target";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -77,27 +77,13 @@ export async function preparePgUpgrade(input: PgUpgradeInput): Promise<PrepareRe
     const binaries = await oldBinaries(old, input.image, version.major);
     await requireSameOwner(old, input.image);
 
-    const existing = await inspectContainer(input.staging);
-    if (existing && existing.labels["synapse-postgres.role"] !== "staging") {
-        throw new StepError(`A container named "${input.staging}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
-    }
+    const existing = await ourStaging(input.staging);
     const target = await readTargetState(input.data, input.major, input.image);
     const m = target.marker;
     if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running) {
         return { binaries, reused: true };
     }
-    let setAsideTo: string | undefined;
-    if (m && hasServed(m)) {
-        if (existing) await removeContainer(input.staging);
-        await requireUnused(input.data);
-        setAsideTo = await setAside(input.data, input.major, input.image);
-    } else if (!m && !target.isEmpty) {
-        throw foreignDataError(input.data, target);
-    }
-    // What is left is empty, or a staging copy of ours that never served: safe to make again.
-    if (existing) await removeContainer(input.staging);
-    await requireUnused(input.data);
-    if (!target.isEmpty && !setAsideTo) await emptyTarget(input.data, input.major, input.image);
+    const setAsideTo = await makeRoomForStaging(input.data, input.major, input.image, target, existing);
 
     const [[encoding, collate, ctype, checksums]] = await query(input.container, superuser,
         "SELECT pg_encoding_to_char(encoding), datcollate, datctype, current_setting('data_checksums') FROM pg_database WHERE datname = 'template1'");

@@ -7,12 +7,12 @@ import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, mountArgument } from "./layout";
 import { run, ProcessError } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
-import { advanceMarker, emptyTarget, foreignDataError, hasServed, Marker, readTargetState, requireUnused, setAside, writeMarkerIn } from "./target";
+import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
 
 export interface RestoreInput {
     /** Name of the staging container to restore into (created here). */
@@ -46,34 +46,16 @@ export const STAGING_ROLE_LABEL = "synapse-postgres.role=staging";
 export async function restoreCluster(input: RestoreInput): Promise<RestoreResult> {
     const manifest = await checkDump(input.dumpPath);
     const superuser = manifest.source.superuser;
-    const existing = await inspectContainer(input.container);
-    if (existing && existing.labels["synapse-postgres.role"] !== "staging") {
-        throw new StepError(`A container named "${input.container}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
-    }
+    const existing = await ourStaging(input.container);
 
     const target = await readTargetState(input.data, input.major, input.image);
-    let setAsideTo: string | undefined;
-    if (target.marker) {
-        const m = target.marker;
-        if (m.dump?.sha256 === manifest.sha256 && (m.state === "restored" || m.state === "verified") && existing) {
-            if (!existing.running) await startContainer(input.container);
-            await waitUntilAccepting(input.container, superuser);
-            return { alreadyRestored: true, manifest };
-        }
-        if (hasServed(m)) {
-            // This copy served Synapse after an earlier cutover (then a revert): it may hold writes the old
-            // cluster lacks. Keep every byte of it elsewhere before reusing the location.
-            if (existing) await removeContainer(input.container);
-            await requireUnused(input.data);
-            setAsideTo = await setAside(input.data, input.major, input.image);
-        }
-    } else if (!target.isEmpty && !existing) {
-        throw foreignDataError(input.data, target);
+    const m = target.marker;
+    if (m && m.dump?.sha256 === manifest.sha256 && (m.state === "restored" || m.state === "verified") && existing) {
+        if (!existing.running) await startContainer(input.container);
+        await waitUntilAccepting(input.container, superuser);
+        return { alreadyRestored: true, manifest };
     }
-    // What is left is empty, or a staging copy of ours that never served: safe to redo from the dump.
-    if (existing) await removeContainer(input.container);
-    await requireUnused(input.data);
-    if (!target.isEmpty && !setAsideTo) await emptyTarget(input.data, input.major, input.image);
+    const setAsideTo = await makeRoomForStaging(input.data, input.major, input.image, target, existing);
 
     const phases = new PhaseClock("restore");
     try {

@@ -3,7 +3,7 @@
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
-import { runWithData, containersUsing, copyFileOut, query, readFileIn, writeFileIn, MANAGED_LABEL } from "./docker";
+import { ContainerInfo, containersUsing, copyFileOut, inspectContainer, MANAGED_LABEL, query, readFileIn, removeContainer, runWithData, writeFileIn } from "./docker";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
 
@@ -85,6 +85,36 @@ export function foreignDataError(data: DataLocation, state: TargetState): StepEr
     return new StepError(
         `The new data location ${formatDataLocation(data)} already holds files synapse-postgres did not create (${state.entries.slice(0, 5).join(", ")}); move them away or choose another postgres:dataRoot, they are never deleted by this tool.`,
     );
+}
+
+/** The staging container by this name, if any; one we did not create is never ours to replace. */
+export async function ourStaging(name: string): Promise<ContainerInfo | undefined> {
+    const existing = await inspectContainer(name);
+    if (existing && existing.labels["synapse-postgres.role"] !== "staging") {
+        throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
+    }
+    return existing;
+}
+
+/**
+ * Makes the new data location ready for a new staging copy (restore and pg_upgrade's prepare). A copy that served
+ * Synapse after an earlier cutover (then a revert) may hold writes the old cluster lacks: every byte of it is kept
+ * elsewhere first. Data we did not create is refused. What is left is empty, or a staging copy of ours that never
+ * served: safe to make again. Returns where a served copy was set aside.
+ */
+export async function makeRoomForStaging(data: DataLocation, major: number, image: string, target: TargetState, staging: ContainerInfo | undefined): Promise<string | undefined> {
+    let setAsideTo: string | undefined;
+    if (target.marker && hasServed(target.marker)) {
+        if (staging) await removeContainer(staging.name);
+        await requireUnused(data);
+        setAsideTo = await setAside(data, major, image);
+    } else if (!target.marker && !target.isEmpty && !staging) {
+        throw foreignDataError(data, target);
+    }
+    if (staging) await removeContainer(staging.name);
+    await requireUnused(data);
+    if (!target.isEmpty && !setAsideTo) await emptyTarget(data, major, image);
+    return setAsideTo;
 }
 
 /** Removes everything in the location. Only ever called on a staging copy we made (see the callers' checks). */
