@@ -14,7 +14,7 @@ import { run } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
 import { StepError } from "./step-error";
-import { readTargetState } from "./target";
+import { readMarkerIn, readTargetState } from "./target";
 import { verifyClusters } from "./verify";
 
 export interface RehearseInput {
@@ -134,9 +134,21 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
             await startContainer(name);
             await waitUntilAccepting(name, user);
         });
-        timings.switch = 2 * stop + timings.start + HEALTHCHECK_INTERVAL_SECONDS;
+        // The real switch also creates the serving container (not just starts one) and runs serve, which looks at
+        // the containers and the new server again: timed here with the same calls on the rehearsal's server.
+        await timed(timings, "serve", async () => {
+            const probe = `${name}-create-probe`;
+            await run("docker", ["create", "--name", probe, "--network", "none", image]);
+            await removeContainer(probe);
+            await inspectContainer(name);
+            await waitUntilAccepting(name, user);
+            await readMarkerIn(name, user);
+            await serverVersion(name, user);
+        });
+        timings.switch = 2 * stop + timings.start + HEALTHCHECK_INTERVAL_SECONDS + timings.serve;
         delete timings.stop;
         delete timings.start;
+        delete timings.serve;
         // What the real run adds: preflight's checks, and starting each of its step processes in the downtime
         // (preflight, dump, restore or upgrade, copy-config, verify, cutover, serve).
         await timed(timings, "preflight", () => readTargetState({ kind: "volume", name: volume }, input.to, image).then(() => databasesSize(input.container, user)));
