@@ -57,6 +57,11 @@ export interface StackConfig {
      * options: they win over postgresql.conf and ALTER SYSTEM. Sorted by name, values as text.
      */
     settings: Record<string, string>;
+    /**
+     * Parameters the user agrees to leave out of the new cluster when its server rejects them (as copy-config
+     * reported them); the old cluster keeps them.
+     */
+    dropSettings: string[];
     /** The bootstrap superuser's (and Synapse's) password: a secret all the way to the container. */
     password: pulumi.Output<string>;
 }
@@ -79,6 +84,7 @@ export const OWNED_SETTINGS: Record<string, string> = {
     external_pid_file: "the container's process is the server itself",
 };
 
+const SETTING_NAME = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$/;
 const dockerName = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 const sqlName = /^[a-z_][a-z0-9_]*$/;
 const imageRef = /^[a-z0-9][a-z0-9._\/:{}@-]*$/i;
@@ -119,6 +125,11 @@ const schema = z
             .optional(),
         containerPrefix: z.string().regex(dockerName, "must be a Docker container name prefix like synapse-pg").default("synapse-pg"),
         initdbArgs: z.string().default("--encoding=UTF8 --locale=C"),
+        dropSettings: z
+            .string()
+            .transform((v) => parseList(v))
+            .refine((list) => list !== undefined && list.every((n) => SETTING_NAME.test(n)), "must be PostgreSQL parameter names, comma-separated, as copy-config named them, like wal_keep_segments,stats_temp_directory")
+            .optional(),
         settings: z
             .string()
             .superRefine((text, ctx) => {
@@ -196,6 +207,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         containerPrefix: c.containerPrefix,
         initdbArgs: c.initdbArgs,
         settings: c.settings === undefined ? {} : parseSettings(c.settings)!,
+        dropSettings: c.dropSettings ?? [],
         password: password!,
     });
 }
@@ -247,8 +259,6 @@ function parseSettings(text: string): Record<string, string> | undefined {
     if (!entries.every(([, v]) => ["string", "number", "boolean"].includes(typeof v))) return undefined;
     return Object.fromEntries(entries.map(([k, v]) => [k, String(v)]).sort(([a], [b]) => (a < b ? -1 : 1)));
 }
-
-const SETTING_NAME = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$/;
 
 /** What is wrong with postgres:settings, one message per problem; the values themselves are checked by the server. */
 function settingsProblems(text: string): string[] {

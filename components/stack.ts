@@ -151,6 +151,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         loginDatabase: common.database,
         password: cfg.password,
         settings: cfg.settings,
+        dropSettings: cfg.dropSettings,
         after: [old.container, cluster.volume].filter((r): r is NonNullable<typeof r> => r !== undefined),
     });
     cutoverDeclared([upgrade.cutover]);

@@ -29,6 +29,8 @@ export interface MajorUpgradeArgs {
     password: pulumi.Input<string>;
     /** postgres:settings for the new cluster: checked by copy-config against the copied files. */
     settings?: Record<string, string>;
+    /** postgres:dropSettings: rejected parameters copy-config may leave out of the new cluster. */
+    dropSettings?: string[];
     /** Synapse's containers: every step but prepare stops them first and starts them again if it fails before the switch. */
     synapseContainers: string[];
     /** Every step's trigger: a new attempt runs the whole upgrade again from a fresh dump. */
@@ -96,6 +98,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
                 create: stepCommand("copy-config", {
                     from: args.fromContainer, to: args.stagingContainer,
                     ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
+                    ...(args.dropSettings?.length ? { drop: args.dropSettings.join(",") } : {}),
                 }),
             },
             verify: {

@@ -252,9 +252,14 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             from: "the old cluster's container",
             to: "the new (staging) container",
             "settings?": "postgres:settings as a JSON object: checked here against the copied files, before the switch",
+            "drop?": "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
         },
         async run(f, out) {
-            const r = await copyConfig({ from: str(f, "from"), to: str(f, "to"), settings: settingsFlag(f) });
+            const drop = ((f.drop as string | undefined) ?? "").split(",").map((n) => n.trim()).filter(Boolean);
+            const r = await copyConfig({ from: str(f, "from"), to: str(f, "to"), settings: settingsFlag(f), drop });
+            for (const d of r.dropped) {
+                out(`copy-config: left out of the new cluster, as postgres:dropSettings allows: ${d.file} line ${d.line}: ${d.name} (${d.hint ?? d.error}); the old cluster keeps it.`);
+            }
             for (const rule of r.accessRulesOnlyInOld) {
                 out(`copy-config: note: the old cluster has the access rule "${rule}", which the new one does not; the new one keeps the image's rules (scram-sha-256 for every host): add it by hand if you still need it.`);
             }

@@ -15,6 +15,11 @@ export interface CopyConfigInput {
     to: string;
     /** postgres:settings: checked on the new binaries against the copied files (the serving container gets them as -c). */
     settings?: Record<string, string>;
+    /**
+     * postgres:dropSettings: parameters the user agreed to leave out of the new cluster when the new server rejects
+     * them (the lines are commented out in the new cluster's copy; the old cluster keeps them).
+     */
+    drop?: string[];
 }
 
 export interface RejectedSetting {
@@ -34,6 +39,8 @@ export interface CopyConfigResult {
     accessRulesOnlyInOld: string[];
     /** postgres:settings as the new server reads them, when any are declared. */
     declared?: Record<string, string>;
+    /** Rejected lines left out of the new cluster's copy, as postgres:dropSettings allowed. */
+    dropped: RejectedSetting[];
 }
 
 const FILES = ["postgresql.conf", "postgresql.auto.conf"];
@@ -79,7 +86,9 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
 
     const copied: string[] = [];
     const unchanged: string[] = [];
+    const dropped: RejectedSetting[] = [];
     const originals: Record<string, string | undefined> = {};
+    const copiedTexts: Record<string, string> = {};
     for (const [i, file] of FILES.entries()) {
         const text = texts[2 * i];
         if (text === undefined) continue;
@@ -89,19 +98,35 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
             continue;
         }
         await writeFileIn(input.to, `${toDir}/${file}`, text);
+        copiedTexts[file] = text;
         copied.push(file);
     }
     const accessRulesOnlyInOld = await accessRules;
-    if (copied.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld };
+    if (copied.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld, dropped };
 
     await query(input.to, toUser, "SELECT pg_reload_conf()");
-    const rejected = await rejectedSettings(input.to, toUser);
+    let rejected = await rejectedSettings(input.to, toUser);
+    const allowed = new Set(input.drop ?? []);
+    if (rejected.length > 0 && rejected.every((r) => allowed.has(r.name) && copiedTexts[r.file] !== undefined)) {
+        // The user agreed (postgres:dropSettings) to leave exactly these out of the new cluster: their lines are
+        // commented out in its copy, saying why, and the server reads the files again.
+        for (const file of new Set(rejected.map((r) => r.file))) {
+            const lines = copiedTexts[file].split("\n");
+            for (const r of rejected.filter((x) => x.file === file)) {
+                lines[r.line - 1] = `# ${lines[r.line - 1]}    # left out by synapse-postgres (postgres:dropSettings): ${r.hint ?? r.error}`;
+            }
+            await writeFileIn(input.to, `${toDir}/${file}`, lines.join("\n"));
+        }
+        dropped.push(...rejected);
+        await query(input.to, toUser, "SELECT pg_reload_conf()");
+        rejected = await rejectedSettings(input.to, toUser);
+    }
     if (rejected.length > 0) {
         for (const file of copied) if (originals[file] !== undefined) await writeFileIn(input.to, `${toDir}/${file}`, originals[file]!);
         await query(input.to, toUser, "SELECT pg_reload_conf()");
         const list = rejected.map((r) => `${r.file} line ${r.line}: ${r.name} (${r.hint ?? r.error})`).join("; ");
         throw new StepError(
-            `The new PostgreSQL rejects ${rejected.length} setting(s) of the old configuration, so the upgrade stops before the switch: ${list}. Change them in the old cluster (ALTER SYSTEM RESET <name>, or edit postgresql.conf) and run pulumi up again.`,
+            `The new PostgreSQL rejects ${rejected.length} setting(s) of the old configuration, so the upgrade stops before the switch: ${list}. Change them in the old cluster (ALTER SYSTEM RESET <name>, or edit postgresql.conf), or leave them out of the new cluster only with \`pulumi config set postgres:dropSettings ${[...new Set(rejected.map((r) => r.name))].join(",")}\`, and run pulumi up again.`,
             rejected.map((r) => JSON.stringify(r)),
         );
     }
@@ -109,7 +134,7 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
         ...(await query(input.to, toUser, "SELECT name FROM pg_settings WHERE pending_restart ORDER BY 1")),
         ...(await restartOnlySettings(input.to, toUser)).map((n) => [n]),
     ];
-    if (pending.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld };
+    if (pending.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld, dropped };
 
     // Settings such as shared_buffers apply only at start.
     await stopContainer(input.to);
@@ -121,7 +146,7 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
             `The new PostgreSQL in "${input.to}" does not start with the old ${copied.join(" and ")} (${pending.map(([n]) => n).join(", ")} need a restart); log: ${await containerLogTail(input.to, 4)}`,
         );
     }
-    return { copied, unchanged, restarted: true, accessRulesOnlyInOld };
+    return { copied, unchanged, restarted: true, accessRulesOnlyInOld, dropped };
 }
 
 /**

@@ -193,15 +193,22 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await resetTo15();
     });
 
-    it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; fixed, it completes", async () => {
+    it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; left out by consent, it completes", async () => {
         // Valid in 15, removed in 16: the guide's "watch the logs" case.
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10", "-c", "SELECT pg_reload_conf()"]);
         await rejects(up(upgrade()),
-            /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line/);
+            /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*or leave them out of the new cluster only with `pulumi config set postgres:dropSettings vacuum_defer_cleanup_age`, and run pulumi up again\./);
         assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
         await expectOldServingUnchanged();
-        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM RESET vacuum_defer_cleanup_age", "-c", "SELECT pg_reload_conf()"]);
-        await expectUpgradeCompletes(upgrade());
+        // The user's consent, as the message asks for it: the line is left out of the new cluster only.
+        const mark = applier.commandRuns.length;
+        await expectUpgradeCompletes(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
+        const copy = applier.commandRuns.slice(mark).find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
+        assert.match(copy, /copy-config: left out of the new cluster, as postgres:dropSettings allows: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*\); the old cluster keeps it\./);
+        const oldAuto = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.auto.conf"'])).stdout;
+        assert.match(oldAuto, /^vacuum_defer_cleanup_age = '10'$/m, "the old cluster's file is untouched");
+        const newAuto = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", 'cat "$PGDATA/postgresql.auto.conf"'])).stdout;
+        assert.match(newAuto, /^# vacuum_defer_cleanup_age = '10' {4}# left out by synapse-postgres \(postgres:dropSettings\)/m);
     });
 
     it("8. a re-run after a successful upgrade runs nothing and changes nothing", async () => {

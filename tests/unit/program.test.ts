@@ -296,6 +296,13 @@ describe("dump method", () => {
     });
 });
 
+describe("postgres:dropSettings", () => {
+    it("lets copy-config leave the named rejected parameters out of the new cluster", async () => {
+        const d = await declare({ ...UPGRADE_17, dropSettings: "wal_keep_segments, stats_temp_directory" });
+        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging --drop wal_keep_segments,stats_temp_directory`);
+    });
+});
+
 describe("method pg_upgrade", () => {
     const PHYSICAL = { version: "17", upgradeFrom: "15", method: "pg_upgrade", synapseContainers: "synapse" };
 
@@ -429,6 +436,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["settings that are not a map", { version: "15", settings: "shared_buffers=1GB" }, "pw", 'postgres:settings is "shared_buffers=1GB" but must be a map of PostgreSQL settings, set one at a time with `pulumi config set --path \'postgres:settings.shared_buffers\' 1GB`'],
         ["a setting the program owns", { version: "15", settings: '{"port":"5433"}' }, "pw", 'postgres:settings is "{"port":"5433"}" but has port, which this program sets itself: the container\'s port 5432 is what Synapse, the healthcheck and postgres:port use; remove it'],
         ["a setting name that is not one", { version: "15", settings: '{"Work Mem":"1MB"}' }, "pw", 'postgres:settings is "{"Work Mem":"1MB"}" but has "Work Mem", which is not a PostgreSQL parameter name (lower case, like work_mem)'],
+        ["dropSettings that are not parameter names", { ...UPGRADE_17, dropSettings: "wal_keep_segments;rm" }, "pw", 'postgres:dropSettings is "wal_keep_segments;rm" but must be PostgreSQL parameter names, comma-separated, as copy-config named them, like wal_keep_segments,stats_temp_directory'],
         ["a shared_buffers that is not a size", { version: "15", settings: '{"shared_buffers":"lots"}' }, "pw", 'postgres:settings is "{"shared_buffers":"lots"}" but has shared_buffers = "lots", which must be a size like 512MB or 2GB (the container\'s shared memory follows it)'],
     ];
     for (const [what, config, password, message] of cases) {
