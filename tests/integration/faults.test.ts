@@ -6,6 +6,7 @@ import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { copyFileOut } from "../../runner/docker";
 import { run } from "../../runner/process";
 import { declare, Declared } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
@@ -205,7 +206,8 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await expectUpgradeCompletes(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
         const copy = applier.commandRuns.slice(mark).find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
         assert.match(copy, /copy-config: left out of the new cluster, as postgres:dropSettings allows: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*\); the old cluster keeps it\./);
-        const oldAuto = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.auto.conf"'])).stdout;
+        // The old container is stopped after the switch: its file is read with docker cp.
+        const oldAuto = (await copyFileOut(OLD, "/var/lib/postgresql/data/postgresql.auto.conf"))!.toString("utf8");
         assert.match(oldAuto, /^vacuum_defer_cleanup_age = '10'$/m, "the old cluster's file is untouched");
         const newAuto = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", 'cat "$PGDATA/postgresql.auto.conf"'])).stdout;
         assert.match(newAuto, /^# vacuum_defer_cleanup_age = '10' {4}# left out by synapse-postgres \(postgres:dropSettings\)/m);
