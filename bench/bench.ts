@@ -82,6 +82,17 @@ function step(args: string[]): Promise<number> {
     });
 }
 
+/** Runs the steps in order; returns each one's seconds and records its peak RSS under `<prefix><name>`. */
+async function runSteps(steps: [string, string[]][], rss: Record<string, number>, prefix: string): Promise<Record<string, number>> {
+    const timings: Record<string, number> = {};
+    for (const [name, args] of steps) {
+        const [s, r] = await seconds(() => step(args));
+        timings[name] = s;
+        rss[`${prefix}${name}`] = r;
+    }
+    return timings;
+}
+
 async function main(): Promise<void> {
     const sizeText = flag("size", "1GB")!;
     const sizeMB = parseSize(sizeText);
@@ -116,7 +127,6 @@ async function main(): Promise<void> {
         const staging = `${PREFIX}pg17-staging`;
         const data = `${PREFIX}pgsql17`;
         const rss: Record<string, number> = {};
-        const timings: Record<string, number> = {};
         const steps: [string, string[]][] = [
             ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", data, "--backup-dir", backups]],
             ["dump", ["dump", "--container", old, "--out", backups, "--name", "ours", "--tool-image", `${IMAGE}:17`]],
@@ -125,11 +135,7 @@ async function main(): Promise<void> {
             ["verify", ["verify", "--old", old, "--new", staging]],
             ["cutover", ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];
-        for (const [name, args] of steps) {
-            const [s, r] = await seconds(() => step(args));
-            timings[name] = s;
-            rss[name] = r;
-        }
+        const timings = await runSteps(steps, rss, "");
         const oursSeconds = timings.dump + timings.restore;
         const downtimeSeconds = Object.values(timings).reduce((a, b) => a + b, 0);
 
@@ -142,7 +148,6 @@ async function main(): Promise<void> {
         const uCluster = ["--staging", uStaging, "--image", `${IMAGE}:17`, "--data", uData, "--major", "17"];
         const [prepareSeconds, prepareRss] = await seconds(() => step(["prepare", "--container", old, ...uCluster]));
         rss.prepare = prepareRss;
-        const uTimings: Record<string, number> = {};
         const uSteps: [string, string[]][] = [
             ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", uData, "--staging", uStaging]],
             ["upgrade", ["upgrade", "--container", old, ...uCluster]],
@@ -150,11 +155,7 @@ async function main(): Promise<void> {
             ["verify", ["verify", "--old", old, "--new", uStaging]],
             ["cutover", ["cutover", "--old", old, "--new", uStaging, "--data", uData, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];
-        for (const [name, args] of uSteps) {
-            const [s, r] = await seconds(() => step(args));
-            uTimings[name] = s;
-            rss[`pg_upgrade ${name}`] = r;
-        }
+        const uTimings = await runSteps(uSteps, rss, "pg_upgrade ");
         const upgradeDowntime = Object.values(uTimings).reduce((a, b) => a + b, 0);
 
         // (c) The floor: a raw copy of the stopped old cluster's data.
