@@ -56,6 +56,17 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     };
 }
 
+/** PGDATA of a container made from the official image (its default up to 17 when the env does not say). */
+export function pgdataOf(info: ContainerInfo): string {
+    return info.env.PGDATA || "/var/lib/postgresql/data";
+}
+
+/** The container's volumes and folders that hold its PGDATA (the mount at it, or at a folder above it). */
+export function mountsHoldingPgdata(info: ContainerInfo): ContainerInfo["mounts"] {
+    const pgdata = pgdataOf(info);
+    return info.mounts.filter((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
+}
+
 export async function requireContainer(name: string, role: string): Promise<ContainerInfo> {
     const info = await inspectContainer(name);
     if (!info) throw new StepError(`The ${role} container "${name}" does not exist.`);
@@ -226,24 +237,26 @@ export async function readFileIn(container: string, file: string): Promise<strin
  */
 export async function copyFileOut(container: string, file: string): Promise<Buffer | undefined> {
     const chunks: Buffer[] = [];
-    const sink = new Writable({ write(chunk, _enc, done) { chunks.push(chunk); done(); } });
-    try {
-        await run("docker", ["cp", `${container}:${file}`, "-"], { stdout: sink });
-    } catch (err) {
-        if (err instanceof ProcessError && /Could not find the file|No such container:path/i.test(err.message)) return undefined;
-        throw err;
-    }
+    if (!(await copyOut(container, file, (chunk) => chunks.push(chunk)))) return undefined;
     const tar = Buffer.concat(chunks);
     const size = parseInt(tar.subarray(124, 136).toString("latin1").replace(/\0.*$/s, "").trim() || "0", 8);
     return tar.subarray(512, 512 + size);
 }
 
-/** Whether a path exists in a container's file system, running or stopped. */
+/** Whether a path exists in a container's file system, running or stopped (its tar stream is discarded). */
 export async function existsIn(container: string, file: string): Promise<boolean> {
-    return run("docker", ["cp", `${container}:${file}`, "-"], { stdout: new Writable({ write(_c, _e, done) { done(); } }) }).then(() => true, (err) => {
+    return copyOut(container, file, () => undefined);
+}
+
+/** `docker cp <container>:<path> -`, each chunk of the tar stream to `onChunk`; false when the path is missing. */
+async function copyOut(container: string, path: string, onChunk: (chunk: Buffer) => void): Promise<boolean> {
+    try {
+        await run("docker", ["cp", `${container}:${path}`, "-"], { stdout: new Writable({ write(chunk, _enc, done) { onChunk(chunk); done(); } }) });
+        return true;
+    } catch (err) {
         if (err instanceof ProcessError && /Could not find the file|No such container:path/i.test(err.message)) return false;
         throw err;
-    });
+    }
 }
 
 /** Writes a file inside a container as the postgres user, so the server owns what it reads. */

@@ -1,7 +1,7 @@
 // inspect: what the program needs to know about a PostgreSQL container it did not create (postgres:adopt), read
 // from the container itself: image and digest, major (PG_VERSION in its data), bootstrap user and database, where
 // its data lives (host folder or volume), and the networks and host names Synapse reaches it by.
-import { inspectContainer, query, superuserOf, pinnedReference } from "./docker";
+import { inspectContainer, pgdataOf, pinnedReference, query, superuserOf } from "./docker";
 import { run } from "./process";
 import { DataLocation } from "./layout";
 import { StepError } from "./step-error";
@@ -33,7 +33,7 @@ export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     }
     const data: DataLocation = mount.type === "bind" ? { kind: "folder", path: mount.source } : { kind: "volume", name: mount.name! };
     // PG_VERSION in the data directory is the truth about the major; the image tag may lie (postgres:latest).
-    const pgdata = info.env.PGDATA || "/var/lib/postgresql/data";
+    const pgdata = pgdataOf(info);
     if (!(pgdata + "/").startsWith(mount.destination.replace(/\/?$/, "/"))) {
         // The 18+ image keeps PGDATA at /var/lib/postgresql/18/docker; a volume at the old path holds nothing.
         throw new StepError(

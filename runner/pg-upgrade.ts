@@ -13,14 +13,13 @@
 //
 // --copy, never --link: the old cluster's files are read, not shared, so it stays a complete, startable cluster
 // whatever happens to the new one (pg_upgrade starts and cleanly stops the old server, as its container does).
-import { spawn } from "node:child_process";
-import { Writable } from "node:stream";
-import { ContainerInfo, copyFileOut, existsIn, inspectContainer, MANAGED_LABEL, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, pinnedReference } from "./docker";
+import { Readable, Writable } from "node:stream";
+import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, pinnedReference, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
-import { run, ProcessError } from "./process";
+import { run, runPiped, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { StepError } from "./step-error";
-import { advanceMarker, makeRoomForStaging, Marker, MARKER_FILE, ourStaging, readTargetState, writeMarkerIn } from "./target";
+import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerIn } from "./target";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -117,7 +116,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     const superuser = superuserOf(old);
     const pgdata = dataLayout(input.major).pgdata;
     const staging = await inspectContainer(input.staging);
-    const marker = staging && (await readStagingMarker(input.staging, pgdata));
+    const marker = staging && (await readMarkerThrough(input.staging, input.major));
     if (staging && (marker?.state === "restored" || marker?.state === "verified")) {
         if (!staging.running) await startContainer(input.staging);
         await waitUntilAccepting(input.staging, superuser);
@@ -132,7 +131,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         await preparePgUpgrade(input);
         phases.lap("new cluster prepared again");
     }
-    const prepared = (await readStagingMarker(input.staging, pgdata))!;
+    const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
 
     // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
     await stopContainer(input.container);
@@ -166,11 +165,6 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     return { alreadyDone: false, rehashed, seconds: (Date.now() - started) / 1000 };
 }
 
-async function readStagingMarker(container: string, pgdata: string): Promise<Marker | undefined> {
-    const text = await copyFileOut(container, `${pgdata}/${MARKER_FILE}`);
-    return text === undefined ? undefined : JSON.parse(text.toString("utf8"));
-}
-
 /** The volume prepare unpacked the old image into (one per image id). */
 function binariesVolume(old: ContainerInfo): string {
     return `synapse-pg-binaries-${old.imageId.replace(/^sha256:/, "").slice(0, 16)}`;
@@ -184,8 +178,8 @@ async function startAndWait(container: string, superuser: string): Promise<void>
 
 /** pg_upgrade in a throw-away container of the new image: old data and old binaries mounted beside the new data. */
 async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, volume: string): Promise<void> {
-    const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
-    const dataMounts = old.mounts.filter((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
+    const pgdata = pgdataOf(old);
+    const dataMounts = mountsHoldingPgdata(old);
     if (dataMounts.length === 0) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`);
     const layout = dataLayout(input.major);
     const log = new TailWriter("upgrade: ");
@@ -243,7 +237,7 @@ class TailWriter extends Writable {
 
 /** The old data's owner must be the new image's postgres user, or pg_upgrade cannot read it (mode 0700). */
 async function requireSameOwner(old: ContainerInfo, image: string): Promise<void> {
-    const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
+    const pgdata = pgdataOf(old);
     const owner = (await run("docker", ["exec", old.name, "stat", "-c", "%u", pgdata])).stdout.trim();
     const uid = (await run("docker", ["run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u", "postgres"])).stdout.trim();
     if (owner !== uid) {
@@ -294,11 +288,11 @@ async function oldBinaries(old: ContainerInfo, newImage: string, major?: number)
 class OldRootHelper {
     constructor(readonly volume: string, readonly image: string) {}
 
-    run(argv: string[], user = "root", opts: { stdin?: string | NodeJS.ReadableStream; writable?: boolean } = {}) {
+    run(argv: string[], user = "root", opts: { stdin?: string | Readable; stdout?: Writable; writable?: boolean } = {}) {
         return run("docker", [
             "run", "--rm", "-i", "--network", "none", "--user", user,
             "-v", `${this.volume}:${OLD_ROOT}${opts.writable ? "" : ":ro"}`, "--entrypoint", argv[0], this.image, ...argv.slice(1),
-        ], { stdin: opts.stdin as any });
+        ], { stdin: opts.stdin, stdout: opts.stdout });
     }
 
     async read(file: string): Promise<string> {
@@ -316,10 +310,12 @@ async function unpackImage(imageId: string, holder: string, helper: OldRootHelpe
     await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
     await run("docker", ["create", "--name", holder, "--network", "none", imageId]);
     try {
-        const exporter = spawn("docker", ["export", holder], { stdio: ["ignore", "pipe", "inherit"] });
-        const exited = new Promise<number | null>((resolve) => exporter.on("close", resolve));
-        await helper.run(["tar", "-x", "-f", "-", "-C", OLD_ROOT], "root", { stdin: exporter.stdout, writable: true });
-        if ((await exited) !== 0) throw new StepError(`docker export of the old image ${imageId.slice(0, 19)} failed; see the lines above.`);
+        await runPiped(
+            (stdout) => run("docker", ["export", holder], { stdout }).catch((err: Error) => {
+                throw new StepError(`docker export of the old image ${imageId.slice(0, 19)} failed: ${err.message}`);
+            }),
+            (stdin) => helper.run(["tar", "-x", "-f", "-", "-C", OLD_ROOT], "root", { stdin, writable: true }),
+        );
     } finally {
         await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
     }
@@ -343,14 +339,12 @@ async function findBindir(helper: OldRootHelper, pathVar: string): Promise<strin
  * absolute, and followed outside the tree it would load the new image's C library with the old one's.
  */
 async function findLoader(helper: OldRootHelper, bindir: string): Promise<string> {
-    const head = await new Promise<Buffer>((resolve, reject) => {
-        const child = spawn("docker", ["run", "--rm", "--network", "none", "-v", `${helper.volume}:${OLD_ROOT}:ro`, "--entrypoint", "head", helper.image,
-            "-c", "8192", `${OLD_ROOT}${bindir}/postgres`], { stdio: ["ignore", "pipe", "ignore"] });
-        const chunks: Buffer[] = [];
-        child.stdout.on("data", (c: Buffer) => chunks.push(c));
-        child.on("close", (code) => (code === 0 ? resolve(Buffer.concat(chunks)) : reject(new Error(`head exited with ${code}`))));
+    // The first bytes of a binary: kept as bytes (the helper's usual stdout is decoded as text).
+    const chunks: Buffer[] = [];
+    await helper.run(["head", "-c", "8192", `${OLD_ROOT}${bindir}/postgres`], "root", {
+        stdout: new Writable({ write(chunk, _enc, done) { chunks.push(chunk); done(); } }),
     });
-    const interp = elfInterpreter(head);
+    const interp = elfInterpreter(Buffer.concat(chunks));
     if (!interp) throw new StepError(`The old image's postgres is not a dynamically linked ELF program this tool can run elsewhere; set postgres:method to directory.`);
     const { stdout } = await helper.run(["chroot", OLD_ROOT, "readlink", "-f", interp]);
     return stdout.trim();

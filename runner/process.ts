@@ -2,7 +2,7 @@
 // environment, output streamed with back-pressure, and a non-zero exit turned into an error that carries the last
 // lines of stderr.
 import { spawn } from "node:child_process";
-import { Readable, Writable } from "node:stream";
+import { Duplex, PassThrough, Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
 export interface RunOptions {
@@ -85,6 +85,21 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
     if (feed.status === "rejected") throw feed.reason;
     if (drain.status === "rejected") throw drain.reason;
     return { stdout: Buffer.concat(kept).toString("utf8"), stderr };
+}
+
+/**
+ * Two children joined by a pipe, both through run: `produce` writes into the pipe, `consume` reads it (through
+ * `via`, a transform, when given). Both must succeed; the producer's failure is reported first, since a consumer
+ * that loses its input fails because of it.
+ */
+export async function runPiped(
+    produce: (stdout: Writable) => Promise<unknown>,
+    consume: (stdin: Readable) => Promise<unknown>,
+    via: Duplex = new PassThrough(),
+): Promise<void> {
+    const [producer, consumer] = await Promise.allSettled([produce(via), consume(via)]);
+    if (producer.status === "rejected") throw producer.reason;
+    if (consumer.status === "rejected") throw consumer.reason;
 }
 
 /** `docker exec` / `docker run` plus its first words: enough to say which call failed, never an env value. */

@@ -2,15 +2,15 @@
 // before the maintenance window. A consistent dump of the live old cluster (pg_dump's snapshot; Synapse is not
 // stopped), a restore into a throw-away container and volume of the target major, the config check, verify, and
 // a report. The old cluster is only read. Without --keep everything the rehearsal created is removed.
-import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
+import { Readable } from "node:stream";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyConfig } from "./copy-config";
 import { databasesSize, dumpCluster, formatBytes, freeBytes } from "./dump";
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { HEALTHCHECK_INTERVAL_SECONDS } from "./layout";
-import { run } from "./process";
+import { ProcessError, run, runPiped } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
 import { StepError } from "./step-error";
@@ -93,11 +93,12 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     try {
         if (input.physical) {
             await physicalCopy(old, source, user, input.password);
+            const upgradeInput = {
+                container: source, staging: name, image, data: { kind: "volume" as const, name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
+            };
             try {
-                await preparePgUpgrade({ container: source, staging: name, image, data: { kind: "volume", name: volume }, major: input.to, password: input.password, loginUser: input.loginUser });
-                await timed(timings, "upgrade", () => runPgUpgrade({
-                    container: source, staging: name, image, data: { kind: "volume", name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
-                }));
+                await preparePgUpgrade(upgradeInput);
+                await timed(timings, "upgrade", () => runPgUpgrade(upgradeInput));
             } catch (err) {
                 if (!(err instanceof StepError)) throw err;
                 // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
@@ -187,23 +188,24 @@ function rehearsalReport(
  * cluster. The live cluster is only read, through a replication connection on its local socket.
  */
 async function physicalCopy(old: ContainerInfo, copy: string, user: string, password: string): Promise<void> {
-    const pgdata = old.env.PGDATA || "/var/lib/postgresql/data";
-    const mount = old.mounts.find((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
+    const pgdata = pgdataOf(old);
+    const [mount] = mountsHoldingPgdata(old);
     if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
     const volume = `${copy}-data`;
     await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
-    const inCopy = (argv: string[], opts: { stdin?: NodeJS.ReadableStream; user?: string } = {}) => run("docker", [
+    const inCopy = (argv: string[], opts: { stdin?: Readable; user?: string } = {}) => run("docker", [
         "run", "--rm", "-i", "--network", "none", "--user", opts.user ?? "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
-    ], { stdin: opts.stdin as any });
+    ], { stdin: opts.stdin });
     // A new volume's root belongs to root: PGDATA is made for the image's postgres user, the files unpacked as it.
     await inCopy(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", pgdata], { user: "root" });
-    const backup = spawn("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", "-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"],
-        { stdio: ["ignore", "pipe", "pipe"] });
-    let errors = "";
-    backup.stderr.on("data", (d) => (errors += d));
-    const exited = new Promise<number | null>((resolve) => backup.on("close", resolve));
-    await inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin: backup.stdout });
-    if ((await exited) !== 0) throw new StepError(`pg_basebackup of "${old.name}" for the rehearsal failed: ${errors.trim().split("\n").pop()}`);
+    await runPiped(
+        (stdout) => run("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", "-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"], { stdout })
+            .catch((err) => {
+                if (!(err instanceof ProcessError)) throw err;
+                throw new StepError(`pg_basebackup of "${old.name}" for the rehearsal failed: ${err.stderrTail.trim().split("\n").pop()}`);
+            }),
+        (stdin) => inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin }),
+    );
     await run("docker", [
         "run", "-d", "--name", copy, "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal",
         "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "-e", "POSTGRES_PASSWORD", "--stop-signal", "SIGINT",

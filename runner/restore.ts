@@ -9,7 +9,7 @@ import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
 import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, mountArgument } from "./layout";
-import { run, ProcessError } from "./process";
+import { run, runPiped, ProcessError } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
 import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
@@ -291,11 +291,11 @@ async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promi
             // its encoding, locale, owner and settings.
             const create = db === "postgres" ? [] : ["--create"];
             const schema = new DumpFilter(su);
-            const listing = run("docker", ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir], { stdout: schema });
-            const loading = run("docker", psqlArgs(input, su, "postgres"), { stdin: schema });
-            const [l, s] = await Promise.allSettled([listing, loading]);
-            if (l.status === "rejected") restoreFailed(input, `the schema of ${db}`, l.reason);
-            if (s.status === "rejected") restoreFailed(input, `the schema of ${db}`, s.reason);
+            await runPiped(
+                (stdout) => run("docker", ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir], { stdout }),
+                (stdin) => run("docker", psqlArgs(input, su, "postgres"), { stdin }),
+                schema,
+            ).catch((err) => restoreFailed(input, `the schema of ${db}`, err));
             add(schema.counts);
             for (const section of ["data", "post-data"]) {
                 try {

@@ -10,10 +10,10 @@ import { StepError } from "./step-error";
 export const MARKER_FILE = "synapse-pg-upgrade.json";
 
 /**
- * restoring/restored: a dump load; prepared/upgrading/restored: pg_upgrade (prepared is an empty new cluster made
- * before Synapse stops, upgrading a pg_upgrade that has not finished). Up to "verified" it is a staging copy.
+ * restoring/restored: a dump load; prepared/restored: pg_upgrade (prepared is an empty new cluster made before
+ * Synapse stops). Up to "verified" it is a staging copy.
  */
-export type MarkerState = "prepared" | "upgrading" | "restoring" | "restored" | "verified" | "cutover" | "serving";
+export type MarkerState = "prepared" | "restoring" | "restored" | "verified" | "cutover" | "serving";
 
 export interface Marker {
     tool: "synapse-postgres";
@@ -62,13 +62,13 @@ export async function readTargetState(data: DataLocation, major: number, image: 
  * a tenth of the time of a helper container, which counts when Synapse is down.
  */
 export async function readTargetStateThrough(container: string, major: number): Promise<TargetState> {
-    const text = await copyFileOut(container, markerPath(major));
-    return { isEmpty: false, marker: text === undefined ? undefined : JSON.parse(text.toString("utf8")), entries: [] };
+    return { isEmpty: false, marker: await readMarkerThrough(container, major), entries: [] };
 }
 
-export async function writeMarker(data: DataLocation, major: number, image: string, marker: Marker): Promise<void> {
-    const { mountTarget } = dataLayout(major);
-    await runWithData(image, [{ data, target: mountTarget }], ["tee", markerPath(major)], { stdin: JSON.stringify(marker, null, 2) + "\n" });
+/** The marker of a major's data, read through a container that mounts it, running or stopped (docker cp). */
+export async function readMarkerThrough(container: string, major: number): Promise<Marker | undefined> {
+    const text = await copyFileOut(container, markerPath(major));
+    return text === undefined ? undefined : JSON.parse(text.toString("utf8"));
 }
 
 export function advanceMarker(marker: Marker, state: MarkerState): Marker {
