@@ -98,7 +98,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (f.json) return out(JSON.stringify(r, null, 2));
             out(`rehearse: ${r.source.container} (PostgreSQL ${r.source.version}, ${formatBytes(r.source.databasesBytes)}) -> ${r.target.image} (PostgreSQL ${r.target.version})`);
             out(`rehearse: ${Object.entries(r.timings).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(", ")}`);
-            out(`rehearse: predicted downtime of the real upgrade: about ${Math.ceil(r.predictedDowntimeSeconds)} s (${r.method === "pg_upgrade" ? "pg_upgrade --copy" : `dump ${formatBytes(r.dumpBytes)}`})`);
+            out(`rehearse: predicted downtime of the real upgrade: about ${Math.ceil(r.predictedDowntimeSeconds)} s (${r.method === "pg_upgrade" ? (r.pgUpgradeVia === "link" ? "pg_upgrade --link on a standby" : "pg_upgrade --copy") : `dump ${formatBytes(r.dumpBytes)}`})`);
             if (r.liveWrites.length) out(`rehearse: ${r.liveWrites.length} table(s) grew during the rehearsal (Synapse kept writing), as expected`);
             for (const p of r.problems) out(`rehearse: problem: ${p}`);
             out(r.verified && r.problems.length === 0 ? "rehearse: no problems found." : `rehearse: ${r.problems.length} problem(s) to fix before the real upgrade.`);
@@ -125,11 +125,14 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             const r = await preparePgUpgrade(pgUpgradeInput(f));
             if (r.setAsideTo) out(`prepare: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
             out(`prepare: ${r.binaries.version} runs inside ${str(f, "image")} from ${r.binaries.volume}; ${r.reused ? "the new cluster was already prepared" : "new cluster initialised"} in "${str(f, "staging")}" (stopped).`);
+            out(r.standby
+                ? `prepare: the standby "${r.standby}" streams from "${str(f, "container")}"; the upgrade will link its files, not copy the old data while Synapse is down.`
+                : `prepare: no standby (${r.noStandby}); the upgrade will copy the old data while Synapse is down.`);
         },
     },
     upgrade: {
         stopsSynapse: "before",
-        summary: "pg_upgrade method: stop the old cluster, pg_upgrade --copy into the prepared new cluster, start both again.",
+        summary: "pg_upgrade method: pg_upgrade --link on the prepared standby (or, without one, --copy of the stopped old cluster) into the new cluster.",
         flags: {
             container: "the old cluster's container",
             staging: "the prepared staging container",
@@ -143,7 +146,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.rehashed) out(`upgrade: the role ${r.rehashed} had an md5 password hash; it was re-set as scram-sha-256 from the configured password.`);
             out(r.alreadyDone
                 ? `upgrade: "${str(f, "staging")}" already holds the upgraded cluster; nothing to do.`
-                : `upgrade: pg_upgrade --copy from "${str(f, "container")}" into "${str(f, "staging")}" in ${r.seconds.toFixed(1)} s; the old cluster is unchanged and running again.`);
+                : r.via === "link"
+                    ? `upgrade: pg_upgrade --link on the standby of "${str(f, "container")}" into "${str(f, "staging")}" in ${r.seconds.toFixed(1)} s; the old cluster was never stopped and is unchanged.`
+                    : `upgrade: pg_upgrade --copy from "${str(f, "container")}" into "${str(f, "staging")}" in ${r.seconds.toFixed(1)} s; the old cluster is unchanged and running again.`);
         },
     },
     preflight: {
@@ -337,6 +342,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.eventsLost !== undefined) out(`serve: reverted; ${r.eventsLost} event(s) written since the switch stay only in the newer cluster; cleared ${r.oneTimeKeysCleared ?? 0} one-time keys so clients upload fresh ones.`);
             const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
             out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
+            if (r.standbysRemoved.length) out(`serve: removed the standby ${r.standbysRemoved.join(", ")} that an upgrade which never switched left following "${str(f, "container")}".`);
             if (r.synapseStarted.length) out(`serve: started Synapse (${r.synapseStarted.join(", ")}).`);
         },
     },

@@ -3,6 +3,7 @@
 // container is stopped cleanly. The old data is never touched; its container stays, stopped, for a revert.
 import { inspectContainer, query, removeContainer, stopContainer, superuserOf } from "./docker";
 import { DataLocation } from "./layout";
+import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
 import { advanceMarker, hasServed, readMarkerIn, readTargetState, writeMarkerIn } from "./target";
 
@@ -44,6 +45,8 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         await Promise.all([
             stopContainer(input.new).then(() => removeContainer(input.new)),
             old?.running ? stopContainer(input.old) : Promise.resolve(),
+            // The upgrade removed the standby it used; one it could not use must not follow the stopped old server.
+            removeStandbysOf(input.old),
         ]);
         stopped.push(input.new);
         if (old?.running) stopped.push(input.old);

@@ -11,6 +11,8 @@ export interface ContainerInfo {
     image: string;
     imageId: string;
     running: boolean;
+    /** The command its entrypoint was given (the official image: `postgres` and its -c options). */
+    cmd: string[];
     env: Record<string, string>;
     labels: Record<string, string>;
     mounts: { type: string; name?: string; source: string; destination: string }[];
@@ -44,6 +46,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
         image: raw.Config.Image,
         imageId: raw.Image,
         running: raw.State.Running === true,
+        cmd: raw.Config.Cmd ?? [],
         env,
         labels: raw.Config.Labels ?? {},
         mounts: (raw.Mounts ?? []).map((m: any) => ({

@@ -7,18 +7,22 @@
 //                               inside the new image (probed here, so an image where that cannot work is found
 //                               before any downtime); the new cluster is initialised as the new image does it and
 //                               stopped: that is the staging copy.
-//   upgrade (Synapse stopped)   the old container is stopped cleanly, pg_upgrade --copy runs in a throw-away
-//                               container of the new image, and the old container is started again, unchanged,
-//                               for copy-config and verify, beside the new server on the new data.
+//                               Then a streaming standby of the old cluster, in the new location (standby.ts).
+//   upgrade (Synapse stopped)   with the standby: it catches up, is promoted and stopped, and pg_upgrade --link
+//                               turns it into the new cluster; the old server never stops. Without one: the old
+//                               container is stopped cleanly, pg_upgrade --copy runs in a throw-away container of
+//                               the new image, and the old container is started again, unchanged.
+//                               Either way the old server then runs for copy-config and verify beside the new one.
 //
-// --copy, never --link: the old cluster's files are read, not shared, so it stays a complete, startable cluster
-// whatever happens to the new one (pg_upgrade starts and cleanly stops the old server, as its container does).
+// --link only ever on the standby, which is ours to give away; on the old data always --copy: the old cluster's
+// files are read, not shared, so it stays a complete, startable cluster whatever happens to the new one.
 import { Readable, Writable } from "node:stream";
 import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, pinnedReference, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { StepError } from "./step-error";
+import { catchUpAndPromote, isStreaming, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerIn } from "./target";
 
 export interface PgUpgradeInput {
@@ -59,16 +63,24 @@ export interface PrepareResult {
     /** The staging copy was already prepared for this old cluster: nothing done. */
     reused: boolean;
     setAsideTo?: string;
+    /** The standby's container when one streams; else why there is none (the upgrade then copies the data). */
+    standby?: string;
+    noStandby?: string;
 }
 
 export interface UpgradeResult {
     alreadyDone: boolean;
+    /** link: pg_upgrade --link on the standby, the old server never stopped; copy: pg_upgrade --copy of the old data. */
+    via?: "link" | "copy";
     rehashed?: string;
     seconds: number;
 }
 
-/** Before Synapse stops: old binaries ready and proven to run, new cluster initialised and stopped. */
-export async function preparePgUpgrade(input: PgUpgradeInput): Promise<PrepareResult> {
+/**
+ * Before Synapse stops: old binaries ready and proven to run, new cluster initialised and stopped, and (unless
+ * `standby` is false) a standby of the old cluster streaming into the new location.
+ */
+export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: boolean } = { standby: true }): Promise<PrepareResult> {
     const old = await requireContainer(input.container, "old");
     if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
     const superuser = superuserOf(old);
@@ -76,12 +88,16 @@ export async function preparePgUpgrade(input: PgUpgradeInput): Promise<PrepareRe
     const binaries = await oldBinaries(old, input.image, version.major);
     await requireSameOwner(old, input.image);
 
+    const standbyName = standbyContainerName(input.staging);
     const existing = await ourStaging(input.staging);
     const target = await readTargetState(input.data, input.major, input.image);
     const m = target.marker;
     if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running) {
-        return { binaries, reused: true };
+        if (!opts.standby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, standby: opts.standby ? standbyName : undefined };
+        return { binaries, reused: true, ...(await prepareStandby(old, superuser, input)) };
     }
+    // The standby mounts the new location: it goes first, so nothing of ours holds the location being made again.
+    await removeStandby(standbyName);
     const setAsideTo = await makeRoomForStaging(input.data, input.major, input.image, target, existing);
 
     const [[encoding, collate, ctype, checksums]] = await query(input.container, superuser,
@@ -103,7 +119,22 @@ export async function preparePgUpgrade(input: PgUpgradeInput): Promise<PrepareRe
     };
     await writeMarkerIn(input.staging, superuser, marker);
     await stopContainer(input.staging);
-    return { binaries, reused: false, setAsideTo };
+    return { binaries, reused: false, setAsideTo, ...(opts.standby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
+}
+
+/** A standby of the old cluster in the new location, or why there is none; the upgrade works either way. */
+async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUpgradeInput): Promise<{ standby?: string; noStandby?: string }> {
+    const name = standbyContainerName(input.staging);
+    const blocker = await standbyBlocker(old.name, superuser);
+    if (blocker) return { noStandby: blocker };
+    try {
+        await startStandby(old, superuser, name, input.data, input.major);
+        return { standby: name };
+    } catch (err) {
+        if (!(err instanceof StepError)) throw err;
+        await removeStandby(name).catch(() => undefined);
+        return { noStandby: err.message };
+    }
 }
 
 /** Synapse stopped: the old cluster is stopped, pg_upgrade --copy runs, both servers start again. */
@@ -126,18 +157,29 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     // whose new cluster must be made again (as must one that prepare never made).
     const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId
         && !(await existsIn(input.staging, `${pgdata}/pg_upgrade_output.d`));
+    const standby = standbyContainerName(input.staging);
     if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
-        await preparePgUpgrade(input);
+        // Synapse is down: no new standby now (its copy would take as long as --copy does).
+        await removeStandby(standby);
+        await preparePgUpgrade(input, { standby: false });
         phases.lap("new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
+    if (clean && old.running && (await isStreaming(standby, superuser))) {
+        return linkStandby(input, old, superuser, prepared, standby, phases, started);
+    }
+    await removeStandby(standby);
+    if (await existsIn(input.staging, standbyDatadirFor(input.major))) {
+        // A standby that stopped streaming (or was promoted by an attempt that failed) is not used: its folder goes.
+        await runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["rm", "-rf", standbyDatadirFor(input.major)]);
+    }
 
     // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
     await stopContainer(input.container);
     phases.lap("old server stopped");
     try {
-        await pgUpgrade(input, old, superuser, binariesVolume(old));
+        await pgUpgrade(input, old, superuser, binariesVolume(old), "old");
         phases.lap("pg_upgrade --copy done");
     } catch (err) {
         // The old cluster goes back to what it was, running (the CLI starts Synapse on it again).
@@ -148,21 +190,49 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     await Promise.all([startAndWait(input.container, superuser), startAndWait(input.staging, superuser)]);
     phases.lap("both servers started");
     await Promise.all([
-        // pg_upgrade ran with --no-sync: the new files are made durable here, beside the work below.
+        // pg_upgrade ran with --no-sync: the new files are made durable here, beside the statistics.
         run("docker", ["exec", input.staging, "sync"]),
-        (async () => {
-            if (input.major < 18) {
-                // Statistics travel with pg_upgrade only from 18. Before the switch: the quick first stage of
-                // --analyze-in-stages, enough for sane plans; serve runs the full ANALYZE once Synapse is back.
-                await run("docker", ["exec", "-e", `PGOPTIONS=-c default_statistics_target=1 -c vacuum_cost_delay=0`, input.staging,
-                    "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
-            }
-        })(),
+        firstStatistics(input, superuser),
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
     await writeMarkerIn(input.staging, superuser, advanceMarker(prepared, "restored"));
-    return { alreadyDone: false, rehashed, seconds: (Date.now() - started) / 1000 };
+    return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000 };
+}
+
+/**
+ * The downtime with a standby: it replays the old server's last writes, is promoted and stopped, and pg_upgrade
+ * --link makes the new cluster of its files. The old server is never stopped (copy-config and verify read it).
+ */
+async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
+    try {
+        const lsn = await catchUpAndPromote(input.container, superuser, standby, superuser);
+        phases.lap(`standby replayed the old server's WAL up to ${lsn}, promoted and stopped`);
+        await pgUpgrade(input, old, superuser, binariesVolume(old), "standby");
+        phases.lap("pg_upgrade --link done");
+    } finally {
+        await removeStandby(standby).catch(() => undefined);
+    }
+    await startAndWait(input.staging, superuser);
+    phases.lap("new server started");
+    await Promise.all([
+        run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
+        firstStatistics(input, superuser),
+    ]);
+    phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
+    const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
+    await writeMarkerIn(input.staging, superuser, advanceMarker(prepared, "restored"));
+    return { alreadyDone: false, via: "link", rehashed, seconds: (Date.now() - started) / 1000 };
+}
+
+/**
+ * Statistics travel with pg_upgrade only from 18. Before the switch: the quick first stage of --analyze-in-stages,
+ * enough for sane plans; serve runs the full ANALYZE once Synapse is back.
+ */
+async function firstStatistics(input: PgUpgradeInput, superuser: string): Promise<void> {
+    if (input.major >= 18) return;
+    await run("docker", ["exec", "-e", `PGOPTIONS=-c default_statistics_target=1 -c vacuum_cost_delay=0`, input.staging,
+        "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
 }
 
 /** The volume prepare unpacked the old image into (one per image id). */
@@ -176,11 +246,14 @@ async function startAndWait(container: string, superuser: string): Promise<void>
     await waitUntilAccepting(container, superuser);
 }
 
-/** pg_upgrade in a throw-away container of the new image: old data and old binaries mounted beside the new data. */
-async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, volume: string): Promise<void> {
+/**
+ * pg_upgrade in a throw-away container of the new image, the old binaries mounted beside the new data, and either
+ * the old data (copied: --copy) or the promoted standby in the new location itself (given away: --link).
+ */
+async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, volume: string, from: "old" | "standby"): Promise<void> {
     const pgdata = pgdataOf(old);
-    const dataMounts = mountsHoldingPgdata(old);
-    if (dataMounts.length === 0) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`);
+    const dataMounts = from === "old" ? mountsHoldingPgdata(old) : [];
+    if (from === "old" && dataMounts.length === 0) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`);
     const layout = dataLayout(input.major);
     const log = new TailWriter("upgrade: ");
     const args = [
@@ -190,10 +263,11 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
         "-v", `${volume}:${OLD_ROOT}:ro`,
         "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
-        "--old-bindir", `${WRAPPERS}`, "--old-datadir", `${OLD_DATA}${pgdata}`, "--new-datadir", layout.pgdata,
-        "--username", superuser, "--socketdir", "/tmp",
-        // --copy-file-range (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
-        ...(input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",
+        "--old-bindir", `${WRAPPERS}`, "--old-datadir", from === "old" ? `${OLD_DATA}${pgdata}` : standbyDatadirFor(input.major),
+        "--new-datadir", layout.pgdata, "--username", superuser, "--socketdir", "/tmp",
+        // The standby's files (one mount, one file system) are linked, never the old data's. --copy-file-range
+        // (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
+        ...(from === "standby" ? ["--link"] : input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",
     ];
     try {
         await run("docker", args, { stdout: log });
@@ -204,7 +278,7 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
         const said = (first >= 0 ? lines.slice(first, first + 10) : lines.slice(-4)).join(" ").replace(/\s+/g, " ").slice(0, 700);
         const server = await serverLogTail(input, layout.pgdata, log.lines.join("\n"));
-        throw new StepError(`pg_upgrade stopped before the switch, the old cluster is unchanged and running again: ${said}${server ? ` (server log: ${server})` : ""}`);
+        throw new StepError(`pg_upgrade stopped before the switch, the old cluster is unchanged and running${from === "old" ? " again" : ""}: ${said}${server ? ` (server log: ${server})` : ""}`);
     }
 }
 

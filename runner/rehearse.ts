@@ -13,6 +13,7 @@ import { HEALTHCHECK_INTERVAL_SECONDS } from "./layout";
 import { ProcessError, run, runPiped } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
+import { removeStandby, standbyContainerName } from "./standby";
 import { StepError } from "./step-error";
 import { readMarkerIn, readTargetState } from "./target";
 import { verifyClusters } from "./verify";
@@ -34,6 +35,8 @@ export interface RehearseInput {
 
 export interface RehearsalReport {
     method: "pg_upgrade" | "dump";
+    /** Method pg_upgrade: link (on a standby made before the downtime) or copy, as the real run would do it. */
+    pgUpgradeVia?: "link" | "copy";
     source: { container: string; version: string; databasesBytes: number };
     target: { container: string; version: string; image: string; kept: boolean };
     verified: boolean;
@@ -88,6 +91,7 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     let targetVersion = "";
     let dumpBytes = 0;
     let kept = false;
+    let via: "link" | "copy" | undefined;
     // pg_upgrade needs a stopped old cluster: it is rehearsed on a physical copy, which then stands for the old one.
     const source = input.physical ? `${name}-source` : input.container;
     try {
@@ -98,7 +102,7 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
             };
             try {
                 await preparePgUpgrade(upgradeInput);
-                await timed(timings, "upgrade", () => runPgUpgrade(upgradeInput));
+                via = (await timed(timings, "upgrade", () => runPgUpgrade(upgradeInput))).via;
             } catch (err) {
                 if (!(err instanceof StepError)) throw err;
                 // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
@@ -158,10 +162,14 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
         kept = input.keep;
     } finally {
         if (!kept) await removeRehearsal(name, volume);
-        if (input.physical) await removeRehearsal(source, `${source}-data`);
+        if (input.physical) {
+            await removeStandby(standbyContainerName(name)).catch(() => undefined);
+            await removeRehearsal(source, `${source}-data`);
+        }
         await fs.rm(work, { recursive: true, force: true });
     }
-    return rehearsalReport(input, version.text, databasesBytes, { container: name, version: targetVersion, image, kept }, verified, timings, dumpBytes, problems, liveWrites);
+    const report = rehearsalReport(input, version.text, databasesBytes, { container: name, version: targetVersion, image, kept }, verified, timings, dumpBytes, problems, liveWrites);
+    return via ? { ...report, pgUpgradeVia: via } : report;
 }
 
 function rehearsalReport(

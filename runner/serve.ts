@@ -3,6 +3,7 @@
 // that answers to the alias is stopped cleanly first, so Synapse never sees two servers under one name.
 import { inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
+import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
 import { startSynapse, stopSynapse } from "./synapse";
 import { advanceMarker, Marker, readMarkerIn, writeMarkerIn } from "./target";
@@ -27,6 +28,8 @@ export interface ServeResult {
     /** One-time keys removed from this cluster after a revert (Synapse's advice after going back to older data). */
     oneTimeKeysCleared?: number;
     eventsLost?: number;
+    /** Standbys an upgrade that never switched left following this cluster (method pg_upgrade), now removed. */
+    standbysRemoved: string[];
 }
 
 export async function serveCluster(input: ServeInput): Promise<ServeResult> {
@@ -89,8 +92,9 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
             "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone", db).catch(() => [["0"]]);
         oneTimeKeysCleared = Number(rows[0][0]);
     }
+    const standbysRemoved = await removeStandbysOf(input.container);
     const synapseStarted = await startSynapse(input.synapse ?? []);
-    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.lost };
+    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.lost, standbysRemoved };
 }
 
 /**

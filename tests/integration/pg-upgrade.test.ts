@@ -1,7 +1,9 @@
-// method pg_upgrade on real containers: the old image's own binaries run inside the new image, pg_upgrade --copy,
-// each step run twice; a refusal by pg_upgrade's own checks, with the old cluster running again and unchanged;
-// a revert to the untouched old data; 17 -> 18, where initdb's new default (data checksums on) must not meet an
-// old cluster without them. The data is compared with the tests' own snapshot, row for row.
+// method pg_upgrade on real containers: the old image's own binaries run inside the new image; pg_upgrade --link on
+// a standby made before the downtime (the old server never stops), or --copy of the old data where there is no
+// usable standby; each step run twice; a refusal by pg_upgrade's own checks, with the old cluster running and
+// unchanged; reverts to the untouched old data after both ways; 17 -> 18, where initdb's new default (data
+// checksums on) must not meet an old cluster without them. The data is compared with the tests' own snapshot,
+// row for row.
 import { strict as assert } from "node:assert";
 import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
@@ -20,10 +22,14 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
     const login = { port: PORT, user: "synapse", password: PASSWORD };
     const reruns: string[] = [];
     // Every step command runs a second time right after it succeeded, as a person re-running it by hand would.
+    // Runs after a named step (and its re-run) succeeded: a fault injected between two steps.
+    const between: Record<string, () => Promise<void>> = {};
     const applier = new Applier(async (r: DeclaredResource, env) => {
         const again = await runShell(r.inputs.create, env);
         reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
+        await between[r.name]?.();
     });
+    const stdoutOf = (since: number, name: string) => applier.commandRuns.slice(since).find((c) => c.name === name)!.stdout;
     const up = async (config: Record<string, string>) => {
         reruns.length = 0;
         await applier.up(await declare({ ...base, method: "pg_upgrade", ...config }, PASSWORD));
@@ -56,12 +62,15 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         const withTrap = await snapshotCluster(login);
         const mark = applier.commandRuns.length;
         await assert.rejects(up({ version: "17", upgradeFrom: "15" }), (err: Error) => {
-            assert.match(err.message, /synapse-pg upgrade: pg_upgrade stopped before the switch, the old cluster is unchanged and running again: .*reg\* data types in user tables/);
+            // On the standby: the old server was never stopped.
+            assert.match(err.message, /synapse-pg upgrade: pg_upgrade stopped before the switch, the old cluster is unchanged and running: .*reg\* data types in user tables/);
             return true;
         });
         assert.deepEqual(commandsRun(mark), ["upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight"], "prepare and preflight ran; upgrade failed");
         assert.match(applier.commandRuns[mark].stdout, /prepare: postgres \(PostgreSQL\) 15\.\S+ .*runs inside synapse-pg-test\/postgres:17 from synapse-pg-binaries-\w+; new cluster initialised in "sptest-pgu-pg17-staging" \(stopped\)\./);
-        assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster is running again");
+        assert.match(applier.commandRuns[mark].stdout, /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down\./);
+        assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster is running");
+        assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent", "the promoted standby is gone");
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withTrap), "and holds exactly what it held");
         await sql("DROP TABLE public.synapse_pg_regproc_trap");
     });
@@ -74,6 +83,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         ], "the failed step and those after it run; prepare and preflight had succeeded");
         const upgrade = applier.commandRuns[mark];
         assert.match(upgrade.stderr, /upgrade: new cluster prepared again/, "pg_upgrade's leftovers were not trusted");
+        // The re-run makes no standby while Synapse is down: it copies.
         assert.match(upgrade.stdout, /upgrade: pg_upgrade --copy from "sptest-pgu-pg15" into "sptest-pgu-pg17-staging" in [\d.]+ s; the old cluster is unchanged and running again\./);
         assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
         const after = await snapshotCluster(login);
@@ -96,23 +106,65 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.equal(await containerState(`${PREFIX}pg17`), "absent");
     });
 
-    it("upgrades 15 -> 17 -> 18 with pg_upgrade: 18's initdb default (data checksums) is matched to the old cluster", async () => {
+    it("upgrades 15 -> 17 with pg_upgrade --link on a standby, the old server never stopped; a revert finds the old data as it was", async () => {
+        const mark = applier.commandRuns.length;
         await up({ version: "17", upgradeFrom: "15", attempt: "2" });
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-upgrade"),
+            /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg15" into "sptest-pgu-pg17-staging" in [\d.]+ s; the old cluster was never stopped and is unchanged\./);
+        assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        // Up to 17 the standby lived inside the new PGDATA (one mount, so hard links work): it is gone.
+        assert.equal((await runShell(`docker exec ${PREFIX}pg17 ls -a /var/lib/postgresql/data`, {})).stdout.includes("synapse-pg-standby"), false);
+        assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent");
+        // Linked files belong to the new cluster only: the old cluster's own files were never shared.
+        await up({ version: "15" });
+        const reverted = await snapshotCluster(login);
+        assert.match(reverted.version, /^15\./);
+        assert.deepEqual(logicalContent(reverted), logicalContent(original));
+    });
+
+    it("upgrades 15 -> 17 -> 18 with pg_upgrade: 18's initdb default (data checksums) is matched to the old cluster", async () => {
+        await up({ version: "17", upgradeFrom: "15", attempt: "3" });
         await up({ version: "17" });
         const mark = applier.commandRuns.length;
-        await up({ version: "18", upgradeFrom: "17", attempt: "3" });
+        await up({ version: "18", upgradeFrom: "17", attempt: "4" });
         assert.deepEqual(commandsRun(mark), [
             "upgrade-17-to-18-prepare", "upgrade-17-to-18-preflight", "upgrade-17-to-18-upgrade",
             "upgrade-17-to-18-copy-config", "upgrade-17-to-18-verify", "upgrade-17-to-18-cutover", "pg18-serve",
         ]);
+        assert.match(stdoutOf(mark, "upgrade-17-to-18-upgrade"), /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg17"/);
         const after = await snapshotCluster(login);
         assert.match(after.version, /^18\./);
         assert.deepEqual(logicalContent(after), logicalContent(original));
+        // From 18 the standby lived beside PGDATA, in the volume at /var/lib/postgresql: gone too.
+        assert.deepEqual((await runShell(`docker exec ${PREFIX}pg18 ls /var/lib/postgresql`, {})).stdout.trim().split("\n"), ["18"]);
         assert.deepEqual(await sql("SELECT current_setting('data_checksums') AS c, current_setting('data_directory') AS d"),
             [{ c: "off", d: "/var/lib/postgresql/18/docker" }]);
         // From 18 pg_upgrade carries the statistics itself.
         const stats = await sql("SELECT count(*)::int AS n FROM pg_stats WHERE schemaname = 'public'");
         assert.ok(stats[0].n > 0, "statistics came across");
+    });
+
+    it("a standby that stopped before the downtime is not used: the upgrade copies the old data instead, and completes", async () => {
+        await up({ version: "17" }); // revert to 17, which pg_upgrade --link never wrote to
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
+        between["upgrade-17-to-18-prepare"] = async () => {
+            await runShell(`docker rm -f ${PREFIX}pg18-staging-standby`, {});
+        };
+        try {
+            const mark = applier.commandRuns.length;
+            await up({ version: "18", upgradeFrom: "17", attempt: "5" });
+            assert.match(stdoutOf(mark, "upgrade-17-to-18-upgrade"),
+                /upgrade: pg_upgrade --copy from "sptest-pgu-pg17" into "sptest-pgu-pg18-staging" in [\d.]+ s; the old cluster is unchanged and running again\./);
+        } finally {
+            delete between["upgrade-17-to-18-prepare"];
+        }
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^18\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        assert.deepEqual((await runShell(`docker exec ${PREFIX}pg18 ls /var/lib/postgresql`, {})).stdout.trim().split("\n"), ["18"], "the unused standby's folder went");
     });
 });
 

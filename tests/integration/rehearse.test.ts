@@ -127,7 +127,8 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         assert.deepEqual(report.liveWrites, [], "the copy is compared with itself before and after pg_upgrade: no live writes");
         assert.match(report.target.version, /^17\./);
         assert.ok(report.timings.upgrade > 0 && report.timings.dump === undefined, JSON.stringify(report.timings));
-        for (const gone of [`${PREFIX}pg15-rehearsal-17`, `${PREFIX}pg15-rehearsal-17-source`]) assert.equal(await containerState(gone), "absent", gone);
+        assert.equal(report.pgUpgradeVia, "link", "rehearsed as the real run does it: --link on a standby made before the downtime");
+        for (const gone of [`${PREFIX}pg15-rehearsal-17`, `${PREFIX}pg15-rehearsal-17-source`, `${PREFIX}pg15-rehearsal-17-standby`]) assert.equal(await containerState(gone), "absent", gone);
         assert.equal(await volumeExists(`${PREFIX}pg15-rehearsal-17-source-data`), false);
         assert.equal(writer.counts.failed, 0, writer.counts.errors.join("; "));
         assert.equal(await count(), before + writer.counts.ok, "every write the client made is in the old cluster");

@@ -1,0 +1,180 @@
+// The standby copy of method pg_upgrade: the data copy taken out of the downtime, the old data still untouched.
+//
+// pg_upgrade --copy makes the copy of the data files part of the downtime (about a fifth of the guide's time at
+// 1 GB). pg_upgrade --link makes no copy, but gives the files it links to the new cluster, so it must never run on
+// the old data. So prepare, while Synapse still serves, makes a physical copy of the live old cluster that is ours
+// to give away: a streaming standby (pg_basebackup -X stream -R, then the old image's own postgres replaying WAL)
+// kept in a folder inside the new cluster's own volume or folder (hard links need one file system and one mount).
+// At the downtime, once Synapse is stopped, the standby has replayed everything the old cluster wrote; it is
+// promoted, shut down cleanly, and pg_upgrade --link turns it into the new cluster.
+//
+// The old cluster is only read: through a replication connection from inside its own network namespace (the
+// official image trusts replication from 127.0.0.1), with no replication slot created in it. It keeps running
+// through the whole upgrade. Where a standby cannot be made (wal_level minimal, no WAL senders, a replication
+// connection refused, unlogged tables whose rows a standby never receives), the upgrade copies the data during
+// the downtime instead (pg_upgrade --copy), as before.
+import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, removeContainer, sleep, stopContainer } from "./docker";
+import { DataLocation, dataLayout, formatDataLocation } from "./layout";
+import { ProcessError, run } from "./process";
+import { StepError } from "./step-error";
+
+/** The standby's folder, relative to the new cluster's mount (its volume root or host folder). */
+export const STANDBY_FOLDER = "synapse-pg-standby";
+/** Where the standby container mounts the new cluster's volume or folder. */
+const STANDBY_MOUNT = "/synapse-pg-new";
+/** The standby's socket folder: it listens on no TCP address (it shares the old container's network namespace). */
+const STANDBY_SOCKET = "/tmp";
+export const STANDBY_ROLE_LABEL = "synapse-postgres.role=standby";
+/** Names the old container a standby follows, so whatever serves it next can find a standby left behind. */
+const STANDBY_OF = "synapse-postgres.standby-of";
+
+export function standbyContainerName(staging: string): string {
+    return `${staging}-standby`;
+}
+
+/** The standby's data folder as the pg_upgrade container (new image, new layout) sees it. */
+export function standbyDatadirFor(major: number): string {
+    return `${dataLayout(major).mountTarget}/${STANDBY_FOLDER}`;
+}
+
+/** Why this old cluster cannot be followed by a standby, in words for the step's output; undefined when it can. */
+export async function standbyBlocker(container: string, superuser: string): Promise<string | undefined> {
+    const [[walLevel, senders]] = await query(container, superuser, "SELECT current_setting('wal_level'), current_setting('max_wal_senders')");
+    if (walLevel === "minimal") return "the old cluster runs with wal_level = minimal, which streams no WAL";
+    if (Number(senders) === 0) return "the old cluster has max_wal_senders = 0";
+    // Unlogged tables are never in the WAL: a standby has them empty, a copy of the files would not.
+    const databases = (await query(container, superuser, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")).map(([d]) => d);
+    for (const db of databases) {
+        const [[n]] = await query(container, superuser, "SELECT count(*) FROM pg_class WHERE relpersistence = 'u' AND relkind IN ('r', 'p', 'm')", db);
+        if (Number(n) > 0) return `the database ${db} has ${n} unlogged table(s), whose rows a standby never receives`;
+    }
+    return undefined;
+}
+
+/**
+ * pg_basebackup of the live old cluster into the standby folder, then the old image's postgres on it as a hot
+ * standby streaming from the old server. Returns once it streams. Throws a StepError saying why when it cannot.
+ */
+export async function startStandby(old: ContainerInfo, superuser: string, name: string, data: DataLocation, newMajor: number): Promise<void> {
+    await removeStandby(name);
+    const [[port]] = await query(old.name, superuser, "SELECT current_setting('port')");
+    const folder = `${STANDBY_MOUNT}/${STANDBY_FOLDER}`;
+    const mount = `${formatDataLocation(data)}:${STANDBY_MOUNT}`;
+    // The mount's root belongs to root for a new volume (18+: the parent of PGDATA): the folder is made for the
+    // postgres user, empty, every time (a standby is made again, never resumed).
+    await run("docker", ["run", "--rm", "--network", "none", "-v", mount, "--entrypoint", "sh", old.imageId, "-c",
+        `rm -rf '${folder}' && install -d -m 0700 -o postgres -g postgres '${folder}'`]);
+    try {
+        // From inside the old container's network namespace: 127.0.0.1 is the old server, whose replication rule
+        // for 127.0.0.1 is trust in the official image. -X stream (with pg_basebackup's temporary slot) keeps the
+        // WAL it needs; no slot is created in the old cluster. --no-sync: the files are made durable, or thrown
+        // away, by the upgrade.
+        await run("docker", [
+            "run", "--rm", "--network", `container:${old.name}`, "--user", "postgres", "-v", mount,
+            "--label", `${MANAGED_LABEL}=true`, "--label", STANDBY_ROLE_LABEL,
+            "--entrypoint", "pg_basebackup", old.imageId,
+            "-h", "127.0.0.1", "-p", port, "-U", superuser, "-D", folder, "-X", "stream", "-R", "--checkpoint", "fast", "--no-sync",
+            "--label", "synapse-postgres standby",
+        ]);
+    } catch (err) {
+        if (!(err instanceof ProcessError)) throw err;
+        throw new StepError(`pg_basebackup from "${old.name}" failed: ${err.stderrTail.trim().split("\n").pop()}`);
+    }
+    await run("docker", [
+        "run", "-d", "--name", name, "--network", `container:${old.name}`, "--user", "postgres", "-v", mount,
+        "--label", `${MANAGED_LABEL}=true`, "--label", STANDBY_ROLE_LABEL, "--label", `${STANDBY_OF}=${old.name}`, "--stop-signal", "SIGINT",
+        "--entrypoint", "postgres", old.imageId, "-D", folder,
+        // The old container's own -c options first (a hot standby needs max_connections and the like at least as
+        // high as its primary's), then ours: no TCP listener beside the old server, and small shared memory.
+        ...serverOptions(old), "-c", "listen_addresses=", "-c", `unix_socket_directories=${STANDBY_SOCKET}`,
+        "-c", "shared_buffers=128MB", "-c", "hot_standby=on", "-c", "max_wal_size=1GB",
+    ]);
+    await waitStreaming(name, superuser, 60);
+}
+
+/** The `-c name=value` options the old container's server was started with (postgres:settings, compose's command). */
+function serverOptions(old: ContainerInfo): string[] {
+    const cmd = old.cmd;
+    if (cmd[0] !== "postgres") return [];
+    const options: string[] = [];
+    for (let i = 1; i < cmd.length; i++) {
+        if (cmd[i] === "-c" && cmd[i + 1] !== undefined) options.push("-c", cmd[++i]);
+        else if (cmd[i].startsWith("--") && cmd[i].includes("=")) options.push("-c", cmd[i].slice(2).replace(/-/g, "_"));
+    }
+    return options;
+}
+
+/** psql in the standby container over its socket. */
+function standbyQuery(name: string, superuser: string, sql: string): Promise<string[][]> {
+    return run("docker", ["exec", name, "psql", "-X", "-A", "-t", "-F", "\x1f", "-h", STANDBY_SOCKET, "-U", superuser, "-d", "postgres", "-c", sql])
+        .then(({ stdout }) => stdout.split("\n").filter(Boolean).map((l) => l.split("\x1f")));
+}
+
+async function waitStreaming(name: string, superuser: string, timeoutSeconds: number): Promise<void> {
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    let last = "";
+    while (Date.now() < deadline) {
+        const info = await inspectContainer(name);
+        if (!info?.running) throw new StepError(`the standby "${name}" stopped while starting: ${await logTail(name)}`);
+        const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch((err: Error) => [[err.message]]);
+        if (rows[0]?.[0] === "streaming") return;
+        last = rows[0]?.[0] ?? "no WAL receiver";
+        await sleep(250);
+    }
+    throw new StepError(`the standby "${name}" did not stream from the old server within ${timeoutSeconds} s (${last})`);
+}
+
+async function logTail(name: string): Promise<string> {
+    const { stdout, stderr } = await run("docker", ["logs", "--tail", "4", name]).catch(() => ({ stdout: "", stderr: "" }));
+    return (stdout + stderr).trim().split("\n").join(" | ");
+}
+
+/** Whether the standby is there, running and streaming: a standby that is not is never used. */
+export async function isStreaming(name: string, superuser: string): Promise<boolean> {
+    const info = await inspectContainer(name);
+    if (!info?.running || info.labels["synapse-postgres.role"] !== "standby") return false;
+    const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch(() => []);
+    return rows[0]?.[0] === "streaming";
+}
+
+/**
+ * Synapse is stopped and no client is connected to the old server (preflight): everything it will ever have
+ * written is below its current WAL insert position. The standby replays up to there, is promoted (pg_upgrade wants
+ * a primary's clean shutdown, not a standby's) and stopped with a fast shutdown. Returns the position.
+ */
+export async function catchUpAndPromote(old: string, oldSuperuser: string, name: string, superuser: string, timeoutSeconds = 120): Promise<string> {
+    const [[lsn]] = await query(old, oldSuperuser, "SELECT pg_current_wal_insert_lsn()");
+    const deadline = Date.now() + timeoutSeconds * 1000;
+    for (;;) {
+        const [[replayed, receiving]] = await standbyQuery(name, superuser,
+            `SELECT pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn, (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming')`);
+        if (replayed === "t") break;
+        if (receiving === "0") throw new StepError(`the standby "${name}" stopped streaming before it reached the old server's last write (${lsn})`);
+        if (Date.now() > deadline) throw new StepError(`the standby "${name}" did not replay up to the old server's last write (${lsn}) within ${timeoutSeconds} s`);
+        await sleep(100);
+    }
+    await standbyQuery(name, superuser, "SELECT pg_promote(true, 60)");
+    await stopContainer(name);
+    return lsn;
+}
+
+/**
+ * Standbys of this container left by an upgrade that did not reach its switch (a revert, or an upgrade given up):
+ * removed, so nothing keeps a replication connection to a cluster that serves again. Returns their names.
+ */
+export async function removeStandbysOf(container: string): Promise<string[]> {
+    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${STANDBY_OF}=${container}`, "--format", "{{.Names}}"]);
+    const names = stdout.split("\n").filter(Boolean);
+    for (const name of names) await removeStandby(name);
+    return names;
+}
+
+/** Removes the standby container (never its folder: that goes with the new cluster's location, see the callers). */
+export async function removeStandby(name: string): Promise<void> {
+    const info = await inspectContainer(name);
+    if (!info) return;
+    if (info.labels["synapse-postgres.role"] !== "standby") {
+        throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
+    }
+    await removeContainer(name);
+}
