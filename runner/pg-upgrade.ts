@@ -21,6 +21,8 @@ import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHolding
 import { DataLocation, dataLayout } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
+import { databasesSize } from "./dump";
+import { checkSpace } from "./preflight";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerIn } from "./target";
@@ -128,6 +130,9 @@ async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUp
     const blocker = await standbyBlocker(old.name, superuser);
     if (blocker) return { noStandby: blocker };
     try {
+        // The copy is written while Synapse serves, maybe on the disk the old server writes its WAL to: a full
+        // disk there would stop the live server. Not enough room: no standby (preflight then says what to free).
+        await checkSpace({ targetData: input.data }, await databasesSize(old.name, superuser));
         await startStandby(old, superuser, name, input.data, input.major);
         return { standby: name };
     } catch (err) {
@@ -143,11 +148,18 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     // the ones prepare proved, and the two servers start side by side.
     const started = Date.now();
     const phases = new PhaseClock("upgrade");
-    const old = await requireContainer(input.container, "old");
+    const [old, staging] = await Promise.all([requireContainer(input.container, "old"), inspectContainer(input.staging)]);
     const superuser = superuserOf(old);
     const pgdata = dataLayout(input.major).pgdata;
-    const staging = await inspectContainer(input.staging);
-    const marker = staging && (await readMarkerThrough(input.staging, input.major));
+    const standby = standbyContainerName(input.staging);
+    // Read side by side: the marker, pg_upgrade's leftovers and the standby.
+    const [marker, leftover, streaming] = staging
+        ? await Promise.all([
+            readMarkerThrough(input.staging, input.major),
+            existsIn(input.staging, `${pgdata}/pg_upgrade_output.d`),
+            old.running ? isStreaming(standby, superuser) : Promise.resolve(false),
+        ])
+        : [undefined, false, false];
     if (staging && (marker?.state === "restored" || marker?.state === "verified")) {
         if (!staging.running) await startContainer(input.staging);
         await waitUntilAccepting(input.staging, superuser);
@@ -155,9 +167,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     }
     // pg_upgrade removes its output folder when it succeeds: one left behind is an attempt that stopped half-way,
     // whose new cluster must be made again (as must one that prepare never made).
-    const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId
-        && !(await existsIn(input.staging, `${pgdata}/pg_upgrade_output.d`));
-    const standby = standbyContainerName(input.staging);
+    const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId && !leftover;
     if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
         // Synapse is down: no new standby now (its copy would take as long as --copy does).
@@ -166,7 +176,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         phases.lap("new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
-    if (clean && old.running && (await isStreaming(standby, superuser))) {
+    if (clean && streaming) {
         return linkStandby(input, old, superuser, prepared, standby, phases, started);
     }
     await removeStandby(standby);
@@ -206,8 +216,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  */
 async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
     try {
-        const lsn = await catchUpAndPromote(input.container, superuser, standby, superuser);
-        phases.lap(`standby replayed the old server's WAL up to ${lsn}, promoted and stopped`);
+        await catchUpAndPromote(input.container, superuser, standby, superuser, (what) => phases.lap(what));
         await pgUpgrade(input, old, superuser, binariesVolume(old), "standby");
         phases.lap("pg_upgrade --link done");
     } finally {
@@ -265,6 +274,8 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
         "--old-bindir", `${WRAPPERS}`, "--old-datadir", from === "old" ? `${OLD_DATA}${pgdata}` : standbyDatadirFor(input.major),
         "--new-datadir", layout.pgdata, "--username", superuser, "--socketdir", "/tmp",
+        // Each database's schema is dumped and restored by its own process: two cores, two at a time.
+        "--jobs", "2",
         // The standby's files (one mount, one file system) are linked, never the old data's. --copy-file-range
         // (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
         ...(from === "standby" ? ["--link"] : input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",

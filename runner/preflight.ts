@@ -39,9 +39,10 @@ const NEW_CLUSTER_MARGIN = 1.2;
 
 /**
  * Free space for the dump (backupDir) and for the new cluster (Docker's data root for a volume, the host folder's
- * file system otherwise), each against the databases' size; summed when both are on one file system.
+ * file system otherwise), each against the databases' size; summed when both are on one file system. Also asked
+ * by pg_upgrade's prepare before its standby copy, which is written while Synapse still serves.
  */
-async function checkSpace(input: PreflightInput, databasesBytes: number): Promise<void> {
+export async function checkSpace(input: Pick<PreflightInput, "targetData" | "backupDir">, databasesBytes: number): Promise<void> {
     const newDir = input.targetData.kind === "volume"
         ? (await run("docker", ["info", "--format", "{{.DockerRootDir}}"])).stdout.trim()
         : await nearestExisting(input.targetData.path);

@@ -142,8 +142,10 @@ export async function isStreaming(name: string, superuser: string): Promise<bool
  * written is below its current WAL insert position. The standby replays up to there, is promoted (pg_upgrade wants
  * a primary's clean shutdown, not a standby's) and stopped with a fast shutdown. Returns the position.
  */
-export async function catchUpAndPromote(old: string, oldSuperuser: string, name: string, superuser: string, timeoutSeconds = 120): Promise<string> {
-    const [[lsn]] = await query(old, oldSuperuser, "SELECT pg_current_wal_insert_lsn()");
+export async function catchUpAndPromote(old: string, oldSuperuser: string, name: string, superuser: string, lap: (what: string) => void, timeoutSeconds = 120): Promise<string> {
+    const [[insert, segmentBytes, blockBytes]] = await query(old, oldSuperuser,
+        "SELECT pg_current_wal_insert_lsn(), (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), current_setting('wal_block_size')");
+    const lsn = formatLsn(lastRecordEnd(parseLsn(insert), BigInt(segmentBytes), BigInt(blockBytes)));
     const deadline = Date.now() + timeoutSeconds * 1000;
     for (;;) {
         const [[replayed, receiving]] = await standbyQuery(name, superuser,
@@ -153,8 +155,11 @@ export async function catchUpAndPromote(old: string, oldSuperuser: string, name:
         if (Date.now() > deadline) throw new StepError(`the standby "${name}" did not replay up to the old server's last write (${lsn}) within ${timeoutSeconds} s`);
         await sleep(100);
     }
+    lap(`standby replayed the old server's WAL up to ${lsn}`);
     await standbyQuery(name, superuser, "SELECT pg_promote(true, 60)");
+    lap("standby promoted");
     await stopContainer(name);
+    lap("standby stopped");
     return lsn;
 }
 
@@ -167,6 +172,29 @@ export async function removeStandbysOf(container: string): Promise<string[]> {
     const names = stdout.split("\n").filter(Boolean);
     for (const name of names) await removeStandby(name);
     return names;
+}
+
+/** A WAL position as PostgreSQL prints it ("0/56000028") and back. */
+export function parseLsn(text: string): bigint {
+    const m = /^([0-9A-F]+)\/([0-9A-F]+)$/i.exec(text.trim());
+    if (!m) throw new Error(`not a WAL position: "${text}"`);
+    return (BigInt(`0x${m[1]}`) << 32n) + BigInt(`0x${m[2]}`);
+}
+
+export function formatLsn(lsn: bigint): string {
+    return `${(lsn >> 32n).toString(16).toUpperCase()}/${(lsn & 0xffffffffn).toString(16).toUpperCase()}`;
+}
+
+/**
+ * Where the last record written ends, from the insert position. On a page nothing has been written to yet, the
+ * insert position lies past the page's header (24 bytes; 40 on a segment's first page), while a standby's replay
+ * position stops at the boundary: waiting for the insert position itself would wait for the old server's next
+ * record, which an idle server writes only every 15 s or so (running-transactions snapshots).
+ */
+export function lastRecordEnd(insert: bigint, segmentBytes: bigint, blockBytes: bigint): bigint {
+    if (insert % segmentBytes === 40n) return insert - 40n;
+    if (insert % blockBytes === 24n) return insert - 24n;
+    return insert;
 }
 
 /** Removes the standby container (never its folder: that goes with the new cluster's location, see the callers). */

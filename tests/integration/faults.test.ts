@@ -197,6 +197,9 @@ describe("faults: the old data always survives, and a re-run completes", functio
     it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; left out by consent, it completes", async () => {
         // Valid in 15, removed in 16: the guide's "watch the logs" case.
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10", "-c", "SELECT pg_reload_conf()"]);
+        // Access rules a user added by hand: not copied (the new image's rules stand), but each one is named.
+        await run("docker", ["exec", "-u", "postgres", OLD, "sh", "-c",
+            'echo "hostssl synapse synapse 192.0.2.0/24 scram-sha-256" >> "$PGDATA/pg_hba.conf" && echo "matrix   ops   synapse" >> "$PGDATA/pg_ident.conf"']);
         await rejects(up(upgrade()),
             /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*or leave them out of the new cluster only with `pulumi config set postgres:dropSettings vacuum_defer_cleanup_age`, and run pulumi up again\./);
         assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
@@ -206,6 +209,8 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await expectUpgradeCompletes(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
         const copy = applier.commandRuns.slice(mark).find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
         assert.match(copy, /copy-config: left out of the new cluster, as postgres:dropSettings allows: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*\); the old cluster keeps it\./);
+        assert.ok(copy.includes(`copy-config: note: the old cluster has the access rule "pg_hba.conf: hostssl synapse synapse 192.0.2.0/24 scram-sha-256", which the new one does not;`), copy);
+        assert.ok(copy.includes(`copy-config: note: the old cluster has the access rule "pg_ident.conf: matrix ops synapse", which the new one does not;`), copy);
         // The old container is stopped after the switch: its file is read with docker cp.
         const oldAuto = (await copyFileOut(OLD, "/var/lib/postgresql/data/postgresql.auto.conf"))!.toString("utf8");
         assert.match(oldAuto, /^vacuum_defer_cleanup_age = '10'$/m, "the old cluster's file is untouched");
