@@ -62,6 +62,9 @@ async function waitReady(name: string): Promise<void> {
     throw new Error(`${name} did not start`);
 }
 
+/** Each step's stdout, by step name: what it says it did (method pg_upgrade: linked on a standby, or copied). */
+const said: Record<string, string> = {};
+
 /** Runs one step through the CLI, exactly as a command resource does, and returns its peak RSS in MB. */
 function step(args: string[]): Promise<number> {
     return new Promise((resolve, reject) => {
@@ -70,7 +73,10 @@ function step(args: string[]): Promise<number> {
             env: { ...process.env, SYNAPSE_PG_PASSWORD: PASSWORD, SYNAPSE_PG_REPORT_RSS: "1", SYNAPSE_PG_PROGRESS_MS: "10000" },
         });
         let err = "";
-        child.stdout.on("data", (d) => process.stderr.write(`    ${d}`));
+        child.stdout.on("data", (d) => {
+            said[args[0]] = (said[args[0]] ?? "") + d;
+            process.stderr.write(`    ${d}`);
+        });
         child.stderr.on("data", (d) => {
             err += d;
             if (!String(d).startsWith("synapse-pg peak-rss-kb")) process.stderr.write(`    ${d}`);
@@ -156,6 +162,7 @@ async function main(): Promise<void> {
             ["cutover", ["cutover", "--old", old, "--new", uStaging, "--data", uData, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];
         const uTimings = await runSteps(uSteps, rss, "pg_upgrade ");
+        const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
         const upgradeDowntime = Object.values(uTimings).reduce((a, b) => a + b, 0);
 
         // (c) The floor: a raw copy of the stopped old cluster's data.
@@ -173,7 +180,7 @@ async function main(): Promise<void> {
             oursSeconds,
             oursSteps: timings,
             oursDowntimeSeconds: downtimeSeconds,
-            pgUpgrade: { prepareSeconds, steps: uTimings, downtimeSeconds: upgradeDowntime, downtimeOverGuide: upgradeDowntime / guideSeconds },
+            pgUpgrade: { via, prepareSeconds, steps: uTimings, downtimeSeconds: upgradeDowntime, downtimeOverGuide: upgradeDowntime / guideSeconds },
             floorSeconds,
             oursOverGuide: oursSeconds / guideSeconds,
             downtimeOverGuide: downtimeSeconds / guideSeconds,
@@ -192,7 +199,7 @@ async function main(): Promise<void> {
             console.log(`(a) guide, pg_dumpall + psql -f:      ${f(guideSeconds)}`);
             console.log(`(b) ours, dump + restore:             ${f(oursSeconds)}   (ours/guide ${result.oursOverGuide.toFixed(2)})`);
             console.log(`    ours, whole downtime:             ${f(downtimeSeconds)}   (${Object.entries(timings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
-            console.log(`(b') ours, pg_upgrade, whole downtime: ${f(upgradeDowntime)}   (downtime/guide ${(upgradeDowntime / guideSeconds).toFixed(2)}; ${Object.entries(uTimings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
+            console.log(`(b') ours, pg_upgrade (${via}), whole downtime: ${f(upgradeDowntime)}   (downtime/guide ${(upgradeDowntime / guideSeconds).toFixed(2)}; ${Object.entries(uTimings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
             console.log(`    before the downtime, prepare:     ${f(prepareSeconds)}`);
             console.log(`(c) floor, raw copy of the data:      ${f(floorSeconds)}   (ours/floor ${result.oursOverFloor.toFixed(2)})`);
             console.log(`step runner peak RSS: ${result.peakRssMB.toFixed(0)} MB`);

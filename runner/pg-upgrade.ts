@@ -274,16 +274,16 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
         "--old-bindir", `${WRAPPERS}`, "--old-datadir", from === "old" ? `${OLD_DATA}${pgdata}` : standbyDatadirFor(input.major),
         "--new-datadir", layout.pgdata, "--username", superuser, "--socketdir", "/tmp",
-        // Each database's schema is dumped and restored by its own process: two cores, two at a time.
-        "--jobs", "2",
+        // No --jobs: its forked workers were seen here to fail ("Failure, exiting") while pg_upgrade itself went
+        // on to "Upgrade Complete" and exit 0, leaving tables without their files (verify caught it).
         // The standby's files (one mount, one file system) are linked, never the old data's. --copy-file-range
         // (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
         ...(from === "standby" ? ["--link"] : input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",
     ];
-    try {
-        await run("docker", args, { stdout: log });
-    } catch (err) {
-        if (!(err instanceof ProcessError)) throw err;
+    const exited = await run("docker", args, { stdout: log }).then(() => undefined, (err: Error) => err);
+    if (exited && !(exited instanceof ProcessError)) throw exited;
+    // A failure line fails the step whatever the exit status (see --jobs above: a worker's failure can end in 0).
+    if (exited || log.lines.some((l) => /^\s*\*failure\*\s*$|Failure, exiting/.test(l))) {
         // pg_upgrade says why from its first "fatal" (or "*failure*") line on, over several wrapped lines.
         const lines = log.lines.map((l) => l.trim()).filter((l) => l && !/^-+$/.test(l));
         const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
@@ -313,8 +313,9 @@ class TailWriter extends Writable {
         this.partial = parts.pop()!;
         for (const line of parts) {
             if (line.trim()) process.stderr.write(`${this.prefix}${line}\n`);
+            // All of it (pg_upgrade prints about 60 lines): a failure line early on must not scroll away.
             this.lines.push(line);
-            if (this.lines.length > 40) this.lines.shift();
+            if (this.lines.length > 1000) this.lines.shift();
         }
         done();
     }
