@@ -34,8 +34,8 @@ export interface StackConfig {
     /** Host folder for dumps; required while upgradeFrom is set. */
     backupDir?: string;
     /**
-     * How the data moves: pg_upgrade (the data files copied by pg_upgrade --copy, the fastest), directory (parallel
-     * dump and restore) or dumpall (the guide's single script).
+     * How the data moves: pg_upgrade (pg_upgrade --link on a standby copy made before the downtime, or --copy of
+     * the old data; the fastest), directory (parallel dump and restore) or dumpall (the guide's single script).
      */
     method: DumpMethod | "pg_upgrade";
     /** Synapse's containers (main and workers): stopped for the upgrade, started after the switch or a failure. */

@@ -7,7 +7,7 @@ import { dumpPathOf, DumpMethod } from "../runner/dump";
 import { DataLocation, formatDataLocation } from "../runner/layout";
 import { shellQuote, stepCommand } from "./command-line";
 
-/** directory and dumpall dump and restore; pg_upgrade copies the data files (see runner/pg-upgrade.ts). */
+/** directory and dumpall dump and restore; pg_upgrade keeps the data files (see runner/pg-upgrade.ts, runner/standby.ts). */
 export type UpgradeMethod = DumpMethod | "pg_upgrade";
 
 export interface MajorUpgradeArgs {
@@ -46,7 +46,7 @@ export const STEPS = {
 } as const;
 type Step = (typeof STEPS)["dump"][number] | (typeof STEPS)["pg_upgrade"][number];
 
-/** Steps that run while Synapse still serves: they get no --synapse, so they never stop it. */
+/** Steps that run while Synapse still serves (prepare makes pg_upgrade's standby): they get no --synapse, so they never stop it. */
 const BEFORE_DOWNTIME: Step[] = ["prepare"];
 
 export class MajorUpgrade extends pulumi.ComponentResource {

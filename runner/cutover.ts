@@ -30,13 +30,12 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
     if (staging) {
         if (!staging.running) throw new StepError(`The staging container "${input.new}" is stopped; run restore and verify again before the switch.`);
         const user = superuserOf(staging);
-        const marker = await readMarkerIn(input.new, user);
+        const database = input.database ?? "synapse";
+        // Where Synapse's event stream stood at the switch: a revert can then tell how many events it would lose.
+        const [marker, old] = await Promise.all([readMarkerIn(input.new, user), inspectContainer(input.old)]);
         if (marker?.state !== "verified") {
             throw new StepError(`The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`);
         }
-        // Where Synapse's event stream stood at the switch: a revert can then tell how many events it would lose.
-        const old = await inspectContainer(input.old);
-        const database = input.database ?? "synapse";
         const position = old?.running ? await eventsPosition(input.old, superuserOf(old), database) : undefined;
         const switched = advanceMarker(marker, "cutover");
         if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };

@@ -224,12 +224,13 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     }
     await startAndWait(input.staging, superuser);
     phases.lap("new server started");
-    await Promise.all([
+    const [, , rehashed] = await Promise.all([
         run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
         firstStatistics(input, superuser),
+        rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser),
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
-    const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
+    // Last, once the data is durable: the marker that says the new cluster is complete.
     await writeMarkerIn(input.staging, superuser, advanceMarker(prepared, "restored"));
     return { alreadyDone: false, via: "link", rehashed, seconds: (Date.now() - started) / 1000 };
 }

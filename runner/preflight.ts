@@ -76,8 +76,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     if (input.targetMajor < MIN_SYNAPSE_MAJOR) {
         throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_SYNAPSE_MAJOR} or newer); choose a newer target.`);
     }
-    const old = await requireContainer(input.container, "old");
-    const staging = input.staging ? await inspectContainer(input.staging) : undefined;
+    const [old, staging] = await Promise.all([requireContainer(input.container, "old"), input.staging ? inspectContainer(input.staging) : undefined]);
     const target = staging?.labels["synapse-postgres.role"] === "staging"
         ? await readTargetStateThrough(staging.name, input.targetMajor)
         : await readTargetState(input.targetData, input.targetMajor, input.targetImage);
@@ -102,7 +101,10 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
     }
 
-    const databasesBytes = await databasesSize(input.container, user);
+    const [databasesBytes, md5] = await Promise.all([
+        databasesSize(input.container, user),
+        query(input.container, user, "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' ORDER BY 1"),
+    ]);
     await checkSpace(input, databasesBytes);
 
     let state: PreflightResult["target"] = "empty";
@@ -112,6 +114,6 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     } else if (!target.isEmpty) {
         throw foreignDataError(input.targetData, target);
     }
-    const md5Roles = (await query(input.container, user, "SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' ORDER BY 1")).map(([r]) => r);
+    const md5Roles = md5.map(([r]) => r);
     return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles };
 }

@@ -112,12 +112,12 @@ async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<Veri
 }
 
 export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> {
-    const oldInfo = await requireContainer(input.old, "old");
-    const newInfo = await requireContainer(input.new, "new");
+    const [oldInfo, newInfo] = await Promise.all([requireContainer(input.old, "old"), requireContainer(input.new, "new")]);
     for (const c of [oldInfo, newInfo]) {
         if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
     }
-    const [a, b] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo))]);
+    // Side by side (Synapse is down): both clusters' contents and the password login.
+    const [a, b, login] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo)), checkLogin(newInfo, input)]);
     const roles = compare("role", a.roles, b.roles).map((c) =>
         // The restore re-hashes the Synapse role's md5 password as scram-sha-256 (the login check below proves it).
         c.what === `role ${input.loginUser}` && c.old.replace(/ md5 password#\w+$/, "") === c.new.replace(/ scram password#\w+$/, "") && / md5 /.test(c.old)
@@ -130,7 +130,6 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
         ...compare("table", a.tables, b.tables),
         ...compare("sequence", a.sequences, b.sequences),
     ];
-    const login = await checkLogin(newInfo, input);
     const differences = comparisons.filter((c) => !c.same).map((c) => `${c.what}: ${c.old} in old, ${c.new} in new`);
     if (!login.ok) differences.push(`login as ${login.user} to ${login.database} on the new cluster failed: ${login.error}`);
     return {
