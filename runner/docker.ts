@@ -70,6 +70,18 @@ export function mountsHoldingPgdata(info: ContainerInfo): ContainerInfo["mounts"
     return info.mounts.filter((m) => pgdata === m.destination || pgdata.startsWith(`${m.destination}/`));
 }
 
+/**
+ * The container by this name, if any, when it is ours in this role (its synapse-postgres.role label); one we did
+ * not create is never ours to replace or remove.
+ */
+export async function ourContainer(name: string, role: "staging" | "standby"): Promise<ContainerInfo | undefined> {
+    const existing = await inspectContainer(name);
+    if (existing && existing.labels["synapse-postgres.role"] !== role) {
+        throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
+    }
+    return existing;
+}
+
 export async function requireContainer(name: string, role: string): Promise<ContainerInfo> {
     const info = await inspectContainer(name);
     if (!info) throw new StepError(`The ${role} container "${name}" does not exist.`);
@@ -86,12 +98,14 @@ const RECORD = "\x1e";
 
 /**
  * Runs one SQL statement in the container over its local socket (trusted in the official image) and returns the
- * rows. Fields and records are split on ASCII separators, so text with commas or newlines survives.
+ * rows. Fields and records are split on ASCII separators, so text with commas or newlines survives. `socketDir`
+ * for a server whose socket is not in psql's default folder (pg_upgrade's standby).
  */
-export async function query(container: string, user: string, sql: string, database = "postgres"): Promise<string[][]> {
+export async function query(container: string, user: string, sql: string, database = "postgres", socketDir?: string): Promise<string[][]> {
     const { stdout } = await run("docker", [
         "exec", container,
         "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+        ...(socketDir ? ["-h", socketDir] : []),
         "-F", FIELD, "-R", RECORD, "-U", user, "-d", database, "-c", sql,
     ]);
     const text = stdout.replace(/\n$/, "");

@@ -13,7 +13,7 @@
 // through the whole upgrade. Where a standby cannot be made (wal_level minimal, no WAL senders, a replication
 // connection refused, unlogged tables whose rows a standby never receives), the upgrade copies the data during
 // the downtime instead (pg_upgrade --copy), as before.
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, removeContainer, sleep, stopContainer } from "./docker";
+import { containerLogTail, ContainerInfo, inspectContainer, MANAGED_LABEL, ourContainer, query, removeContainer, sleep, stopContainer } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { ProcessError, run } from "./process";
 import { StepError } from "./step-error";
@@ -106,8 +106,13 @@ function serverOptions(old: ContainerInfo): string[] {
 
 /** psql in the standby container over its socket. */
 function standbyQuery(name: string, superuser: string, sql: string): Promise<string[][]> {
-    return run("docker", ["exec", name, "psql", "-X", "-A", "-t", "-F", "\x1f", "-h", STANDBY_SOCKET, "-U", superuser, "-d", "postgres", "-c", sql])
-        .then(({ stdout }) => stdout.split("\n").filter(Boolean).map((l) => l.split("\x1f")));
+    return query(name, superuser, sql, "postgres", STANDBY_SOCKET);
+}
+
+/** The standby's WAL receiver status ("streaming" once it follows the old server), or why there is none. */
+async function receiverStatus(name: string, superuser: string): Promise<string> {
+    const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch((err: Error) => [[err.message]]);
+    return rows[0]?.[0] ?? "no WAL receiver";
 }
 
 async function waitStreaming(name: string, superuser: string, timeoutSeconds: number): Promise<void> {
@@ -115,26 +120,19 @@ async function waitStreaming(name: string, superuser: string, timeoutSeconds: nu
     let last = "";
     while (Date.now() < deadline) {
         const info = await inspectContainer(name);
-        if (!info?.running) throw new StepError(`the standby "${name}" stopped while starting: ${await logTail(name)}`);
-        const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch((err: Error) => [[err.message]]);
-        if (rows[0]?.[0] === "streaming") return;
-        last = rows[0]?.[0] ?? "no WAL receiver";
+        if (!info?.running) throw new StepError(`the standby "${name}" stopped while starting: ${await containerLogTail(name, 4)}`);
+        last = await receiverStatus(name, superuser);
+        if (last === "streaming") return;
         await sleep(250);
     }
     throw new StepError(`the standby "${name}" did not stream from the old server within ${timeoutSeconds} s (${last})`);
 }
 
-async function logTail(name: string): Promise<string> {
-    const { stdout, stderr } = await run("docker", ["logs", "--tail", "4", name]).catch(() => ({ stdout: "", stderr: "" }));
-    return (stdout + stderr).trim().split("\n").join(" | ");
-}
-
-/** Whether the standby is there, running and streaming: a standby that is not is never used. */
+/** Whether the standby is there, ours, running and streaming: a standby that is not is never used. */
 export async function isStreaming(name: string, superuser: string): Promise<boolean> {
     const info = await inspectContainer(name);
     if (!info?.running || info.labels["synapse-postgres.role"] !== "standby") return false;
-    const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch(() => []);
-    return rows[0]?.[0] === "streaming";
+    return (await receiverStatus(name, superuser)) === "streaming";
 }
 
 /**
@@ -199,10 +197,5 @@ export function lastRecordEnd(insert: bigint, segmentBytes: bigint, blockBytes: 
 
 /** Removes the standby container (never its folder: that goes with the new cluster's location, see the callers). */
 export async function removeStandby(name: string): Promise<void> {
-    const info = await inspectContainer(name);
-    if (!info) return;
-    if (info.labels["synapse-postgres.role"] !== "standby") {
-        throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
-    }
-    await removeContainer(name);
+    if (await ourContainer(name, "standby")) await removeContainer(name);
 }

@@ -3,7 +3,7 @@
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
-import { ContainerInfo, containersUsing, copyFileOut, inspectContainer, MANAGED_LABEL, query, readFileIn, removeContainer, runWithData, writeFileIn } from "./docker";
+import { ContainerInfo, containersUsing, copyFileOut, MANAGED_LABEL, ourContainer, query, readFileIn, removeContainer, runWithData, writeFileIn } from "./docker";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
 
@@ -88,12 +88,8 @@ export function foreignDataError(data: DataLocation, state: TargetState): StepEr
 }
 
 /** The staging container by this name, if any; one we did not create is never ours to replace. */
-export async function ourStaging(name: string): Promise<ContainerInfo | undefined> {
-    const existing = await inspectContainer(name);
-    if (existing && existing.labels["synapse-postgres.role"] !== "staging") {
-        throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
-    }
-    return existing;
+export function ourStaging(name: string): Promise<ContainerInfo | undefined> {
+    return ourContainer(name, "staging");
 }
 
 /**
