@@ -94,7 +94,8 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: b
     const existing = await ourStaging(input.staging);
     const target = await readTargetState(input.data, input.major, input.image);
     const m = target.marker;
-    if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running) {
+    if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running
+        && !(await hasPgUpgradeLeftovers(input.staging, input.major))) {
         if (!opts.standby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, standby: opts.standby ? standbyName : undefined };
         return { binaries, reused: true, ...(await prepareStandby(old, superuser, input)) };
     }
@@ -142,7 +143,10 @@ async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUp
     }
 }
 
-/** Synapse stopped: the old cluster is stopped, pg_upgrade --copy runs, both servers start again. */
+/**
+ * Synapse stopped: pg_upgrade --link on the streaming standby (the old server runs on), or, without one, the old
+ * cluster is stopped, pg_upgrade --copy runs, and both servers start again.
+ */
 export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult> {
     // Every second here is downtime: the marker is read with docker cp (no helper container), the binaries are
     // the ones prepare proved, and the two servers start side by side.
@@ -150,13 +154,12 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     const phases = new PhaseClock("upgrade");
     const [old, staging] = await Promise.all([requireContainer(input.container, "old"), inspectContainer(input.staging)]);
     const superuser = superuserOf(old);
-    const pgdata = dataLayout(input.major).pgdata;
     const standby = standbyContainerName(input.staging);
     // Read side by side: the marker, pg_upgrade's leftovers and the standby.
     const [marker, leftover, streaming] = staging
         ? await Promise.all([
             readMarkerThrough(input.staging, input.major),
-            existsIn(input.staging, `${pgdata}/pg_upgrade_output.d`),
+            hasPgUpgradeLeftovers(input.staging, input.major),
             old.running ? isStreaming(standby, superuser) : Promise.resolve(false),
         ])
         : [undefined, false, false];
@@ -165,15 +168,14 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         await waitUntilAccepting(input.staging, superuser);
         return { alreadyDone: true, seconds: 0 };
     }
-    // pg_upgrade removes its output folder when it succeeds: one left behind is an attempt that stopped half-way,
-    // whose new cluster must be made again (as must one that prepare never made).
+    // A new cluster that pg_upgrade already worked on (or that prepare never made) must be made again.
     const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId && !leftover;
     if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
-        // Synapse is down: no new standby now (its copy would take as long as --copy does).
-        await removeStandby(standby);
-        await preparePgUpgrade(input, { standby: false });
-        phases.lap("new cluster prepared again");
+        // Synapse is down: no new standby now (its copy would take as long as --copy does). Prepare removes the
+        // old one before it makes the new cluster again.
+        const again = await preparePgUpgrade(input, { standby: false });
+        phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
     if (clean && streaming) {
@@ -243,6 +245,14 @@ async function firstStatistics(input: PgUpgradeInput, superuser: string): Promis
     if (input.major >= 18) return;
     await run("docker", ["exec", "-e", `PGOPTIONS=-c default_statistics_target=1 -c vacuum_cost_delay=0`, input.staging,
         "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+}
+
+/**
+ * pg_upgrade removes its output folder from the new cluster when it succeeds: one left behind is an attempt that
+ * stopped, maybe past the point where the new cluster must be initialised again.
+ */
+function hasPgUpgradeLeftovers(staging: string, major: number): Promise<boolean> {
+    return existsIn(staging, `${dataLayout(major).pgdata}/pg_upgrade_output.d`);
 }
 
 /** The volume prepare unpacked the old image into (one per image id). */
