@@ -312,10 +312,14 @@ async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: stri
         .then((t) => t.trim().split("\n").join(" | "), () => "");
 }
 
+/** SYNAPSE_PG_TRACE=1 (see process.ts): pg_upgrade's lines with the time since it started. */
+const TRACE = process.env.SYNAPSE_PG_TRACE === "1";
+
 /** Prints pg_upgrade's lines as it goes (progress in `pulumi up`) and keeps the last ones for an error. */
 class TailWriter extends Writable {
     readonly lines: string[] = [];
     private partial = "";
+    private readonly started = Date.now();
     constructor(private readonly prefix: string) {
         super();
     }
@@ -323,7 +327,7 @@ class TailWriter extends Writable {
         const parts = (this.partial + chunk.toString("utf8")).split("\n");
         this.partial = parts.pop()!;
         for (const line of parts) {
-            if (line.trim()) process.stderr.write(`${this.prefix}${line}\n`);
+            if (line.trim()) process.stderr.write(`${this.prefix}${TRACE ? `+${Date.now() - this.started}ms ` : ""}${line}\n`);
             // All of it (pg_upgrade prints about 60 lines): a failure line early on must not scroll away.
             this.lines.push(line);
             if (this.lines.length > 1000) this.lines.shift();

@@ -34,7 +34,22 @@ export class ProcessError extends Error {
 
 const STDERR_TAIL_LINES = 12;
 
+/** SYNAPSE_PG_TRACE=1: each child's start and duration on stderr, to see where a step's seconds go. */
+const TRACE = process.env.SYNAPSE_PG_TRACE === "1";
+const T0 = Date.now();
+
 export async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    if (!TRACE) return runChild(cmd, args, opts);
+    const start = Date.now();
+    try {
+        return await runChild(cmd, args, opts);
+    } finally {
+        // Arguments only (never the environment, where passwords travel), shortened.
+        process.stderr.write(`trace +${start - T0}ms ${Date.now() - start}ms ${[cmd, ...args].join(" ").replace(/\s+/g, " ").slice(0, 160)}\n`);
+    }
+}
+
+async function runChild(cmd: string, args: string[], opts: RunOptions): Promise<RunResult> {
     const child = spawn(cmd, args, {
         env: { ...process.env, ...opts.env },
         stdio: ["pipe", "pipe", "pipe"],
