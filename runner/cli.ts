@@ -285,6 +285,10 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "json!": "print the report as JSON",
         },
         async run(f, out) {
+            // The marker is read beside the comparison (Synapse is down); it advances only when verify passed.
+            const markerRead = requireContainer(str(f, "new"), "new")
+                .then(async (info) => ({ user: superuserOf(info), marker: await readMarkerIn(info.name, superuserOf(info)) }))
+                .catch((err: Error) => err);
             const report = await verifyClusters({
                 old: str(f, "old"),
                 new: str(f, "new"),
@@ -296,9 +300,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (report.differences.length > 0) {
                 throw new StepError(`verify found ${report.differences.length} difference(s) between "${report.old}" and "${report.new}", so the switch will not happen: ${report.differences.slice(0, 3).join("; ")}.`);
             }
-            const newInfo = await requireContainer(str(f, "new"), "new");
-            const marker = await readMarkerIn(newInfo.name, superuserOf(newInfo));
-            if (marker?.state === "restored") await writeMarkerIn(newInfo.name, superuserOf(newInfo), advanceMarker(marker, "verified"));
+            const read = await markerRead;
+            if (read instanceof Error) throw read;
+            if (read.marker?.state === "restored") await writeMarkerIn(str(f, "new"), read.user, advanceMarker(read.marker, "verified"));
         },
     },
     cutover: {

@@ -32,11 +32,14 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         const user = superuserOf(staging);
         const database = input.database ?? "synapse";
         // Where Synapse's event stream stood at the switch: a revert can then tell how many events it would lose.
-        const [marker, old] = await Promise.all([readMarkerIn(input.new, user), inspectContainer(input.old)]);
+        // Read side by side (each docker exec is downtime): the marker, and the old server's position (only read).
+        const [marker, { old, position }] = await Promise.all([
+            readMarkerIn(input.new, user),
+            inspectContainer(input.old).then(async (old) => ({ old, position: old?.running ? await eventsPosition(input.old, superuserOf(old), database) : undefined })),
+        ]);
         if (marker?.state !== "verified") {
             throw new StepError(`The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`);
         }
-        const position = old?.running ? await eventsPosition(input.old, superuserOf(old), database) : undefined;
         const switched = advanceMarker(marker, "cutover");
         if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
         await writeMarkerIn(input.new, user, switched);

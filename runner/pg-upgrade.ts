@@ -24,8 +24,8 @@ import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer 
 import { databasesSize } from "./dump";
 import { checkSpace } from "./preflight";
 import { StepError } from "./step-error";
-import { catchUpAndPromote, isStreaming, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
-import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerIn } from "./target";
+import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
+import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -120,7 +120,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: b
         source: { container: old.name, version: version.text, imageId: old.imageId, pinned: await pinnedReference(old.imageId) },
         history: [{ state: "prepared", at: now }],
     };
-    await writeMarkerIn(input.staging, superuser, marker);
+    await writeMarkerAt(input.staging, input.major, marker);
     await stopContainer(input.staging);
     return { binaries, reused: false, setAsideTo, ...(opts.standby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
 }
@@ -155,14 +155,16 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     const [old, staging] = await Promise.all([requireContainer(input.container, "old"), inspectContainer(input.staging)]);
     const superuser = superuserOf(old);
     const standby = standbyContainerName(input.staging);
-    // Read side by side: the marker, pg_upgrade's leftovers and the standby.
-    const [marker, leftover, streaming] = staging
+    // Read side by side: the marker, pg_upgrade's leftovers, the standby, and where the old server's last write
+    // ends (needed only with a standby; a failure to read it counts only then).
+    const [marker, leftover, streaming, lastWrite] = staging
         ? await Promise.all([
             readMarkerThrough(input.staging, input.major),
             hasPgUpgradeLeftovers(input.staging, input.major),
             old.running ? isStreaming(standby, superuser) : Promise.resolve(false),
+            old.running ? lastWritePosition(input.container, superuser).catch((err: Error) => err) : Promise.resolve(undefined),
         ])
-        : [undefined, false, false];
+        : [undefined, false, false, undefined];
     if (staging && (marker?.state === "restored" || marker?.state === "verified")) {
         if (!staging.running) await startContainer(input.staging);
         await waitUntilAccepting(input.staging, superuser);
@@ -178,8 +180,9 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
-    if (clean && streaming) {
-        return linkStandby(input, old, superuser, prepared, standby, phases, started);
+    if (clean && streaming && lastWrite !== undefined) {
+        if (lastWrite instanceof Error) throw lastWrite;
+        return linkStandby(input, old, superuser, prepared, standby, lastWrite, phases, started);
     }
     await removeStandby(standby);
     if (await existsIn(input.staging, standbyDatadirFor(input.major))) {
@@ -208,7 +211,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
-    await writeMarkerIn(input.staging, superuser, advanceMarker(prepared, "restored"));
+    await writeMarkerAt(input.staging, input.major, advanceMarker(prepared, "restored"));
     return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000 };
 }
 
@@ -216,15 +219,16 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  * The downtime with a standby: it replays the old server's last writes, is promoted and stopped, and pg_upgrade
  * --link makes the new cluster of its files. The old server is never stopped (copy-config and verify read it).
  */
-async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
+async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
     try {
-        await catchUpAndPromote(input.container, superuser, standby, superuser, (what) => phases.lap(what));
+        await catchUpAndPromote(standby, superuser, lastWrite, (what) => phases.lap(what));
         await pgUpgrade(input, old, superuser, binariesVolume(old), "standby");
         phases.lap("pg_upgrade --link done");
-    } finally {
+    } catch (err) {
         await removeStandby(standby).catch(() => undefined);
+        throw err;
     }
-    await startAndWait(input.staging, superuser);
+    await Promise.all([removeStandby(standby), startAndWait(input.staging, superuser)]);
     phases.lap("new server started");
     const [, , rehashed] = await Promise.all([
         run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
@@ -233,7 +237,7 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     // Last, once the data is durable: the marker that says the new cluster is complete.
-    await writeMarkerIn(input.staging, superuser, advanceMarker(prepared, "restored"));
+    await writeMarkerAt(input.staging, input.major, advanceMarker(prepared, "restored"));
     return { alreadyDone: false, via: "link", rehashed, seconds: (Date.now() - started) / 1000 };
 }
 

@@ -27,9 +27,10 @@ export async function checkSettings(container: string, settings: Record<string, 
     if (!info?.running) return { checked: false, settings };
     const effective: Record<string, string> = {};
     try {
-        for (const name of [...Object.keys(settings), "wal_level", "max_wal_senders", "archive_mode"]) {
-            effective[name] = await postgresC(container, name, settings);
-        }
+        // Side by side: each is a separate postgres process that reads the files and exits.
+        const names = [...new Set([...Object.keys(settings), "wal_level", "max_wal_senders", "archive_mode"])];
+        const values = await Promise.all(names.map((name) => postgresC(container, name, settings)));
+        names.forEach((name, i) => (effective[name] = values[i]));
     } catch (err) {
         if (!(err instanceof ProcessError)) throw err;
         const reason = /FATAL:\s*(.*)/.exec(err.stderrTail)?.[1] ?? err.stderrTail;

@@ -137,28 +137,34 @@ export async function isStreaming(name: string, superuser: string): Promise<bool
 
 /**
  * Synapse is stopped and no client is connected to the old server (preflight): everything it will ever have
- * written is below its current WAL insert position. The standby replays up to there, is promoted (pg_upgrade wants
- * a primary's clean shutdown, not a standby's) and stopped with a fast shutdown. Returns the position.
+ * written ends where its last WAL record ends. Read once, at the start of the downtime.
  */
-export async function catchUpAndPromote(old: string, oldSuperuser: string, name: string, superuser: string, lap: (what: string) => void, timeoutSeconds = 120): Promise<string> {
+export async function lastWritePosition(old: string, oldSuperuser: string): Promise<string> {
     const [[insert, segmentBytes, blockBytes]] = await query(old, oldSuperuser,
         "SELECT pg_current_wal_insert_lsn(), (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), current_setting('wal_block_size')");
-    const lsn = formatLsn(lastRecordEnd(parseLsn(insert), BigInt(segmentBytes), BigInt(blockBytes)));
+    return formatLsn(lastRecordEnd(parseLsn(insert), BigInt(segmentBytes), BigInt(blockBytes)));
+}
+
+/**
+ * The standby replays up to the old server's last write (`lsn`, from lastWritePosition), is promoted (pg_upgrade
+ * wants a primary's clean shutdown, not a standby's) and stopped with a fast shutdown. The check and the promotion
+ * are one statement: promoted only once caught up, with no round trip between.
+ */
+export async function catchUpAndPromote(name: string, superuser: string, lsn: string, lap: (what: string) => void, timeoutSeconds = 120): Promise<void> {
     const deadline = Date.now() + timeoutSeconds * 1000;
     for (;;) {
-        const [[replayed, receiving]] = await standbyQuery(name, superuser,
-            `SELECT pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn, (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming')`);
-        if (replayed === "t") break;
+        const [[promoted, receiving]] = await standbyQuery(name, superuser,
+            `SELECT CASE WHEN pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn THEN pg_promote(true, 60)::text ELSE 'behind' END,
+                    (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming')`);
+        if (promoted === "true") break;
+        if (promoted === "false") throw new StepError(`the standby "${name}" did not finish its promotion within 60 s: ${await containerLogTail(name, 4)}`);
         if (receiving === "0") throw new StepError(`the standby "${name}" stopped streaming before it reached the old server's last write (${lsn})`);
         if (Date.now() > deadline) throw new StepError(`the standby "${name}" did not replay up to the old server's last write (${lsn}) within ${timeoutSeconds} s`);
         await sleep(100);
     }
-    lap(`standby replayed the old server's WAL up to ${lsn}`);
-    await standbyQuery(name, superuser, "SELECT pg_promote(true, 60)");
-    lap("standby promoted");
+    lap(`standby replayed the old server's WAL up to ${lsn} and was promoted`);
     await stopContainer(name);
     lap("standby stopped");
-    return lsn;
 }
 
 /**

@@ -3,7 +3,7 @@
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
-import { ContainerInfo, containersUsing, copyFileOut, MANAGED_LABEL, ourContainer, query, readFileIn, removeContainer, runWithData, writeFileIn } from "./docker";
+import { ContainerInfo, containersUsing, copyFileOut, MANAGED_LABEL, ourContainer, query, removeContainer, runWithData, writeFileIn } from "./docker";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
 
@@ -149,17 +149,38 @@ export async function requireUnused(data: DataLocation, allowed: string[] = []):
     }
 }
 
-/** Reads the marker through a running container (PGDATA from the server itself). */
+/**
+ * Each container's data directory as its server reported it, so a marker read then written costs one psql and
+ * one tee (every docker exec is downtime). A container's data directory does not change while a step runs.
+ */
+const dataDirectories = new Map<string, string>();
+
+/** Reads the marker through a running container (PGDATA from the server itself), in one psql. */
 export async function readMarkerIn(container: string, user: string): Promise<Marker | undefined> {
-    const text = await readFileIn(container, `${await dataDirectoryOf(container, user)}/${MARKER_FILE}`);
-    return text === undefined ? undefined : JSON.parse(text);
+    const [[dir, found, text]] = await query(container, user,
+        `SELECT current_setting('data_directory'), f IS NOT NULL, coalesce(f, '')
+           FROM pg_read_file(current_setting('data_directory') || '/${MARKER_FILE}', 0, 1048576, true) AS f`);
+    dataDirectories.set(container, dir);
+    return found === "t" ? JSON.parse(text) : undefined;
 }
 
 export async function writeMarkerIn(container: string, user: string, marker: Marker): Promise<void> {
     await writeFileIn(container, `${await dataDirectoryOf(container, user)}/${MARKER_FILE}`, JSON.stringify(marker, null, 2) + "\n");
 }
 
+/**
+ * The marker written through a running staging container of a major (ours, so its PGDATA is the layout's): one
+ * tee, no psql, for the upgrade's downtime.
+ */
+export async function writeMarkerAt(container: string, major: number, marker: Marker): Promise<void> {
+    await writeFileIn(container, markerPath(major), JSON.stringify(marker, null, 2) + "\n");
+}
+
 async function dataDirectoryOf(container: string, user: string): Promise<string> {
-    const [[dir]] = await query(container, user, "SELECT current_setting('data_directory')");
+    let dir = dataDirectories.get(container);
+    if (dir === undefined) {
+        [[dir]] = await query(container, user, "SELECT current_setting('data_directory')");
+        dataDirectories.set(container, dir);
+    }
     return dir;
 }

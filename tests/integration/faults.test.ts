@@ -197,6 +197,8 @@ describe("faults: the old data always survives, and a re-run completes", functio
     it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; left out by consent, it completes", async () => {
         // Valid in 15, removed in 16: the guide's "watch the logs" case.
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10", "-c", "SELECT pg_reload_conf()"]);
+        // And one the new server takes only at a start: copy-config must restart it (the old one keeps its 100).
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET max_connections = 150"]);
         // Access rules a user added by hand: not copied (the new image's rules stand), but each one is named.
         await run("docker", ["exec", "-u", "postgres", OLD, "sh", "-c",
             'echo "hostssl synapse synapse 192.0.2.0/24 scram-sha-256" >> "$PGDATA/pg_hba.conf" && echo "matrix   ops   synapse" >> "$PGDATA/pg_ident.conf"']);
@@ -209,6 +211,9 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await expectUpgradeCompletes(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
         const copy = applier.commandRuns.slice(mark).find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
         assert.match(copy, /copy-config: left out of the new cluster, as postgres:dropSettings allows: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*\); the old cluster keeps it\./);
+        assert.match(copy, /copy-config: copied (postgresql\.conf and )?postgresql\.auto\.conf; the new server accepted every setting and restarted with them\./);
+        const maxConnections = (await run("docker", ["exec", `${PREFIX}pg17`, "psql", "-U", "synapse", "-d", "postgres", "-Atc", "SHOW max_connections"])).stdout.trim();
+        assert.equal(maxConnections, "150", "the restart-only setting reached the new cluster");
         assert.ok(copy.includes(`copy-config: note: the old cluster has the access rule "pg_hba.conf: hostssl synapse synapse 192.0.2.0/24 scram-sha-256", which the new one does not;`), copy);
         assert.ok(copy.includes(`copy-config: note: the old cluster has the access rule "pg_ident.conf: matrix ops synapse", which the new one does not;`), copy);
         // The old container is stopped after the switch: its file is read with docker cp.
