@@ -16,6 +16,7 @@
 //
 // --link only ever on the standby, which is ours to give away; on the old data always --copy: the old cluster's
 // files are read, not shared, so it stays a complete, startable cluster whatever happens to the new one.
+import { availableParallelism } from "node:os";
 import { Readable, Writable } from "node:stream";
 import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, pinnedReference, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
@@ -281,7 +282,7 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
     const layout = dataLayout(input.major);
     const log = new TailWriter("upgrade: ");
     const args = [
-        "run", "--rm", "--name", `${input.staging}-pg-upgrade`, "--network", "none", "--user", "postgres",
+        "run", "--rm", "--init", "--name", `${input.staging}-pg-upgrade`, "--network", "none", "--user", "postgres",
         "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
         ...dataMounts.flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}`]),
         "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
@@ -289,23 +290,40 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
         "--old-bindir", `${WRAPPERS}`, "--old-datadir", from === "old" ? `${OLD_DATA}${pgdata}` : standbyDatadirFor(input.major),
         "--new-datadir", layout.pgdata, "--username", superuser, "--socketdir", "/tmp",
-        // No --jobs: its forked workers were seen here to fail ("Failure, exiting") while pg_upgrade itself went
-        // on to "Upgrade Complete" and exit 0, leaving tables without their files (verify caught it).
         // The standby's files (one mount, one file system) are linked, never the old data's. --copy-file-range
         // (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
         ...(from === "standby" ? ["--link"] : input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",
+        // Each database's schema dumped and restored side by side. Only under --init (above): without it, at
+        // 1 GB, workers failed ("Failure, exiting") in each of 4 runs while pg_upgrade said "Upgrade Complete"
+        // with exit 0 and tables had no files (verify caught it); with it, none of 5 did. The likely reason: as
+        // a container's PID 1, pg_upgrade also inherits the postmasters its pg_ctl starts, and its waitpid(-1)
+        // for "a worker finished" can reap one of those instead and go on too early.
+        "--jobs", String(Math.min(availableParallelism(), 8)),
     ];
     const exited = await run("docker", args, { stdout: log }).then(() => undefined, (err: Error) => err);
     if (exited && !(exited instanceof ProcessError)) throw exited;
-    // A failure line fails the step whatever the exit status (see --jobs above: a worker's failure can end in 0).
-    if (exited || log.lines.some((l) => /^\s*\*failure\*\s*$|Failure, exiting/.test(l))) {
-        // pg_upgrade says why from its first "fatal" (or "*failure*") line on, over several wrapped lines.
-        const lines = log.lines.map((l) => l.trim()).filter((l) => l && !/^-+$/.test(l));
-        const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
-        const said = (first >= 0 ? lines.slice(first, first + 10) : lines.slice(-4)).join(" ").replace(/\s+/g, " ").slice(0, 700);
+    const said = pgUpgradeFailure(log.lines, exited !== undefined);
+    if (said !== undefined) {
         const server = await serverLogTail(input, layout.pgdata, log.lines.join("\n"));
         throw new StepError(`pg_upgrade stopped before the switch, the old cluster is unchanged and running${from === "old" ? " again" : ""}: ${said}${server ? ` (server log: ${server})` : ""}`);
     }
+}
+
+/**
+ * Why pg_upgrade failed, from its output, or undefined when it did not. A failure line fails it whatever the exit
+ * status: a worker's failure (see --jobs above) was seen to end in "Upgrade Complete" and exit 0. pg_upgrade says
+ * why from its first "fatal" (or "*failure*") line on, over several wrapped lines; a worker, in the line before
+ * its "Failure, exiting".
+ */
+export function pgUpgradeFailure(output: string[], exitedNonZero: boolean): string | undefined {
+    const lines = output.map((l) => l.trim()).filter((l) => l && !/^-+$/.test(l));
+    const workerFailed = lines.findIndex((l) => l === "Failure, exiting");
+    if (!exitedNonZero && workerFailed < 0 && !lines.includes("*failure*")) return undefined;
+    const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
+    const said = first >= 0 ? lines.slice(first, first + 10)
+        : workerFailed > 0 ? lines.slice(workerFailed - 1, workerFailed + 1)
+        : lines.slice(-4);
+    return said.join(" ").replace(/\s+/g, " ").slice(0, 700);
 }
 
 /** pg_upgrade names its log files in its failure message; the server's last lines usually say why. */
