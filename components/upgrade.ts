@@ -65,9 +65,12 @@ export class MajorUpgrade extends pulumi.ComponentResource {
         const secretEnv = { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) };
         const newCluster = { staging: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
 
-        const lines: Record<Step, { create: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
+        const lines: Record<Step, { create: pulumi.Output<string>; delete?: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
             prepare: {
                 create: stepCommand("prepare", { container: args.fromContainer, ...newCluster }),
+                // An upgrade taken out of the stack before its switch (or pulumi destroy): the standby prepare made
+                // stops following the old server. After a switch there is none, and this does nothing.
+                delete: stepCommand("remove-standby", { staging: args.stagingContainer }),
                 environment: secretEnv,
             },
             preflight: {
@@ -130,8 +133,12 @@ export class MajorUpgrade extends pulumi.ComponentResource {
                 // Each step starts only after the one before it succeeded: a failure stops the chain there.
                 dependsOn: previous,
                 // A step that succeeded is history: a later change of its inputs (a new minor version, another
-                // image digest) must not run a dump or restore again on a cluster that already serves.
-                ignoreChanges: ["create", "environment"],
+                // image digest) must not run a dump or restore again on a cluster that already serves. "delete"
+                // too: a stack made before prepare had one must not run prepare again to store it.
+                ignoreChanges: ["create", "delete", "environment"],
+                // A new attempt (triggers) replaces prepare: the old one's delete, which removes the standby, runs
+                // first, so it never removes the standby the new one made.
+                deleteBeforeReplace: step === "prepare",
             });
             previous = [steps[step]!];
         }

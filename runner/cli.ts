@@ -17,6 +17,7 @@ import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
 import { requireContainer, superuserOf } from "./docker";
+import { removeStandby, standbyContainerName } from "./standby";
 import { parseContainerList, startSynapse, stopSynapse } from "./synapse";
 
 export const PASSWORD_ENV = "SYNAPSE_PG_PASSWORD";
@@ -128,6 +129,19 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             out(r.standby
                 ? `prepare: the standby "${r.standby}" streams from "${str(f, "container")}"; the upgrade will link its files, not copy the old data while Synapse is down.`
                 : `prepare: no standby (${r.noStandby}); the upgrade will copy the old data while Synapse is down.`);
+        },
+    },
+    "remove-standby": {
+        summary: "pg_upgrade method: remove the standby prepare made (the prepare resource's delete: an upgrade given up, or pulumi destroy).",
+        flags: {
+            staging: "the staging container prepare made; its standby is <staging>-standby",
+        },
+        async run(f, out) {
+            const name = standbyContainerName(str(f, "staging"));
+            const existed = await removeStandby(name);
+            out(existed
+                ? `remove-standby: the standby "${name}" was removed; the old cluster was only read by it and is unchanged.`
+                : `remove-standby: there is no standby "${name}"; nothing to do.`);
         },
     },
     upgrade: {

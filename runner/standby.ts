@@ -201,7 +201,12 @@ export function lastRecordEnd(insert: bigint, segmentBytes: bigint, blockBytes: 
     return insert;
 }
 
-/** Removes the standby container (never its folder: that goes with the new cluster's location, see the callers). */
-export async function removeStandby(name: string): Promise<void> {
-    if (await ourContainer(name, "standby")) await removeContainer(name);
+/**
+ * Removes the standby container (never its folder: that goes with the new cluster's location, see the callers).
+ * Returns whether there was one.
+ */
+export async function removeStandby(name: string): Promise<boolean> {
+    if (!(await ourContainer(name, "standby"))) return false;
+    await removeContainer(name);
+    return true;
 }

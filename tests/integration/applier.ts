@@ -2,7 +2,8 @@
 // because no Pulumi engine or provider can run on this machine. It keeps a small state of what it created and:
 // - creates declared resources in dependency order, and stops at the first failure (nothing after it runs);
 // - for a container whose replacement-forcing inputs changed, deletes the old one first (deleteBeforeReplace)
-//   and creates the new one; a command whose triggers changed is replaced (its create runs again); a command
+//   and creates the new one; a command whose triggers changed is replaced (its create runs again, and the old
+//   one's delete before it with deleteBeforeReplace, after it without); a command
 //   whose other inputs changed runs create again unless those inputs are in ignoreChanges;
 // - after that, deletes what the config no longer declares, dependents first: a container is stopped with its
 //   stop signal and grace period and removed (anonymous volumes kept, as removeVolumes=false), a volume with
@@ -41,6 +42,8 @@ export class Applier {
     readonly state = new Map<string, Applied>();
     /** Every command run, in order, for the test's assertions. */
     readonly commandRuns: CommandRun[] = [];
+    /** Every delete command run (a command taken out of the stack, or replaced), in order. */
+    readonly deleteRuns: CommandRun[] = [];
     /** The mocks give every resource the id "<name>-id"; the engine would pass the real one (a new container's
      * new id re-triggers the serve step). */
     private readonly realIds = new Map<string, string>();
@@ -128,16 +131,22 @@ export class Applier {
     }
 
     private async command(r: DeclaredResource, prior?: Applied): Promise<void> {
+        // A replacement (triggers changed) runs the old resource's delete: first with deleteBeforeReplace, else
+        // after the new create, as the engine does.
+        let replaced: Applied | undefined;
         if (prior) {
             const ignored = new Set(r.ignoreChanges);
             const triggersChanged = !same(prior.inputs.triggers, r.inputs.triggers);
             const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !ignored.has(k) && !same(prior.inputs[k], r.inputs[k]));
             if (!triggersChanged && changed.length === 0) return this.remember(r);
+            if (triggersChanged) replaced = prior;
         }
+        if (replaced && r.deleteBeforeReplace) await this.delete(r.name, replaced);
         const env = r.inputs.environment ?? {};
         const { stdout, stderr } = await runShell(r.inputs.create, env);
         this.commandRuns.push({ name: r.name, command: r.inputs.create, stdout, stderr });
         this.remember(r);
+        if (replaced && !r.deleteBeforeReplace) await this.delete(r.name, replaced);
         if (this.afterCommand) await this.afterCommand(r, env);
     }
 
@@ -149,7 +158,10 @@ export class Applier {
         } else if (applied.type === "docker:index/volume:Volume") {
             if (!applied.retainOnDelete) await run("docker", ["volume", "rm", "--force", applied.inputs.name]);
         } else if (applied.type === "command:local:Command") {
-            if (applied.inputs.delete) await runShell(applied.inputs.delete, applied.inputs.environment ?? {});
+            if (applied.inputs.delete) {
+                const { stdout, stderr } = await runShell(applied.inputs.delete, applied.inputs.environment ?? {});
+                this.deleteRuns.push({ name, command: applied.inputs.delete, stdout, stderr });
+            }
         }
     }
 }

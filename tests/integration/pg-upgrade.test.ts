@@ -106,6 +106,34 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.equal(await containerState(`${PREFIX}pg17`), "absent");
     });
 
+    it("an upgrade given up after prepare: the prepare resource's delete (pulumi destroy, or the upgrade taken out) removes its standby", async () => {
+        const standby = `${PREFIX}pg17-staging-standby`;
+        const config = { version: "17", upgradeFrom: "15", attempt: "2" };
+        between["upgrade-15-to-17-prepare"] = async () => {
+            throw new Error("the user gives up after prepare");
+        };
+        try {
+            await assert.rejects(up(config), /the user gives up after prepare/);
+        } finally {
+            delete between["upgrade-15-to-17-prepare"];
+        }
+        assert.equal(await containerState(standby), "running", "prepare left its standby streaming");
+        // Exactly what the engine runs to delete the prepare resource.
+        const remove = (await declare({ ...base, method: "pg_upgrade", ...config }, PASSWORD)).byName("upgrade-15-to-17-prepare").inputs.delete as string;
+        assert.equal((await runShell(remove, {})).stdout.trim(),
+            `remove-standby: the standby "${standby}" was removed; the old cluster was only read by it and is unchanged.`);
+        assert.equal(await containerState(standby), "absent");
+        assert.equal((await runShell(remove, {})).stdout.trim(), `remove-standby: there is no standby "${standby}"; nothing to do.`);
+        // Taken out of the stack: the engine runs that delete once more, after 15's serve.
+        const mark = applier.deleteRuns.length;
+        await up({ version: "15" });
+        assert.deepEqual(applier.deleteRuns.slice(mark).map((d) => [d.name, d.stdout.trim()]),
+            [["upgrade-15-to-17-prepare", `remove-standby: there is no standby "${standby}"; nothing to do.`]]);
+        const reverted = await snapshotCluster(login);
+        assert.match(reverted.version, /^15\./);
+        assert.deepEqual(logicalContent(reverted), logicalContent(original));
+    });
+
     it("upgrades 15 -> 17 with pg_upgrade --link on a standby, the old server never stopped; a revert finds the old data as it was", async () => {
         const mark = applier.commandRuns.length;
         await up({ version: "17", upgradeFrom: "15", attempt: "2" });

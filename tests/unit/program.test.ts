@@ -155,7 +155,7 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
 
     it("never re-runs a step that succeeded when its inputs change later (ignoreChanges)", () => {
         for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"]) {
-            assert.deepEqual(d.byName(`upgrade-15-to-17-${step}`).ignoreChanges, ["create", "environment"]);
+            assert.deepEqual(d.byName(`upgrade-15-to-17-${step}`).ignoreChanges, ["create", "delete", "environment"]);
         }
     });
 
@@ -190,7 +190,7 @@ describe("minor update 17.5 to 17.6 while the old cluster is kept", () => {
 
     it("declares no new step: the same upgrade steps, whose changed image is ignored, so no dump runs again", () => {
         assert.deepEqual(at176.names(), at175.names());
-        assert.deepEqual(at176.byName("upgrade-15-to-17-dump").ignoreChanges, ["create", "environment"]);
+        assert.deepEqual(at176.byName("upgrade-15-to-17-dump").ignoreChanges, ["create", "delete", "environment"]);
         assert.deepEqual(at176.byName("pg15-container").inputs, at175.byName("pg15-container").inputs);
     });
 });
@@ -331,7 +331,19 @@ describe("method pg_upgrade", () => {
             assert.ok(isSecret(s.inputs.environment) || isSecret(s.inputs.environment.SYNAPSE_PG_PASSWORD), `${step} gets the password as a secret`);
             assert.equal(unwrapSecrets(s.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
             assert.ok(!s.inputs.create.includes("synapse-secret"));
-            assert.deepEqual(s.ignoreChanges, ["create", "environment"]);
+            assert.deepEqual(s.ignoreChanges, ["create", "delete", "environment"]);
+        }
+    });
+
+    it("removes prepare's standby when the upgrade leaves the stack, and before a new attempt's prepare makes another", async () => {
+        const d = await declare(PHYSICAL);
+        const prepare = d.byName("upgrade-15-to-17-prepare");
+        assert.equal(prepare.inputs.delete, `${RUNNER} remove-standby --staging synapse-pg17-staging`);
+        assert.equal(prepare.deleteBeforeReplace, true);
+        for (const step of ["preflight", "upgrade", "copy-config", "verify", "cutover"]) {
+            const s = d.byName(`upgrade-15-to-17-${step}`);
+            assert.equal(s.inputs.delete, undefined, `${step} has nothing to undo`);
+            assert.equal(s.deleteBeforeReplace, false);
         }
     });
 });
