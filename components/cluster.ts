@@ -127,8 +127,10 @@ export class Cluster extends pulumi.ComponentResource {
                 retries: 12,
                 startPeriod: "30s",
             },
-            wait: true,
-            waitTimeout: 300,
+            // No provider wait: it passes only at the first health check, a whole interval after the start, and
+            // at a switch that interval is downtime. The steps that use the server wait for it themselves (serve,
+            // every 0.3 s, before it starts Synapse; an upgrade's first step, for a source still starting).
+            wait: false,
             // unless-stopped, not always: a cluster stopped at cutover must stay stopped after a daemon restart,
             // or two servers would answer to the alias.
             restart: "unless-stopped",

@@ -152,10 +152,25 @@ export async function waitUntilAccepting(container: string, user: string, timeou
         } catch (err) {
             last = (err as Error).message;
         }
-        // Often: during an upgrade's downtime each wait for a server is on the clock.
-        await sleep(300);
+        // Often: during an upgrade's downtime each wait for a server is on the clock (a check is ~0.07 s).
+        await sleep(100);
     }
     throw new StepError(`PostgreSQL in "${container}" did not accept connections within ${timeoutSeconds} s (${last}).`);
+}
+
+/**
+ * Runs `work` against the container's server; when that fails, waits until the server accepts connections and
+ * runs it once more. For the first step that reads a server Pulumi may have just created or started (it does not
+ * wait for health, see components/cluster.ts): free when the server is up, a clear message when it never comes.
+ */
+export async function whenAccepting<T>(container: string, user: string, work: () => Promise<T>): Promise<T> {
+    try {
+        return await work();
+    } catch (err) {
+        if (!(err instanceof ProcessError)) throw err;
+        await waitUntilAccepting(container, user, 120);
+        return work();
+    }
 }
 
 export async function containerLogTail(container: string, lines = 8): Promise<string> {

@@ -18,7 +18,7 @@
 // files are read, not shared, so it stays a complete, startable cluster whatever happens to the new one.
 import { availableParallelism } from "node:os";
 import { Readable, Writable } from "node:stream";
-import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, pinnedReference, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, pinnedReference, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
@@ -87,7 +87,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: b
     const old = await requireContainer(input.container, "old");
     if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
     const superuser = superuserOf(old);
-    const version = await serverVersion(input.container, superuser);
+    const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);
     await requireSameOwner(old, input.image);
 

@@ -4,7 +4,7 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { checkBackupSpace, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
-import { inspectContainer, query, requireContainer, superuserOf } from "./docker";
+import { inspectContainer, query, requireContainer, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
@@ -83,7 +83,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         staging?.labels["synapse-postgres.role"] === "staging"
             ? readTargetStateThrough(staging.name, input.targetMajor)
             : readTargetState(input.targetData, input.targetMajor, input.targetImage),
-        old.running ? oldServerFacts(input.container, user) : undefined,
+        old.running ? whenAccepting(input.container, user, () => oldServerFacts(input.container, user)) : undefined,
     ]);
     if (!facts) {
         if (target.marker && hasServed(target.marker)) {

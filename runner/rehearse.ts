@@ -9,7 +9,6 @@ import * as path from "node:path";
 import { copyConfig } from "./copy-config";
 import { databasesSize, dumpCluster, formatBytes, freeBytes } from "./dump";
 import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
-import { HEALTHCHECK_INTERVAL_SECONDS } from "./layout";
 import { ProcessError, run, runPiped } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
@@ -42,7 +41,7 @@ export interface RehearsalReport {
     verified: boolean;
     /** Seconds per step of the rehearsal. */
     timings: Record<string, number>;
-    /** preflight + dump + restore + copy-config + verify + the switch (stops, start, first health check) + step start-ups. */
+    /** preflight + dump + restore + copy-config + verify + the switch (stops, the new container's start, serve) + step start-ups. */
     predictedDowntimeSeconds: number;
     dumpBytes: number;
     /** Everything the real upgrade would meet, one sentence each. */
@@ -150,7 +149,7 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
             await readMarkerIn(name, user);
             await serverVersion(name, user);
         });
-        timings.switch = 2 * stop + timings.start + HEALTHCHECK_INTERVAL_SECONDS + timings.serve;
+        timings.switch = 2 * stop + timings.start + timings.serve;
         delete timings.stop;
         delete timings.start;
         delete timings.serve;

@@ -72,16 +72,22 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     if (started) await startContainer(input.container);
     const user = superuserOf(info);
     await waitUntilAccepting(input.container, user);
-    const marker = await readMarkerIn(input.container, user);
+    // Side by side (at a switch Synapse is down until the end of this step).
+    const [marker, { text: version }, standbysRemoved] = await Promise.all([
+        readMarkerIn(input.container, user),
+        serverVersion(input.container, user),
+        removeStandbysOf(input.container),
+    ]);
     if (marker && marker.state === "cutover") {
-        await writeMarkerIn(input.container, user, advanceMarker(marker, "serving"));
-        if (marker.method === "pg_upgrade" && marker.major < 18) {
+        await Promise.all([
+            writeMarkerIn(input.container, user, advanceMarker(marker, "serving")),
             // pg_upgrade before 18 carries no statistics; the upgrade gathered a quick first stage. The full
             // ANALYZE runs now, in the background, while Synapse works (pg_upgrade's own advice).
-            await run("docker", ["exec", "-d", input.container, "vacuumdb", "-U", user, "--all", "--analyze-only", "--quiet"]);
-        }
+            marker.method === "pg_upgrade" && marker.major < 18
+                ? run("docker", ["exec", "-d", input.container, "vacuumdb", "-U", user, "--all", "--analyze-only", "--quiet"])
+                : undefined,
+        ]);
     }
-    const version = (await serverVersion(input.container, user)).text;
     let oneTimeKeysCleared: number | undefined;
     if (leaving.served && leaving.lost > 0) {
         // Synapse's backup advice: after going back to older data, clients may hold one-time keys the older data
@@ -92,7 +98,6 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
             "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone", db).catch(() => [["0"]]);
         oneTimeKeysCleared = Number(rows[0][0]);
     }
-    const standbysRemoved = await removeStandbysOf(input.container);
     const synapseStarted = await startSynapse(input.synapse ?? []);
     return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.lost, standbysRemoved };
 }
