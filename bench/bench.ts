@@ -5,9 +5,10 @@
 // Seeds a Synapse-shaped database of that size in a 15 container, then times
 //   (a) the guide: pg_dumpall in the old container to one file, psql -f into a fresh 17 container;
 //   (b) ours: the step runner's dump and restore (method directory), run through its CLI as pulumi up runs it,
-//       and the whole downtime (preflight, dump, restore, copy-config, verify, cutover);
+//       and the whole downtime (preflight, dump, restore, copy-config, verify, cutover, and the switch: the new
+//       serving container created as the program declares it, and the serve step, which waits for its server);
 //   (b') ours, method pg_upgrade: prepare (while Synapse would still run, not downtime), then the downtime
-//       (preflight, upgrade, copy-config, verify, cutover);
+//       (preflight, upgrade, copy-config, verify, cutover, the switch);
 //   (c) the floor: a raw copy of the stopped old cluster's data folder.
 // It prints each time, ours/guide, ours/floor, the step runner's peak RSS, and writes JSON to bench/results/.
 import { spawn } from "node:child_process";
@@ -21,6 +22,8 @@ const IMAGE = "synapse-pg-test/postgres";
 const PREFIX = "spbench-";
 const PASSWORD = "bench-password";
 const REPO = path.resolve(__dirname, "..");
+/** The network Synapse would use, with the alias the serving cluster answers to. */
+const NETWORK = `${PREFIX}net`;
 
 function flag(name: string, fallback?: string): string | undefined {
     const i = process.argv.indexOf(`--${name}`);
@@ -44,6 +47,20 @@ async function cleanup(): Promise<void> {
     if (names.length) await run("docker", ["rm", "-f", ...names]);
     const vols = (await run("docker", ["volume", "ls", "--format", "{{.Name}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX));
     if (vols.length) await run("docker", ["volume", "rm", "-f", ...vols]);
+    await run("docker", ["network", "rm", NETWORK]).catch(() => undefined);
+}
+
+/**
+ * The switch's last part, as pulumi up does it after cutover: the new serving container, created as
+ * components/cluster.ts declares it (alias on Synapse's network, no wait for a health check), then the serve step.
+ */
+async function serveNew(name: string, volume: string, major: number): Promise<number> {
+    await run("docker", ["run", "-d", "--name", name, "--network", NETWORK, "--network-alias", "db", "--shm-size", "256m",
+        "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD", "-e", "PGDATA=/var/lib/postgresql/data",
+        "--label", "synapse-postgres.managed=true", "--label", `synapse-postgres.cluster=${major}`,
+        "--restart", "unless-stopped", "--stop-signal", "SIGINT", "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`],
+        { env: { POSTGRES_PASSWORD: PASSWORD } });
+    return step(["serve", "--container", name, "--network", NETWORK, "--alias", "db", "--database", "synapse"]);
 }
 
 async function startCluster(name: string, major: number, volume: string): Promise<void> {
@@ -106,6 +123,7 @@ async function main(): Promise<void> {
     const json = process.argv.includes("--json");
     const backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-bench-"));
     await cleanup();
+    await run("docker", ["network", "create", NETWORK]);
     try {
         const old = `${PREFIX}pg15`;
         await startCluster(old, 15, `${PREFIX}pgsql15`);
@@ -142,11 +160,14 @@ async function main(): Promise<void> {
             ["cutover", ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];
         const timings = await runSteps(steps, rss, "");
+        [timings.serve, rss.serve] = await seconds(() => serveNew(`${PREFIX}pg17`, data, 17));
         const oursSeconds = timings.dump + timings.restore;
         const downtimeSeconds = Object.values(timings).reduce((a, b) => a + b, 0);
 
-        // (b') Ours, method pg_upgrade, from the same old cluster (started again: cutover stopped it).
+        // (b') Ours, method pg_upgrade, from the same old cluster (started again: cutover stopped it), and (b)'s
+        // new cluster out of the way (a revert would stop it).
         console.error("(b') ours: synapse-pg, method pg_upgrade");
+        await run("docker", ["rm", "-f", `${PREFIX}pg17`]);
         await run("docker", ["start", old]);
         await waitReady(old);
         const uStaging = `${PREFIX}pg17u-staging`;
@@ -162,6 +183,7 @@ async function main(): Promise<void> {
             ["cutover", ["cutover", "--old", old, "--new", uStaging, "--data", uData, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];
         const uTimings = await runSteps(uSteps, rss, "pg_upgrade ");
+        [uTimings.serve, rss["pg_upgrade serve"]] = await seconds(() => serveNew(`${PREFIX}pg17u`, uData, 17));
         const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
         const upgradeDowntime = Object.values(uTimings).reduce((a, b) => a + b, 0);
 
