@@ -64,10 +64,15 @@ export class MajorUpgrade extends pulumi.ComponentResource {
         const data = formatDataLocation(args.toData);
         const secretEnv = { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) };
         const newCluster = { staging: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
+        // The configuration's inputs: copy-config's, and prepare's, which carries the configuration before the downtime.
+        const configFlags = {
+            ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
+            ...(args.dropSettings?.length ? { drop: args.dropSettings.join(",") } : {}),
+        };
 
         const lines: Record<Step, { create: pulumi.Output<string>; delete?: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
             prepare: {
-                create: stepCommand("prepare", { container: args.fromContainer, ...newCluster }),
+                create: stepCommand("prepare", { container: args.fromContainer, ...newCluster, ...configFlags }),
                 // An upgrade taken out of the stack before its switch (or pulumi destroy): the standby prepare made
                 // stops following the old server. After a switch there is none, and this does nothing.
                 delete: stepCommand("remove-standby", { staging: args.stagingContainer }),
@@ -98,11 +103,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
                 environment: secretEnv,
             },
             "copy-config": {
-                create: stepCommand("copy-config", {
-                    from: args.fromContainer, to: args.stagingContainer,
-                    ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
-                    ...(args.dropSettings?.length ? { drop: args.dropSettings.join(",") } : {}),
-                }),
+                create: stepCommand("copy-config", { from: args.fromContainer, to: args.stagingContainer, ...configFlags }),
             },
             verify: {
                 create: stepCommand("verify", {

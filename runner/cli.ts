@@ -1,7 +1,7 @@
 // synapse-pg: the step runner's command line. Each subcommand parses its flags, calls one step function and
 // prints its result on stdout (dump: the dump's path as the last line). Failures print one sentence on stderr and
 // exit 1. Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
-import { copyConfig } from "./copy-config";
+import { copyConfig, CopyConfigResult } from "./copy-config";
 import { cutover } from "./cutover";
 import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "./dump";
 import { parseDataLocation } from "./layout";
@@ -61,11 +61,31 @@ function settingsFlag(flags: Flags): Record<string, string> {
     throw new StepError(`--settings must be a JSON object of PostgreSQL settings, like {"work_mem":"16MB"}, not "${flags.settings}".`);
 }
 
+/** --drop: postgres:dropSettings, comma-separated. */
+function dropFlag(flags: Flags): string[] {
+    return ((flags.drop as string | undefined) ?? "").split(",").map((n) => n.trim()).filter(Boolean);
+}
+
+/** What copy-config did, in its words; also what prepare says after it carried the configuration across. */
+function reportConfig(step: string, r: CopyConfigResult, out: (line: string) => void): void {
+    for (const d of r.dropped) {
+        out(`${step}: left out of the new cluster, as postgres:dropSettings allows: ${d.file} line ${d.line}: ${d.name} (${d.hint ?? d.error}); the old cluster keeps it.`);
+    }
+    for (const rule of r.accessRulesOnlyInOld) {
+        out(`${step}: note: the old cluster has the access rule "${rule}", which the new one does not; the new one keeps the image's rules (scram-sha-256 for every host): add it by hand if you still need it.`);
+    }
+    out(r.copied.length === 0
+        ? `${step}: ${r.unchanged.join(" and ")} already in place; nothing to do.`
+        : `${step}: copied ${r.copied.join(" and ")}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
+    if (r.declared) out(`${step}: the new server accepts postgres:settings (${Object.entries(r.declared).map(([k, v]) => `${k}=${v}`).join(", ")}); its container starts with them after the switch.`);
+}
+
 function pgUpgradeInput(f: Flags) {
     return {
         container: str(f, "container"), staging: str(f, "staging"), image: str(f, "image"),
         data: parseDataLocation(str(f, "data")), major: int(f, "major"), password: password(true)!,
         loginUser: (f["login-user"] as string) ?? "synapse",
+        settings: settingsFlag(f), drop: dropFlag(f),
     };
 }
 
@@ -121,9 +141,12 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             image: "the new major's image",
             data: "the new cluster's volume name or absolute host folder",
             major: "the new major",
+            "settings?": "postgres:settings as a JSON object: checked against the copied files, before the downtime",
+            "drop?": "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
         },
         async run(f, out) {
             const r = await preparePgUpgrade(pgUpgradeInput(f));
+            if (r.config) reportConfig("prepare", r.config, out);
             if (r.setAsideTo) out(`prepare: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
             out(`prepare: ${r.binaries.version} runs inside ${str(f, "image")} from ${r.binaries.volume}; ${r.reused ? "the new cluster was already prepared" : "new cluster initialised"} in "${str(f, "staging")}" (stopped).`);
             out(r.standby
@@ -274,18 +297,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "drop?": "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
         },
         async run(f, out) {
-            const drop = ((f.drop as string | undefined) ?? "").split(",").map((n) => n.trim()).filter(Boolean);
-            const r = await copyConfig({ from: str(f, "from"), to: str(f, "to"), settings: settingsFlag(f), drop });
-            for (const d of r.dropped) {
-                out(`copy-config: left out of the new cluster, as postgres:dropSettings allows: ${d.file} line ${d.line}: ${d.name} (${d.hint ?? d.error}); the old cluster keeps it.`);
-            }
-            for (const rule of r.accessRulesOnlyInOld) {
-                out(`copy-config: note: the old cluster has the access rule "${rule}", which the new one does not; the new one keeps the image's rules (scram-sha-256 for every host): add it by hand if you still need it.`);
-            }
-            out(r.copied.length === 0
-                ? `copy-config: ${r.unchanged.join(" and ")} already in place; nothing to do.`
-                : `copy-config: copied ${r.copied.join(" and ")}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
-            if (r.declared) out(`copy-config: the new server accepts postgres:settings (${Object.entries(r.declared).map(([k, v]) => `${k}=${v}`).join(", ")}); its container starts with them after the switch.`);
+            reportConfig("copy-config", await copyConfig({ from: str(f, "from"), to: str(f, "to"), settings: settingsFlag(f), drop: dropFlag(f) }), out);
         },
     },
     verify: {

@@ -24,6 +24,7 @@ import { run, runPiped, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
 import { checkSpace } from "./preflight";
+import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
@@ -41,6 +42,9 @@ export interface PgUpgradeInput {
     password: string;
     /** The role Synapse logs in as: an md5 hash of it is re-set as scram-sha-256. */
     loginUser?: string;
+    /** postgres:settings and postgres:dropSettings, for prepare's copy of the configuration (see copy-config.ts). */
+    settings?: Record<string, string>;
+    drop?: string[];
 }
 
 /** Where the old image's file system is mounted in the helper containers, and the wrappers of its binaries. */
@@ -69,6 +73,8 @@ export interface PrepareResult {
     /** The standby's container when one streams; else why there is none (the upgrade then copies the data). */
     standby?: string;
     noStandby?: string;
+    /** The old configuration carried into the new cluster and accepted by its server (not on a reuse). */
+    config?: CopyConfigResult;
 }
 
 export interface UpgradeResult {
@@ -80,10 +86,12 @@ export interface UpgradeResult {
 }
 
 /**
- * Before Synapse stops: old binaries ready and proven to run, new cluster initialised and stopped, and (unless
- * `standby` is false) a standby of the old cluster streaming into the new location.
+ * Before Synapse stops: old binaries ready and proven to run, new cluster initialised with the old configuration
+ * (unless `config` is false) and stopped, and (unless `standby` is false) a standby of the old cluster streaming
+ * into the new location.
  */
-export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: boolean } = { standby: true }): Promise<PrepareResult> {
+export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: boolean; config?: boolean } = {}): Promise<PrepareResult> {
+    const withStandby = opts.standby !== false;
     const old = await requireContainer(input.container, "old");
     if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
     const superuser = superuserOf(old);
@@ -97,8 +105,17 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: b
     const m = target.marker;
     if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running
         && !(await hasPgUpgradeLeftovers(input.staging, input.major))) {
-        if (!opts.standby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, standby: opts.standby ? standbyName : undefined };
-        return { binaries, reused: true, ...(await prepareStandby(old, superuser, input)) };
+        // The configuration again, as it is now (the user may have changed it since): the new cluster is started
+        // for it and stopped cleanly again, as pg_upgrade wants it.
+        let config: CopyConfigResult | undefined;
+        if (opts.config !== false) {
+            await startContainer(input.staging);
+            await waitUntilAccepting(input.staging, superuser);
+            config = await carryConfig(input);
+            await stopContainer(input.staging);
+        }
+        if (!withStandby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, config, standby: withStandby ? standbyName : undefined };
+        return { binaries, reused: true, config, ...(await prepareStandby(old, superuser, input)) };
     }
     // The standby mounts the new location: it goes first, so nothing of ours holds the location being made again.
     await removeStandby(standbyName);
@@ -112,6 +129,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: b
         initdbExtra: checksums === "on" ? "--data-checksums" : input.major >= 18 ? "--no-data-checksums" : undefined,
     });
     await waitUntilAccepting(input.staging, superuser);
+    const config = opts.config !== false ? await carryConfig(input) : undefined;
     const now = new Date().toISOString();
     const marker: Marker = {
         tool: "synapse-postgres",
@@ -123,7 +141,23 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby: b
     };
     await writeMarkerAt(input.staging, input.major, marker);
     await stopContainer(input.staging);
-    return { binaries, reused: false, setAsideTo, ...(opts.standby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
+    return { binaries, reused: false, setAsideTo, config, ...(withStandby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
+}
+
+/**
+ * The old configuration, carried into the running new cluster and checked by its server while Synapse still
+ * serves: a setting it rejects, or one it cannot start with (restart-only settings restart it here), stops
+ * prepare before any downtime, with the new cluster stopped. pg_upgrade's documented order puts this after the
+ * upgrade, but pg_upgrade leaves the new cluster's configuration files as they are and runs its server with
+ * them; copy-config, at the downtime, finds them in place (or carries what changed since).
+ */
+async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
+    try {
+        return await copyConfig({ from: input.container, to: input.staging, settings: input.settings, drop: input.drop });
+    } catch (err) {
+        await stopContainer(input.staging).catch(() => undefined);
+        throw err;
+    }
 }
 
 /** A standby of the old cluster in the new location, or why there is none; the upgrade works either way. */
@@ -177,7 +211,8 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         if (!old.running) await startAndWait(input.container, superuser);
         // Synapse is down: no new standby now (its copy would take as long as --copy does). Prepare removes the
         // old one before it makes the new cluster again.
-        const again = await preparePgUpgrade(input, { standby: false });
+        // Its configuration is copy-config's, the next step, with the user's dropSettings.
+        const again = await preparePgUpgrade(input, { standby: false, config: false });
         phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;

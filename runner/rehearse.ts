@@ -100,7 +100,9 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
                 container: source, staging: name, image, data: { kind: "volume" as const, name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
             };
             try {
-                await preparePgUpgrade(upgradeInput);
+                // The configuration is checked below, as copy-config does, so a rejected setting is one problem
+                // among the others and the rest is still rehearsed.
+                await preparePgUpgrade(upgradeInput, { config: false });
                 via = (await timed(timings, "upgrade", () => runPgUpgrade(upgradeInput))).via;
             } catch (err) {
                 if (!(err instanceof StepError)) throw err;

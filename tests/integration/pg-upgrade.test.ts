@@ -134,9 +134,32 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.deepEqual(logicalContent(reverted), logicalContent(original));
     });
 
+    it("a setting the new major rejects stops prepare, before the downtime, with file, line and the way out", async () => {
+        // Valid in 15, removed in 16. prepare carries the configuration across while Synapse still serves.
+        await runShell(`docker exec ${PREFIX}pg15 psql -U synapse -d postgres -c "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10"`, {});
+        try {
+            await assert.rejects(up({ version: "17", upgradeFrom: "15", attempt: "2" }), (err: Error) => {
+                assert.match(err.message,
+                    /synapse-pg prepare: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*`pulumi config set postgres:dropSettings vacuum_defer_cleanup_age`, and run pulumi up again\./);
+                return true;
+            });
+            assert.equal(await containerState(`${PREFIX}pg17-staging`), "stopped", "prepare stops the new cluster it could not finish");
+            assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent", "no standby before the configuration is accepted");
+        } finally {
+            await runShell(`docker exec ${PREFIX}pg15 psql -U synapse -d postgres -c "ALTER SYSTEM RESET vacuum_defer_cleanup_age"`, {});
+        }
+        await up({ version: "15" });
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
+    });
+
     it("upgrades 15 -> 17 with pg_upgrade --link on a standby, the old server never stopped; a revert finds the old data as it was", async () => {
         const mark = applier.commandRuns.length;
         await up({ version: "17", upgradeFrom: "15", attempt: "2" });
+        // The configuration was carried across and accepted before the downtime (by this prepare, or the given-up
+        // one whose new cluster it reuses); at the downtime it is in place.
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"),
+            /^prepare: (copied postgresql\.conf( and postgresql\.auto\.conf)?; the new server accepted every setting|postgresql\.conf and postgresql\.auto\.conf already in place; nothing to do\.)/m);
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-copy-config"), /^copy-config: postgresql\.conf and postgresql\.auto\.conf already in place; nothing to do\.$/m);
         assert.match(stdoutOf(mark, "upgrade-15-to-17-upgrade"),
             /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg15" into "sptest-pgu-pg17-staging" in [\d.]+ s; the old cluster was never stopped and is unchanged\./);
         assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));

@@ -301,6 +301,14 @@ describe("postgres:dropSettings", () => {
         const d = await declare({ ...UPGRADE_17, dropSettings: "wal_keep_segments, stats_temp_directory" });
         assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging --drop wal_keep_segments,stats_temp_directory`);
     });
+
+    it("gives method pg_upgrade's prepare, which carries the configuration before the downtime, the same settings and consent", async () => {
+        const d = await declare({ ...UPGRADE_17, method: "pg_upgrade", dropSettings: "wal_keep_segments", settings: '{"work_mem":"16MB"}' });
+        const config = `--settings '{"work_mem":"16MB"}' --drop wal_keep_segments`;
+        assert.equal(d.byName("upgrade-15-to-17-prepare").inputs.create,
+            `${RUNNER} prepare --container synapse-pg15 --staging synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 ${config}`);
+        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging ${config}`);
+    });
 });
 
 describe("method pg_upgrade", () => {
