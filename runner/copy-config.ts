@@ -140,7 +140,8 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
 /**
  * A cluster's configuration files where its server reads them (postgresql.auto.conf always in the data
  * directory, the others wherever config_file, hba_file and ident_file say), with their text; undefined for one
- * that is missing. Read by the server as bytes (base64), so no encoding of a comment can break the read.
+ * that is missing. Read by the server as bytes (base64), so no encoding of a comment can break the read; up to
+ * 16 MB each, far beyond any configuration file.
  */
 async function configFiles(container: string, user: string): Promise<Record<ConfigFile, { path: string; text?: string }>> {
     const rows = await query(container, user,
@@ -190,11 +191,7 @@ async function fileSettingErrors(container: string, user: string): Promise<strin
         "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline");
 }
 
-/** What the server's own parser rejected in the files it just read (PostgreSQL 9.5+). */
-export async function rejectedSettings(container: string, user: string): Promise<RejectedSetting[]> {
-    return rejectedFrom(await fileSettingErrors(container, user));
-}
-
+/** What the server's own parser rejected in the files it read (PostgreSQL 9.5+). */
 function rejectedFrom(errors: string[][]): RejectedSetting[] {
     return errors.filter(([, , , error]) => !NEEDS_RESTART.test(error)).map(([file, line, name, error]) => ({
         file: file.replace(/^.*\//, ""),

@@ -158,16 +158,20 @@ export async function waitUntilAccepting(container: string, user: string, timeou
     throw new StepError(`PostgreSQL in "${container}" did not accept connections within ${timeoutSeconds} s (${last}).`);
 }
 
+/** What psql says while a server is still starting (or not listening yet), as opposed to a real refusal. */
+const NOT_YET_ACCEPTING = /starting up|not yet accepting|could not connect|Connection refused|No such file or directory/;
+
 /**
- * Runs `work` against the container's server; when that fails, waits until the server accepts connections and
- * runs it once more. For the first step that reads a server Pulumi may have just created or started (it does not
- * wait for health, see components/cluster.ts): free when the server is up, a clear message when it never comes.
+ * Runs `work` against the container's server; when that fails because the server is not up yet, waits until it
+ * accepts connections and runs it once more. For the first step that reads a server Pulumi may have just created
+ * or started (it does not wait for health, see components/cluster.ts): free when the server is up, a clear
+ * message when it never comes, and any other failure (a wrong role, say) reported at once.
  */
 export async function whenAccepting<T>(container: string, user: string, work: () => Promise<T>): Promise<T> {
     try {
         return await work();
     } catch (err) {
-        if (!(err instanceof ProcessError)) throw err;
+        if (!(err instanceof ProcessError) || !NOT_YET_ACCEPTING.test(err.message)) throw err;
         await waitUntilAccepting(container, user, 120);
         return work();
     }

@@ -73,7 +73,7 @@ export interface PrepareResult {
     /** The standby's container when one streams; else why there is none (the upgrade then copies the data). */
     standby?: string;
     noStandby?: string;
-    /** The old configuration carried into the new cluster and accepted by its server (not on a reuse). */
+    /** The old configuration carried into the new cluster and accepted by its server (unless config is false). */
     config?: CopyConfigResult;
 }
 
