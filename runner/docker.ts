@@ -114,17 +114,18 @@ export async function query(container: string, user: string, sql: string, databa
 }
 
 /**
- * Like query, for a script of several statements (and psql meta-commands) read from stdin: all their rows. psql
- * ends each result with a newline instead of the record separator, so a newline also ends a record here: for
- * values without newlines (names, numbers, settings).
+ * Like query, for a script of several statements (and psql meta-commands) read from stdin: all their rows, and
+ * psql's last stderr lines. psql ends each result with a newline instead of the record separator, so a newline
+ * also ends a record here: for values without newlines (names, numbers, settings). A nested psql gets the same
+ * separators with \pset fieldsep '\x1f' and recordsep '\x1e'.
  */
-export async function queryScript(container: string, user: string, script: string, database = "postgres"): Promise<string[][]> {
-    const { stdout } = await run("docker", [
+export async function queryScript(container: string, user: string, script: string, database = "postgres"): Promise<{ rows: string[][]; stderr: string }> {
+    const { stdout, stderr } = await run("docker", [
         "exec", "-i", container,
         "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
         "-F", FIELD, "-R", RECORD, "-U", user, "-d", database,
     ], { stdin: script });
-    return stdout.split(new RegExp(`${RECORD}|\n`)).filter((r) => r !== "").map((r) => r.split(FIELD));
+    return { rows: stdout.split(new RegExp(`${RECORD}|\n`)).filter((r) => r !== "").map((r) => r.split(FIELD)), stderr };
 }
 
 export async function serverVersion(container: string, user: string): Promise<{ text: string; major: number }> {

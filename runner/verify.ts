@@ -40,17 +40,35 @@ interface Snapshot {
 }
 
 /**
- * Everything verify compares, read in one psql session per cluster (\c into each database, \gexec for the
- * row counts): every psql started through docker exec costs a few tenths of a second, all of it downtime.
+ * What psql runs in each database (a nested psql, fed by the outer one): every table's exact row count (one UNION
+ * ALL of count(*) per table, built and run by the server with \gexec), every sequence, then a "done" row, so a
+ * database that could not be read is found missing instead of silently compared as empty on both sides. A
+ * format() template: %1$s is the database as an identifier, %2$s as a literal.
+ */
+const PER_DATABASE = [
+    "\\c %1$s",
+    `SELECT string_agg(format('SELECT %L, %L, count(*) FROM %I.%I', 'table', %2$s || '.' || format('%I.%I', n.nspname, c.relname), n.nspname, c.relname), ' UNION ALL ')
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+     HAVING count(*) > 0 \\gexec`,
+    "SELECT 'sequence', %2$s || '.' || format('%I.%I', schemaname, sequencename), coalesce(last_value::text, 'unused') FROM pg_sequences ORDER BY 2;",
+    "SELECT 'done', %2$s;",
+].join("\n");
+
+/**
+ * Everything verify compares, read in one docker exec per cluster (each is a tenth of a second of downtime): the
+ * databases and roles, then, through `\g |psql`, a nested psql in the same container that connects to each
+ * database in turn (psql cannot loop over databases itself).
  */
 async function snapshot(container: string, user: string): Promise<Snapshot> {
-    const dbRows = await query(container, user,
-        "SELECT datname, pg_encoding_to_char(encoding), datcollate, datctype, datallowconn FROM pg_database WHERE datname <> 'template0' ORDER BY 1");
-    const databases = new Map<string, string>();
-    for (const [name, enc, collate, ctype] of dbRows) databases.set(name, `${enc} ${collate}/${ctype}`);
-
-    // Password hashes are compared, never printed: the report shows only whether they match.
+    const nested = `psql -X -q -A -t -v ON_ERROR_STOP=1 -U '${user.replace(/'/g, "'\\''")}' -d postgres`;
     const script = [
+        // The nested psql first: the outer one has printed nothing yet, so their rows cannot interleave.
+        `SELECT E'\\\\pset fieldsep \\'\\\\x1f\\'\\n\\\\pset recordsep \\'\\\\x1e\\'\\n'
+                || string_agg(format(${quoteLiteral(PER_DATABASE.replace(/%(?![12]\$s)/g, "%%"))}, quote_ident(datname), quote_literal(datname)), E'\\n' ORDER BY datname)
+           FROM pg_database WHERE datallowconn AND datname <> 'template1' \\g |${nested}`,
+        `SELECT 'database', datname, pg_encoding_to_char(encoding) || ' ' || datcollate || '/' || datctype FROM pg_database WHERE datname <> 'template0' ORDER BY 2;`,
+        // Password hashes are compared, never printed: the report shows only whether they match.
         `SELECT 'role', rolname, concat_ws(' ', CASE WHEN rolsuper THEN 'superuser' END, CASE WHEN rolcanlogin THEN 'login' END,
                 CASE WHEN rolcreatedb THEN 'createdb' END, CASE WHEN rolcreaterole THEN 'createrole' END,
                 CASE WHEN rolreplication THEN 'replication' END, CASE WHEN rolbypassrls THEN 'bypassrls' END,
@@ -58,27 +76,26 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
                 || ' ' || CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'none' END
                 || ' password#' || left(md5(coalesce(rolpassword, '')), 8)
            FROM pg_authid WHERE rolname !~ '^pg_' ORDER BY 2;`,
+        `SELECT 'expect', datname FROM pg_database WHERE datallowconn AND datname <> 'template1' ORDER BY 2;`,
     ];
-    for (const [db, , , , allowConn] of dbRows) {
-        if (allowConn !== "t" || db === "template1") continue;
-        const tag = quoteLiteral(db);
-        script.push(
-            `\\c ${quoteIdent(db)}`,
-            // One UNION ALL of count(*) per table, built and run by the server (\gexec), tagged with the database.
-            `SELECT string_agg(format('SELECT %L, %L, count(*) FROM %I.%I', 'table', ${tag} || '.' || format('%I.%I', n.nspname, c.relname), n.nspname, c.relname), ' UNION ALL ')
-               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
-             HAVING count(*) > 0 \\gexec`,
-            `SELECT 'sequence', ${tag} || '.' || format('%I.%I', schemaname, sequencename), coalesce(last_value::text, 'unused') FROM pg_sequences ORDER BY 2;`,
-        );
-    }
+    const databases = new Map<string, string>();
     const roles = new Map<string, string>();
     const tables = new Map<string, number>();
     const sequences = new Map<string, string>();
-    for (const [kind, key, value] of await queryScript(container, user, script.join("\n"))) {
-        if (kind === "role") roles.set(key, value);
+    const expected: string[] = [];
+    const done = new Set<string>();
+    const { rows, stderr } = await queryScript(container, user, script.join("\n"));
+    for (const [kind, key, value] of rows) {
+        if (kind === "database") databases.set(key, value);
+        else if (kind === "role") roles.set(key, value);
+        else if (kind === "expect") expected.push(key);
         else if (kind === "table") tables.set(key, Number(value));
         else if (kind === "sequence") sequences.set(key, value);
+        else if (kind === "done") done.add(key);
+    }
+    const unread = expected.filter((db) => !done.has(db));
+    if (unread.length > 0) {
+        throw new StepError(`verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}.`);
     }
     return { databases, roles, tables, sequences };
 }

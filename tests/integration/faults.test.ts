@@ -194,6 +194,33 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await resetTo15();
     });
 
+    it("6b. verify cannot read a database of the old cluster (a pg_hba.conf rule refuses it): no switch, it says which and why; with the rule gone, a re-run completes", async () => {
+        // A rule a user added for one database refuses local connections there: the dump (over 127.0.0.1) and the
+        // restore are not affected, verify's reading of the old cluster over its socket is.
+        const hba = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/pg_hba.conf"'])).stdout;
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "CREATE DATABASE sideline"]);
+        const withSideline = await snapshotCluster(login);
+        await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], { stdin: `local sideline all reject\n${hba}` });
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "SELECT pg_reload_conf()"]);
+        try {
+            await rejects(up(upgrade()),
+                /synapse-pg verify: verify could not read the database\(s\) sideline(, \w+)* in "sptest-fault-pg15", so it cannot compare them: .*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline"/);
+            assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
+        } finally {
+            await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], { stdin: hba });
+            await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "SELECT pg_reload_conf()"]);
+        }
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withSideline), "the old cluster is unchanged");
+        // The rule gone, pulumi up runs verify again, which now reads and compares every database.
+        await up(upgrade());
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(withSideline));
+        await resetTo15();
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "DROP DATABASE sideline"]);
+        await expectOldServingUnchanged();
+    });
+
     it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; left out by consent, it completes", async () => {
         // Valid in 15, removed in 16: the guide's "watch the logs" case.
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10", "-c", "SELECT pg_reload_conf()"]);
