@@ -11,7 +11,7 @@ import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import * as path from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
+import { MANAGED_LABEL, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
 import { run } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
@@ -144,9 +144,10 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
     const finalPath = dumpPathOf(outDir, name, method);
     const partialPath = `${finalPath}.partial`;
     const toolImage = input.toolImage ?? info.image;
-    const tool: DumpTool = { container: input.container, image: toolImage, superuser, password: input.password };
+    const tool: DumpTool = { container: input.container, dump: name, image: toolImage, superuser, password: input.password };
     const progress = new Progress("dump", databasesBytes);
 
+    await removeLeftoverTools(`${input.container}/${name}`);
     await fs.rm(partialPath, { recursive: true, force: true });
     let databaseDirs: Record<string, string> | undefined;
     try {
@@ -192,20 +193,37 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
 
 interface DumpTool {
     container: string;
+    /** The dump's name: labels its tool containers, so only this dump's leftovers are ever removed. */
+    dump: string;
     image: string;
     superuser: string;
     password?: string;
 }
+
+/** `<old container>/<dump name>` on a dump's tool containers, so a re-run of that dump finds what a killed attempt left. */
+const TOOL_OF = "synapse-postgres.tool-of";
 
 /**
  * `docker run` of the tool image sharing the old container's network namespace: 127.0.0.1 reaches the old server
  * (trusted by the official image) and nothing is published. As the calling user, so what it writes is ours.
  */
 function toolArgs(tool: DumpTool, entrypoint: string, extra: string[] = []): string[] {
-    const args = ["run", "--rm", "--network", `container:${tool.container}`, "--entrypoint", entrypoint];
+    const args = ["run", "--rm", "--network", `container:${tool.container}`, "--entrypoint", entrypoint,
+        "--label", `${MANAGED_LABEL}=true`, "--label", `${TOOL_OF}=${tool.container}/${tool.dump}`];
     if (process.getuid && process.getgid) args.push("--user", `${process.getuid()}:${process.getgid()}`);
     if (tool.password) args.push("-e", "PGPASSWORD");
     return [...args, ...extra, tool.image, "-h", "127.0.0.1", "-U", tool.superuser, "--no-password"];
+}
+
+/**
+ * Tool containers an earlier, killed attempt at this dump left (a killed `docker run` client leaves its container
+ * running, or only created, and --rm never fires): removed before the dump starts again and replaces the partial
+ * folder they wrote to. They only ever read the old cluster. Another dump's (a rehearsal's) are not this one's.
+ */
+async function removeLeftoverTools(toolOf: string): Promise<void> {
+    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `label=${TOOL_OF}=${toolOf}`]);
+    const ids = stdout.split("\n").filter(Boolean);
+    if (ids.length) await run("docker", ["rm", "-f", ...ids]);
 }
 
 function toolEnv(tool: DumpTool): NodeJS.ProcessEnv {

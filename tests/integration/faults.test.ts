@@ -131,6 +131,10 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await rejects(runShell(stepOf(d, "restore").command, env), /synapse-pg restore: The dump .*upgrade-15-to-17 has no manifest \(upgrade-15-to-17\.json\), so it may be incomplete; run the dump step again\./);
         await expectOldServingUnchanged();
         await expectUpgradeCompletes(upgrade());
+        // The killed attempt's tool containers (the killed docker client leaves them running or only created)
+        // are gone: the dump's re-run removed them.
+        const tools = (await run("docker", ["ps", "-a", "--filter", `label=synapse-postgres.tool-of=${OLD}/upgrade-15-to-17`, "--format", "{{.Names}} {{.Status}}"])).stdout.trim();
+        assert.equal(tools, "", "no tool container of the killed dump is left");
         await resetTo15();
     });
 
