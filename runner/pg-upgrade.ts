@@ -16,9 +16,11 @@
 //
 // --link only ever on the standby, which is ours to give away; on the old data always --copy: the old cluster's
 // files are read, not shared, so it stays a complete, startable cluster whatever happens to the new one.
-import { availableParallelism } from "node:os";
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { Readable, Writable } from "node:stream";
-import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, pinnedReference, query, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
+import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
@@ -27,7 +29,7 @@ import { checkSpace } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
-import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
+import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -100,6 +102,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     await requireSameOwner(old, input.image);
 
     const standbyName = standbyContainerName(input.staging);
+    await removeLeftoverPgUpgrade(input.staging);
     const existing = await ourStaging(input.staging);
     const target = await readTargetState(input.data, input.major, input.image);
     const m = target.marker;
@@ -187,7 +190,11 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     // the ones prepare proved, and the two servers start side by side.
     const started = Date.now();
     const phases = new PhaseClock("upgrade");
-    const [old, staging] = await Promise.all([requireContainer(input.container, "old"), inspectContainer(input.staging)]);
+    // A pg_upgrade still running from a killed attempt is gone before anything of the new cluster is read.
+    const [old, staging] = await Promise.all([
+        requireContainer(input.container, "old"),
+        removeLeftoverPgUpgrade(input.staging).then(() => inspectContainer(input.staging)),
+    ]);
     const superuser = superuserOf(old);
     const standby = standbyContainerName(input.staging);
     // Read side by side: the marker, pg_upgrade's leftovers, the standby, and where the old server's last write
@@ -227,7 +234,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     }
 
     // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
-    await stopContainer(input.container);
+    await Promise.all([stopContainer(input.container), flagPgUpgradeStarted(input.staging, input.major)]);
     phases.lap("old server stopped");
     try {
         await pgUpgrade(input, old, superuser, binariesVolume(old), "old");
@@ -247,7 +254,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
-    await writeMarkerAt(input.staging, input.major, advanceMarker(prepared, "restored"));
+    await markUpgraded(input.staging, input.major, advanceMarker(prepared, "restored"));
     return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000 };
 }
 
@@ -257,7 +264,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  */
 async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
     try {
-        await catchUpAndPromote(standby, superuser, lastWrite, (what) => phases.lap(what));
+        await Promise.all([catchUpAndPromote(standby, superuser, lastWrite, (what) => phases.lap(what)), flagPgUpgradeStarted(input.staging, input.major)]);
         await pgUpgrade(input, old, superuser, binariesVolume(old), "standby");
         phases.lap("pg_upgrade --link done");
     } catch (err) {
@@ -273,7 +280,7 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     // Last, once the data is durable: the marker that says the new cluster is complete.
-    await writeMarkerAt(input.staging, input.major, advanceMarker(prepared, "restored"));
+    await markUpgraded(input.staging, input.major, advanceMarker(prepared, "restored"));
     return { alreadyDone: false, via: "link", rehashed, seconds: (Date.now() - started) / 1000 };
 }
 
@@ -288,11 +295,49 @@ async function firstStatistics(input: PgUpgradeInput, superuser: string): Promis
 }
 
 /**
- * pg_upgrade removes its output folder from the new cluster when it succeeds: one left behind is an attempt that
- * stopped, maybe past the point where the new cluster must be initialised again.
+ * Whether pg_upgrade has worked on this new cluster, which must then be initialised again. pg_upgrade removes its
+ * output folder when it succeeds, so one left behind is an attempt that stopped; the started flag (written before
+ * pg_upgrade runs, removed with the marker that says the upgrade is complete) also finds an attempt whose step was
+ * killed after pg_upgrade itself succeeded, which leaves no output folder and a marker still at "prepared".
  */
-function hasPgUpgradeLeftovers(staging: string, major: number): Promise<boolean> {
-    return existsIn(staging, `${dataLayout(major).pgdata}/pg_upgrade_output.d`);
+async function hasPgUpgradeLeftovers(staging: string, major: number): Promise<boolean> {
+    const { pgdata } = dataLayout(major);
+    const found = await Promise.all([existsIn(staging, `${pgdata}/pg_upgrade_output.d`), existsIn(staging, `${pgdata}/${STARTED_FLAG}`)]);
+    return found.some(Boolean);
+}
+
+/** In the new cluster's PGDATA from just before pg_upgrade runs until the upgrade's marker says "restored". */
+const STARTED_FLAG = "synapse-pg-upgrade-started";
+
+/** The started flag, through the stopped staging container (docker cp: no server, no helper container needed). */
+async function flagPgUpgradeStarted(staging: string, major: number): Promise<void> {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-flag-"));
+    try {
+        await fs.writeFile(path.join(dir, STARTED_FLAG), `pg_upgrade started ${new Date().toISOString()}\n`);
+        await run("docker", ["cp", path.join(dir, STARTED_FLAG), `${staging}:${dataLayout(major).pgdata}/${STARTED_FLAG}`]);
+    } finally {
+        await fs.rm(dir, { recursive: true, force: true });
+    }
+}
+
+/** The marker that says the upgrade is complete, and the started flag gone with it, in one docker exec. */
+async function markUpgraded(staging: string, major: number, marker: Marker): Promise<void> {
+    await run("docker", ["exec", "-i", "-u", "postgres", staging, "sh", "-c", 'cat > "$1" && rm -f "$2"', "sh",
+        markerPath(major), `${dataLayout(major).pgdata}/${STARTED_FLAG}`], { stdin: JSON.stringify(marker, null, 2) + "\n" });
+}
+
+function pgUpgradeContainerName(staging: string): string {
+    return `${staging}-pg-upgrade`;
+}
+
+/**
+ * pg_upgrade's container from an attempt whose step was killed: the daemon removes it when pg_upgrade exits
+ * (--rm), but a killed client leaves it running on (holding the new location, which the re-run makes again) or,
+ * killed between create and start, there for good, its name taken. Ours (the staging label), so removed.
+ */
+async function removeLeftoverPgUpgrade(staging: string): Promise<void> {
+    const name = pgUpgradeContainerName(staging);
+    if (await ourContainer(name, "staging")) await removeContainer(name);
 }
 
 /** The volume prepare unpacked the old image into (one per image id). */
@@ -317,7 +362,7 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
     const layout = dataLayout(input.major);
     const log = new TailWriter("upgrade: ");
     const args = [
-        "run", "--rm", "--init", "--name", `${input.staging}-pg-upgrade`, "--network", "none", "--user", "postgres",
+        "run", "--rm", "--init", "--name", pgUpgradeContainerName(input.staging), "--network", "none", "--user", "postgres",
         "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
         ...dataMounts.flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}`]),
         "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
@@ -333,7 +378,7 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         // with exit 0 and tables had no files (verify caught it); with it, none of 5 did. The likely reason: as
         // a container's PID 1, pg_upgrade also inherits the postmasters its pg_ctl starts, and its waitpid(-1)
         // for "a worker finished" can reap one of those instead and go on too early.
-        "--jobs", String(Math.min(availableParallelism(), 8)),
+        "--jobs", String(Math.min(os.availableParallelism(), 8)),
     ];
     const exited = await run("docker", args, { stdout: log }).then(() => undefined, (err: Error) => err);
     if (exited && !(exited instanceof ProcessError)) throw exited;

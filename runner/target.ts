@@ -38,7 +38,7 @@ export interface TargetState {
     entries: string[];
 }
 
-function markerPath(major: number): string {
+export function markerPath(major: number): string {
     return `${dataLayout(major).pgdata}/${MARKER_FILE}`;
 }
 

@@ -5,10 +5,11 @@
 // checksums on) must not meet an old cluster without them. The data is compared with the tests' own snapshot,
 // row for row.
 import { strict as assert } from "node:assert";
+import { spawn } from "node:child_process";
 import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, connect, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
-import { Applier, runShell } from "./applier";
+import { Applier, REPO, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite } from "./docker-env";
 
 const PREFIX = "sptest-pgu-";
@@ -216,6 +217,48 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.match(after.version, /^18\./);
         assert.deepEqual(logicalContent(after), logicalContent(original));
         assert.deepEqual((await runShell(`docker exec ${PREFIX}pg18 ls /var/lib/postgresql`, {})).stdout.trim().split("\n"), ["18"], "the unused standby's folder went");
+    });
+
+    it("the upgrade step killed while pg_upgrade runs, which then finishes on its own: the re-run sees the new cluster is not fresh, makes it again and completes", async () => {
+        await up({ version: "17" }); // revert to 17
+        const config = { version: "18", upgradeFrom: "17", attempt: "6" };
+        const upgradeCommand = (await declare({ ...base, method: "pg_upgrade", ...config }, PASSWORD)).byName("upgrade-17-to-18-upgrade").inputs.create as string;
+        const pgUpgradeContainer = `${PREFIX}pg18-staging-pg-upgrade`;
+        let killedWhile = "";
+        between["upgrade-17-to-18-preflight"] = async () => {
+            // The upgrade step as pulumi up would start it, killed with its whole process group once pg_upgrade runs
+            // (a host reboot, an OOM kill, a Ctrl-C of pulumi); the applier then runs the step again.
+            const child = spawn("/bin/sh", ["-c", upgradeCommand], { cwd: REPO, env: { ...process.env, SYNAPSE_PG_PASSWORD: PASSWORD }, detached: true });
+            const exited = new Promise((resolve) => child.on("close", resolve));
+            // Bounded: 1500 polls (each a docker inspect of ~20 ms, plus 10 ms) for pg_upgrade's container to run.
+            for (let i = 0; i < 1500 && killedWhile === ""; i++) {
+                if ((await containerState(pgUpgradeContainer)) === "running") killedWhile = "pg_upgrade running";
+                else await new Promise((resolve) => setTimeout(resolve, 10));
+            }
+            process.kill(-child.pid!, "SIGKILL");
+            await exited;
+            // pg_upgrade, in its own container, goes on and succeeds (--rm then removes the container): the new
+            // cluster is upgraded while its marker still says "prepared", and pg_upgrade left no output folder.
+            // Only the started flag tells the re-run that this new cluster is no longer fresh. Bounded: 60 s.
+            for (let i = 0; i < 600 && (await containerState(pgUpgradeContainer)) !== "absent"; i++) {
+                await new Promise((resolve) => setTimeout(resolve, 100));
+            }
+        };
+        const mark = applier.commandRuns.length;
+        try {
+            await up(config);
+        } finally {
+            delete between["upgrade-17-to-18-preflight"];
+        }
+        assert.equal(killedWhile, "pg_upgrade running", "the step was killed while pg_upgrade ran");
+        assert.match(stdoutOf(mark, "upgrade-17-to-18-upgrade"),
+            /upgrade: pg_upgrade --copy from "sptest-pgu-pg17" into "sptest-pgu-pg18-staging" in [\d.]+ s; the old cluster is unchanged and running again\./);
+        assert.equal(await containerState(pgUpgradeContainer), "absent");
+        const after = await snapshotCluster(login);
+        assert.match(after.version, /^18\./);
+        assert.deepEqual(logicalContent(after), logicalContent(original));
+        assert.deepEqual((await runShell(`docker exec ${PREFIX}pg18 ls -a /var/lib/postgresql/18/docker`, {})).stdout.includes("synapse-pg-upgrade-started"), false,
+            "the started flag went with the marker that says the upgrade is complete");
     });
 });
 
