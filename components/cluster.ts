@@ -129,7 +129,7 @@ export class Cluster extends pulumi.ComponentResource {
             },
             // No provider wait: it passes only at the first health check, a whole interval after the start, and
             // at a switch that interval is downtime. The steps that use the server wait for it themselves (serve,
-            // every 0.3 s, before it starts Synapse; an upgrade's first step, for a source still starting).
+            // every 0.1 s, before it starts Synapse; an upgrade's first step, for a source still starting).
             wait: false,
             // unless-stopped, not always: a cluster stopped at cutover must stay stopped after a daemon restart,
             // or two servers would answer to the alias.

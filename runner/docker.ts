@@ -258,16 +258,6 @@ export function quoteLiteral(text: string): string {
     return `'${text.replace(/'/g, "''")}'`;
 }
 
-/** A file's text inside a container, or undefined when it cannot be read (missing). */
-export async function readFileIn(container: string, file: string): Promise<string | undefined> {
-    try {
-        return (await run("docker", ["exec", container, "cat", file])).stdout;
-    } catch (err) {
-        if (err instanceof ProcessError) return undefined;
-        throw err;
-    }
-}
-
 /**
  * A file of a container's file system, running or stopped, through `docker cp` (a tar stream of one file): much
  * cheaper than a throw-away container. Undefined when it is missing.

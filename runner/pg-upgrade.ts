@@ -22,14 +22,14 @@ import * as path from "node:path";
 import { Readable, Writable } from "node:stream";
 import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
-import { run, runPiped, ProcessError } from "./process";
+import { run, runPiped, ProcessError, TRACE } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
 import { checkSpace } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
-import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
+import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -216,9 +216,9 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId && !leftover;
     if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
-        // Synapse is down: no new standby now (its copy would take as long as --copy does). Prepare removes the
-        // old one before it makes the new cluster again.
-        // Its configuration is copy-config's, the next step, with the user's dropSettings.
+        // Synapse is down: no new standby now (its copy would take as long as --copy does; prepare removes the old
+        // one before it makes the new cluster again), and the configuration is left to copy-config, the next step,
+        // which has the user's dropSettings.
         const again = await preparePgUpgrade(input, { standby: false, config: false });
         phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
@@ -302,19 +302,23 @@ async function firstStatistics(input: PgUpgradeInput, superuser: string): Promis
  */
 async function hasPgUpgradeLeftovers(staging: string, major: number): Promise<boolean> {
     const { pgdata } = dataLayout(major);
-    const found = await Promise.all([existsIn(staging, `${pgdata}/pg_upgrade_output.d`), existsIn(staging, `${pgdata}/${STARTED_FLAG}`)]);
+    const found = await Promise.all([existsIn(staging, `${pgdata}/pg_upgrade_output.d`), existsIn(staging, startedFlagPath(major))]);
     return found.some(Boolean);
 }
 
 /** In the new cluster's PGDATA from just before pg_upgrade runs until the upgrade's marker says "restored". */
 const STARTED_FLAG = "synapse-pg-upgrade-started";
 
+function startedFlagPath(major: number): string {
+    return `${dataLayout(major).pgdata}/${STARTED_FLAG}`;
+}
+
 /** The started flag, through the stopped staging container (docker cp: no server, no helper container needed). */
 async function flagPgUpgradeStarted(staging: string, major: number): Promise<void> {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-flag-"));
     try {
         await fs.writeFile(path.join(dir, STARTED_FLAG), `pg_upgrade started ${new Date().toISOString()}\n`);
-        await run("docker", ["cp", path.join(dir, STARTED_FLAG), `${staging}:${dataLayout(major).pgdata}/${STARTED_FLAG}`]);
+        await run("docker", ["cp", path.join(dir, STARTED_FLAG), `${staging}:${startedFlagPath(major)}`]);
     } finally {
         await fs.rm(dir, { recursive: true, force: true });
     }
@@ -323,7 +327,7 @@ async function flagPgUpgradeStarted(staging: string, major: number): Promise<voi
 /** The marker that says the upgrade is complete, and the started flag gone with it, in one docker exec. */
 async function markUpgraded(staging: string, major: number, marker: Marker): Promise<void> {
     await run("docker", ["exec", "-i", "-u", "postgres", staging, "sh", "-c", 'cat > "$1" && rm -f "$2"', "sh",
-        markerPath(major), `${dataLayout(major).pgdata}/${STARTED_FLAG}`], { stdin: JSON.stringify(marker, null, 2) + "\n" });
+        markerPath(major), startedFlagPath(major)], { stdin: markerText(marker) });
 }
 
 function pgUpgradeContainerName(staging: string): string {
@@ -414,9 +418,6 @@ async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: stri
         .then((t) => t.trim().split("\n").join(" | "), () => "");
 }
 
-/** SYNAPSE_PG_TRACE=1 (see process.ts): pg_upgrade's lines with the time since it started. */
-const TRACE = process.env.SYNAPSE_PG_TRACE === "1";
-
 /** Prints pg_upgrade's lines as it goes (progress in `pulumi up`) and keeps the last ones for an error. */
 class TailWriter extends Writable {
     readonly lines: string[] = [];
@@ -429,6 +430,7 @@ class TailWriter extends Writable {
         const parts = (this.partial + chunk.toString("utf8")).split("\n");
         this.partial = parts.pop()!;
         for (const line of parts) {
+            // SYNAPSE_PG_TRACE=1 (see process.ts): with the time since pg_upgrade started.
             if (line.trim()) process.stderr.write(`${this.prefix}${TRACE ? `+${Date.now() - this.started}ms ` : ""}${line}\n`);
             // All of it (pg_upgrade prints about 60 lines): a failure line early on must not scroll away.
             this.lines.push(line);

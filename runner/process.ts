@@ -35,7 +35,7 @@ export class ProcessError extends Error {
 const STDERR_TAIL_LINES = 12;
 
 /** SYNAPSE_PG_TRACE=1: each child's start and duration on stderr, to see where a step's seconds go. */
-const TRACE = process.env.SYNAPSE_PG_TRACE === "1";
+export const TRACE = process.env.SYNAPSE_PG_TRACE === "1";
 const T0 = Date.now();
 
 export async function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {

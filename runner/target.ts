@@ -164,8 +164,13 @@ export async function readMarkerIn(container: string, user: string): Promise<Mar
     return found === "t" ? JSON.parse(text) : undefined;
 }
 
+/** The marker file's text, as every writer writes it. */
+export function markerText(marker: Marker): string {
+    return JSON.stringify(marker, null, 2) + "\n";
+}
+
 export async function writeMarkerIn(container: string, user: string, marker: Marker): Promise<void> {
-    await writeFileIn(container, `${await dataDirectoryOf(container, user)}/${MARKER_FILE}`, JSON.stringify(marker, null, 2) + "\n");
+    await writeFileIn(container, `${await dataDirectoryOf(container, user)}/${MARKER_FILE}`, markerText(marker));
 }
 
 /**
@@ -173,7 +178,7 @@ export async function writeMarkerIn(container: string, user: string, marker: Mar
  * tee, no psql, for the upgrade's downtime.
  */
 export async function writeMarkerAt(container: string, major: number, marker: Marker): Promise<void> {
-    await writeFileIn(container, markerPath(major), JSON.stringify(marker, null, 2) + "\n");
+    await writeFileIn(container, markerPath(major), markerText(marker));
 }
 
 async function dataDirectoryOf(container: string, user: string): Promise<string> {
