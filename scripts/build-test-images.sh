@@ -2,14 +2,17 @@
 # Builds the test stand-ins for the official postgres image, synapse-pg-test/postgres:<major>, from Debian's own
 # packages (no registry can be reached here): debootstrap of the release that ships that major, then docker import.
 #   15 <- bookworm, 17 <- trixie, 18 <- forky
+# and a real Synapse, synapse-pg-test/synapse, from Debian sid's matrix-synapse (images/synapse/start.py).
+# Arguments: the majors and/or "synapse" to build (default: all). The Debian archive is the one this machine's
+# apt uses (scripts/debian-mirror.sh).
 # A built image carries a label with the hash of this script and the entrypoint; a second run with the same
 # inputs does nothing. The root file systems are cached as tarballs in $CACHE so a rebuild skips debootstrap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CACHE=${SYNAPSE_PG_IMAGE_CACHE:-/var/cache/synapse-pg-test}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-MAJORS=${*:-15 17 18}
+MIRROR=$(bash scripts/debian-mirror.sh)
+TARGETS=${*:-15 17 18 synapse}
 mkdir -p "$CACHE"
 
 # The image label follows everything that shapes an image; the cached root file system only what goes into it.
@@ -99,9 +102,54 @@ build_one() {
 	echo "build-test-images: built $tag from $release"
 }
 
+# A real Synapse: debootstrap does not resolve virtual packages, so python3-cffi-backend is named; psycopg2 is
+# only a recommendation of the package. About 5 minutes and 430 MB fresh.
+build_synapse() {
+	local tag=synapse-pg-test/synapse hash tarball rootfs
+	hash=$(cat scripts/build-test-images.sh images/synapse/start.py | sha256sum | cut -c1-16)
+	if [ "$(docker image inspect -f '{{ index .Config.Labels "synapse-pg-test.inputs" }}' "$tag" 2>/dev/null)" = "$hash" ]; then
+		echo "build-test-images: $tag is up to date"
+		return 0
+	fi
+	tarball="$CACHE/rootfs-sid-synapse-1.tar"
+	if [ ! -s "$tarball" ]; then
+		rootfs=$(mktemp -d "$CACHE/rootfs-sid-synapse.XXXX")
+		echo "build-test-images: debootstrap sid with matrix-synapse (about 5 minutes)"
+		debootstrap --variant=minbase --include=matrix-synapse,python3-cffi-backend,python3-psycopg2 \
+			sid "$rootfs" "$MIRROR" /usr/share/debootstrap/scripts/sid >"$CACHE/debootstrap-sid-synapse.log" 2>&1 || {
+			echo "build-test-images: debootstrap of sid with matrix-synapse failed; last lines of $CACHE/debootstrap-sid-synapse.log:" >&2
+			tail -n 20 "$CACHE/debootstrap-sid-synapse.log" >&2
+			return 1
+		}
+		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
+		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+		rm -rf "$rootfs"
+	fi
+	local ctx
+	ctx=$(mktemp -d)
+	# The entrypoint goes in with the import's root file system: docker import has no COPY.
+	mkdir -p "$ctx/usr/local/bin"
+	install -m 0755 images/synapse/start.py "$ctx/usr/local/bin/synapse-test-start"
+	cp "$tarball" "$ctx.tar" && tar -C "$ctx" -rf "$ctx.tar" ./usr/local/bin/synapse-test-start
+	docker import \
+		--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		--change "ENV LANG=C.UTF-8" \
+		--change "VOLUME /data" \
+		--change "EXPOSE 8008" \
+		--change "LABEL synapse-pg-test.inputs=$hash" \
+		--change 'ENTRYPOINT ["/usr/local/bin/synapse-test-start"]' \
+		"$ctx.tar" "$tag" >/dev/null
+	rm -rf "$ctx" "$ctx.tar"
+	echo "build-test-images: built $tag from sid ($(synapse_version "$tarball"))"
+}
+
+synapse_version() {
+	tar -xOf "$1" ./var/lib/dpkg/status | awk '/^Package: matrix-synapse$/ { found = 1 } found && /^Version:/ { print "matrix-synapse " $2; exit }'
+}
+
 pids=()
-for major in $MAJORS; do
-	build_one "$major" &
+for target in $TARGETS; do
+	if [ "$target" = synapse ]; then build_synapse & else build_one "$target" & fi
 	pids+=($!)
 done
 status=0
