@@ -12,6 +12,7 @@ import { ProcessError } from "./process";
 import { restoreCluster } from "./restore";
 import { serveCluster } from "./serve";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
+import { describeCarried } from "./unlogged";
 import { checkSettings } from "./settings";
 import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
@@ -150,7 +151,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.setAsideTo) out(`prepare: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
             out(`prepare: ${r.binaries.version} runs inside ${str(f, "image")} from ${r.binaries.volume}; ${r.reused ? "the new cluster was already prepared" : "new cluster initialised"} in "${str(f, "staging")}" (stopped).`);
             out(r.standby
-                ? `prepare: the standby "${r.standby}" streams from "${str(f, "container")}"; the upgrade will link its files, not copy the old data while Synapse is down.`
+                ? `prepare: the standby "${r.standby}" streams from "${str(f, "container")}"; the upgrade will link its files, not copy the old data while Synapse is down${r.unlogged ? `; ${r.unlogged}, which a standby holds empty: the upgrade copies what they hold once Synapse has stopped` : ""}.`
                 : `prepare: no standby (${r.noStandby}); the upgrade will copy the old data while Synapse is down.`);
         },
     },
@@ -181,6 +182,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         async run(f, out) {
             const r = await runPgUpgrade(pgUpgradeInput(f));
             if (r.rehashed) out(`upgrade: the role ${r.rehashed} had an md5 password hash; it was re-set as scram-sha-256 from the configured password.`);
+            if (r.unlogged?.found.length) out(`upgrade: ${describeCarried(r.unlogged)}.`);
             out(r.alreadyDone
                 ? `upgrade: "${str(f, "staging")}" already holds the upgraded cluster; nothing to do.`
                 : r.via === "link"

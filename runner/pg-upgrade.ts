@@ -29,6 +29,7 @@ import { checkSpace } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
+import { carryUnlogged, describeUnlogged, UnloggedCarried, unloggedRelations } from "./unlogged";
 import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
 
 export interface PgUpgradeInput {
@@ -75,6 +76,8 @@ export interface PrepareResult {
     /** The standby's container when one streams; else why there is none (the upgrade then copies the data). */
     standby?: string;
     noStandby?: string;
+    /** With a standby: the unlogged relations it holds empty, which the upgrade carries across (unlogged.ts). */
+    unlogged?: string;
     /** The old configuration carried into the new cluster and accepted by its server (unless config is false). */
     config?: CopyConfigResult;
 }
@@ -84,6 +87,8 @@ export interface UpgradeResult {
     /** link: pg_upgrade --link on the standby, the old server never stopped; copy: pg_upgrade --copy of the old data. */
     via?: "link" | "copy";
     rehashed?: string;
+    /** With --link: what the old cluster's unlogged relations held and what was carried across. */
+    unlogged?: UnloggedCarried;
     seconds: number;
 }
 
@@ -164,7 +169,7 @@ async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
 }
 
 /** A standby of the old cluster in the new location, or why there is none; the upgrade works either way. */
-async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUpgradeInput): Promise<{ standby?: string; noStandby?: string }> {
+async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUpgradeInput): Promise<Pick<PrepareResult, "standby" | "noStandby" | "unlogged">> {
     const name = standbyContainerName(input.staging);
     const blocker = await standbyBlocker(old.name, superuser);
     if (blocker) return { noStandby: blocker };
@@ -172,8 +177,8 @@ async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUp
         // The copy is written while Synapse serves, maybe on the disk the old server writes its WAL to: a full
         // disk there would stop the live server. Not enough room: no standby (preflight then says what to free).
         await checkSpace({ targetData: input.data }, await databasesSize(old.name, superuser));
-        await startStandby(old, superuser, name, input.data, input.major);
-        return { standby: name };
+        const [unlogged] = await Promise.all([unloggedRelations(old.name, superuser), startStandby(old, superuser, name, input.data, input.major)]);
+        return { standby: name, unlogged: unlogged.length ? describeUnlogged(unlogged) : undefined };
     } catch (err) {
         if (!(err instanceof StepError)) throw err;
         await removeStandby(name).catch(() => undefined);
@@ -263,8 +268,14 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  * --link makes the new cluster of its files. The old server is never stopped (copy-config and verify read it).
  */
 async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
+    let unlogged;
     try {
-        await Promise.all([catchUpAndPromote(standby, superuser, lastWrite, (what) => phases.lap(what)), flagPgUpgradeStarted(input.staging, input.major)]);
+        // What the unlogged relations hold is read once writes have stopped, beside the catch-up.
+        [unlogged] = await Promise.all([
+            unloggedRelations(input.container, superuser),
+            catchUpAndPromote(standby, superuser, lastWrite, (what) => phases.lap(what)),
+            flagPgUpgradeStarted(input.staging, input.major),
+        ]);
         await pgUpgrade(input, old, superuser, binariesVolume(old), "standby");
         phases.lap("pg_upgrade --link done");
     } catch (err) {
@@ -273,6 +284,9 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     }
     await Promise.all([removeStandby(standby), startAndWait(input.staging, superuser)]);
     phases.lap("new server started");
+    // Unlogged relations first: sync, the statistics and the marker then cover what was carried.
+    const carried = await carryUnlogged(unlogged, input.container, superuser, input.staging, superuser);
+    if (carried.found.length) phases.lap(`unlogged relations carried (${carried.tables.length} table(s) with rows, ${carried.sequences.length} sequence(s))`);
     const [, , rehashed] = await Promise.all([
         run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
         firstStatistics(input, superuser),
@@ -281,7 +295,7 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     // Last, once the data is durable: the marker that says the new cluster is complete.
     await markUpgraded(input.staging, input.major, advanceMarker(prepared, "restored"));
-    return { alreadyDone: false, via: "link", rehashed, seconds: (Date.now() - started) / 1000 };
+    return { alreadyDone: false, via: "link", rehashed, unlogged: carried, seconds: (Date.now() - started) / 1000 };
 }
 
 /**

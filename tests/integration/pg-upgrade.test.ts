@@ -153,9 +153,21 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
     });
 
-    it("upgrades 15 -> 17 with pg_upgrade --link on a standby, the old server never stopped; a revert finds the old data as it was", async () => {
+    it("upgrades 15 -> 17 with pg_upgrade --link on a standby, unlogged tables and sequences carried across; a revert finds the old data as it was", async () => {
+        // A real Synapse has unlogged tables (worker_read_write_locks): a standby holds them empty, so what they
+        // hold once writes stopped is carried across; they must not turn the upgrade into a copy of all the data.
+        await sql(`CREATE UNLOGGED TABLE public.synapse_pg_unlogged_rows (id int PRIMARY KEY, note text);
+                   INSERT INTO public.synapse_pg_unlogged_rows SELECT g, 'row ' || g FROM generate_series(1, 250) g;
+                   CREATE UNLOGGED TABLE public.synapse_pg_unlogged_empty (id int);
+                   CREATE UNLOGGED SEQUENCE public.synapse_pg_unlogged_seq;
+                   SELECT setval('public.synapse_pg_unlogged_seq', 4242);`);
+        const withUnlogged = await snapshotCluster(login);
         const mark = applier.commandRuns.length;
         await up({ version: "17", upgradeFrom: "15", attempt: "2" });
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"),
+            /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down; 3 unlogged relation\(s\) \(synapse\.synapse_pg_unlogged_empty, synapse\.synapse_pg_unlogged_rows, synapse\.synapse_pg_unlogged_seq\), which a standby holds empty: the upgrade copies what they hold once Synapse has stopped\./);
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-upgrade"),
+            /^upgrade: unlogged relations, which a standby holds empty: copied 250 row\(s\) of synapse\.synapse_pg_unlogged_rows; set synapse\.synapse_pg_unlogged_seq to the old position; 1 table\(s\) empty once writes stopped, nothing to copy\.$/m);
         // The configuration was carried across and accepted before the downtime (by this prepare, or the given-up
         // one whose new cluster it reuses); at the downtime it is in place.
         assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"),
@@ -166,7 +178,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
-        assert.deepEqual(logicalContent(after), logicalContent(original));
+        assert.deepEqual(logicalContent(after), logicalContent(withUnlogged));
         // Up to 17 the standby lived inside the new PGDATA (one mount, so hard links work): it is gone.
         assert.equal((await runShell(`docker exec ${PREFIX}pg17 ls -a /var/lib/postgresql/data`, {})).stdout.includes("synapse-pg-standby"), false);
         assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent");
@@ -174,7 +186,8 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         await up({ version: "15" });
         const reverted = await snapshotCluster(login);
         assert.match(reverted.version, /^15\./);
-        assert.deepEqual(logicalContent(reverted), logicalContent(original));
+        assert.deepEqual(logicalContent(reverted), logicalContent(withUnlogged));
+        await sql("DROP TABLE public.synapse_pg_unlogged_rows, public.synapse_pg_unlogged_empty; DROP SEQUENCE public.synapse_pg_unlogged_seq");
     });
 
     it("upgrades 15 -> 17 -> 18 with pg_upgrade: 18's initdb default (data checksums) is matched to the old cluster", async () => {
