@@ -5,6 +5,7 @@ import { inspectContainer, query, removeContainer, stopContainer, superuserOf } 
 import { DataLocation } from "./layout";
 import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
+import { requireCopyAfterSynapse } from "./synapse";
 import { advanceMarker, hasServed, readMarkerIn, readTargetState, writeMarkerIn } from "./target";
 
 export interface CutoverInput {
@@ -17,6 +18,8 @@ export interface CutoverInput {
     major: number;
     /** Synapse's database, whose stream position is recorded for a later revert. */
     database?: string;
+    /** Synapse's containers: one started again on the old cluster after the copy was taken refuses the switch. */
+    synapse?: string[];
 }
 
 export interface CutoverResult {
@@ -40,6 +43,7 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         if (marker?.state !== "verified") {
             throw new StepError(`The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`);
         }
+        await requireCopyAfterSynapse(input.synapse ?? [], marker.copiedAt);
         const switched = advanceMarker(marker, "cutover");
         if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
         await writeMarkerIn(input.new, user, switched);

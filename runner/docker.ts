@@ -11,6 +11,8 @@ export interface ContainerInfo {
     image: string;
     imageId: string;
     running: boolean;
+    /** When it last started (RFC 3339, Docker's clock). */
+    startedAt: string;
     /** The command its entrypoint was given (the official image: `postgres` and its -c options). */
     cmd: string[];
     env: Record<string, string>;
@@ -46,6 +48,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
         image: raw.Config.Image,
         imageId: raw.Image,
         running: raw.State.Running === true,
+        startedAt: raw.State.StartedAt ?? "",
         cmd: raw.Config.Cmd ?? [],
         env,
         labels: raw.Config.Labels ?? {},

@@ -88,8 +88,11 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
         tool: "synapse-postgres",
         state: "restoring",
         major: input.major,
+        method: manifest.method,
         source: { container: manifest.source.container, version: manifest.source.version, imageId: manifest.source.imageId, pinned: manifest.source.pinned },
         dump: { path: input.dumpPath, sha256: manifest.sha256 },
+        // The dump step held Synapse stopped from before the dump started until after its manifest was written.
+        copiedAt: manifest.createdAt,
         history: [{ state: "restoring", at: now }],
     };
     await writeMarkerIn(input.container, superuser, marker);

@@ -22,6 +22,21 @@ export async function stopSynapse(containers: string[]): Promise<string[]> {
     return stopped;
 }
 
+/**
+ * The copy of the old data in the new cluster must hold everything Synapse wrote. A step that fails before the
+ * switch starts Synapse again on the old cluster, which then writes what the copy taken before (`copiedAt`) lacks:
+ * the switch to that copy would lose it. Refuses, naming the container and the time, and saying how to go on.
+ */
+export async function requireCopyAfterSynapse(containers: string[], copiedAt: string | undefined): Promise<void> {
+    if (!copiedAt) return;
+    for (const name of containers) {
+        const info = await inspectContainer(name);
+        if (info && Date.parse(info.startedAt) > Date.parse(copiedAt)) {
+            throw new StepError(`Synapse ("${name}") was started again on the old cluster at ${info.startedAt}, after the new cluster's copy was taken (${copiedAt}), so the copy may lack what it wrote and the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`);
+        }
+    }
+}
+
 export async function startSynapse(containers: string[]): Promise<string[]> {
     const started: string[] = [];
     for (const name of containers) {

@@ -24,6 +24,11 @@ export interface Marker {
     /** The dump loaded (dump methods); pg_upgrade has none. */
     dump?: { path: string; sha256: string };
     method?: "directory" | "dumpall" | "pg_upgrade";
+    /**
+     * When the copy of the old data was taken (the dump's, or pg_upgrade's at the downtime), with Synapse stopped:
+     * a Synapse started again on the old cluster after it may have written what the copy lacks (synapse.ts).
+     */
+    copiedAt?: string;
     history: { state: MarkerState; at: string }[];
     /** The old cluster's last event (Synapse's events.stream_ordering) when the switch happened. */
     switchedAt?: { database: string; eventsStreamOrdering: number; at: string };
