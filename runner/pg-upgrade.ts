@@ -29,7 +29,8 @@ import { checkSpace } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
-import { carryUnlogged, describeUnlogged, UnloggedCarried, unloggedRelations } from "./unlogged";
+import { countAttver } from "./pg-attver";
+import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
 import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
 
 export interface PgUpgradeInput {
@@ -76,7 +77,7 @@ export interface PrepareResult {
     /** The standby's container when one streams; else why there is none (the upgrade then copies the data). */
     standby?: string;
     noStandby?: string;
-    /** With a standby: the unlogged relations it holds empty, which the upgrade carries across (unlogged.ts). */
+    /** With a standby: the unlogged relations it holds empty, which the upgrade carries across (not-replicated.ts). */
     unlogged?: string;
     /** The old configuration carried into the new cluster and accepted by its server (unless config is false). */
     config?: CopyConfigResult;
@@ -87,8 +88,8 @@ export interface UpgradeResult {
     /** link: pg_upgrade --link on the standby, the old server never stopped; copy: pg_upgrade --copy of the old data. */
     via?: "link" | "copy";
     rehashed?: string;
-    /** With --link: what the old cluster's unlogged relations held and what was carried across. */
-    unlogged?: UnloggedCarried;
+    /** With --link: what a standby does not hold as the old cluster does, carried across (not-replicated.ts). */
+    carried?: Carried;
     seconds: number;
 }
 
@@ -177,8 +178,8 @@ async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUp
         // The copy is written while Synapse serves, maybe on the disk the old server writes its WAL to: a full
         // disk there would stop the live server. Not enough room: no standby (preflight then says what to free).
         await checkSpace({ targetData: input.data }, await databasesSize(old.name, superuser));
-        const [unlogged] = await Promise.all([unloggedRelations(old.name, superuser), startStandby(old, superuser, name, input.data, input.major)]);
-        return { standby: name, unlogged: unlogged.length ? describeUnlogged(unlogged) : undefined };
+        const [relations] = await Promise.all([relationsNotReplicated(old.name, superuser), startStandby(old, superuser, name, input.data, input.major)]);
+        return { standby: name, unlogged: describeUnlogged(relations) || undefined };
     } catch (err) {
         if (!(err instanceof StepError)) throw err;
         await removeStandby(name).catch(() => undefined);
@@ -238,6 +239,10 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         await runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["rm", "-rf", standbyDatadirFor(input.major)]);
     }
 
+    const marked = await countAttver(input.container, superuser);
+    if (marked > 0) {
+        throw new StepError(`${marked} column(s) of the old cluster carry PostgreSQL 17.12's internal pg_attver marker, which pg_upgrade's own schema dump carries into the new server, which rejects it; a standby copy is cleared of it, but there is none to use, and the old data is never changed: set postgres:method to directory (its dump leaves the marker out) and run pulumi up again.`);
+    }
     // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
     await Promise.all([stopContainer(input.container), flagPgUpgradeStarted(input.staging, input.major)]);
     phases.lap("old server stopped");
@@ -259,7 +264,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
-    await markUpgraded(input.staging, input.major, advanceMarker(prepared, "restored"));
+    await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), copiedAt: new Date(started).toISOString() });
     return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000 };
 }
 
@@ -268,11 +273,11 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  * --link makes the new cluster of its files. The old server is never stopped (copy-config and verify read it).
  */
 async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
-    let unlogged;
+    let relations;
     try {
-        // What the unlogged relations hold is read once writes have stopped, beside the catch-up.
-        [unlogged] = await Promise.all([
-            unloggedRelations(input.container, superuser),
+        // What the standby will not hold as the old server does, read once writes have stopped, beside the catch-up.
+        [relations] = await Promise.all([
+            relationsNotReplicated(input.container, superuser),
             catchUpAndPromote(standby, superuser, lastWrite, (what) => phases.lap(what)),
             flagPgUpgradeStarted(input.staging, input.major),
         ]);
@@ -284,9 +289,9 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     }
     await Promise.all([removeStandby(standby), startAndWait(input.staging, superuser)]);
     phases.lap("new server started");
-    // Unlogged relations first: sync, the statistics and the marker then cover what was carried.
-    const carried = await carryUnlogged(unlogged, input.container, superuser, input.staging, superuser);
-    if (carried.found.length) phases.lap(`unlogged relations carried (${carried.tables.length} table(s) with rows, ${carried.sequences.length} sequence(s))`);
+    // First: sync, the statistics and the marker then cover what was carried.
+    const carried = await carryNotReplicated(relations, input.container, superuser, input.staging, superuser);
+    phases.lap(`sequences and unlogged tables carried (${carried.sequences} sequence(s), ${carried.tables.length} table(s) with rows)`);
     const [, , rehashed] = await Promise.all([
         run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
         firstStatistics(input, superuser),
@@ -294,8 +299,8 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     // Last, once the data is durable: the marker that says the new cluster is complete.
-    await markUpgraded(input.staging, input.major, advanceMarker(prepared, "restored"));
-    return { alreadyDone: false, via: "link", rehashed, unlogged: carried, seconds: (Date.now() - started) / 1000 };
+    await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), copiedAt: new Date(started).toISOString() });
+    return { alreadyDone: false, via: "link", rehashed, carried, seconds: (Date.now() - started) / 1000 };
 }
 
 /**

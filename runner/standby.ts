@@ -12,10 +12,11 @@
 // official image trusts replication from 127.0.0.1), with no replication slot created in it. It keeps running
 // through the whole upgrade. Where a standby cannot be made (wal_level minimal, no WAL senders, a replication
 // connection refused), the upgrade copies the data during the downtime instead (pg_upgrade --copy). Unlogged
-// tables, whose rows a standby never receives, are carried across at the downtime (unlogged.ts).
+// tables, whose rows a standby never receives, are carried across at the downtime (not-replicated.ts).
 import { containerLogTail, ContainerInfo, inspectContainer, MANAGED_LABEL, ourContainer, query, removeContainer, sleep, stopContainer } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { ProcessError, run } from "./process";
+import { clearAttver } from "./pg-attver";
 import { StepError } from "./step-error";
 
 /** The standby's folder, relative to the new cluster's mount (its volume root or host folder). */
@@ -42,7 +43,7 @@ export async function standbyBlocker(container: string, superuser: string): Prom
     const [[walLevel, senders]] = await query(container, superuser, "SELECT current_setting('wal_level'), current_setting('max_wal_senders')");
     if (walLevel === "minimal") return "the old cluster runs with wal_level = minimal, which streams no WAL";
     if (Number(senders) === 0) return "the old cluster has max_wal_senders = 0";
-    // Unlogged tables are no reason: the upgrade carries what they hold once writes stopped (unlogged.ts).
+    // Unlogged tables are no reason: the upgrade carries what they hold once writes stopped (not-replicated.ts).
     return undefined;
 }
 
@@ -142,7 +143,8 @@ export async function lastWritePosition(old: string, oldSuperuser: string): Prom
 
 /**
  * The standby replays up to the old server's last write (`lsn`, from lastWritePosition), is promoted (pg_upgrade
- * wants a primary's clean shutdown, not a standby's) and stopped with a fast shutdown. The check and the promotion
+ * wants a primary's clean shutdown, not a standby's), cleared of 17.12's pg_attver markers, and stopped with a
+ * fast shutdown. The check and the promotion
  * are one statement: promoted only once caught up, with no round trip between.
  */
 export async function catchUpAndPromote(name: string, superuser: string, lsn: string, lap: (what: string) => void, timeoutSeconds = 120): Promise<void> {
@@ -158,6 +160,9 @@ export async function catchUpAndPromote(name: string, superuser: string, lsn: st
         await sleep(100);
     }
     lap(`standby replayed the old server's WAL up to ${lsn} and was promoted`);
+    // Promoted, it is a primary of its own, ours to change before its clean stop (pg-attver.ts).
+    const cleared = await clearAttver(name, superuser, STANDBY_SOCKET);
+    if (cleared) lap(`cleared PostgreSQL 17.12's internal pg_attver marker from ${cleared} column(s), which pg_upgrade's dump would carry into a server that rejects it`);
     await stopContainer(name);
     lap("standby stopped");
 }

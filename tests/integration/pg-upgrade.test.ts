@@ -160,14 +160,28 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
                    INSERT INTO public.synapse_pg_unlogged_rows SELECT g, 'row ' || g FROM generate_series(1, 250) g;
                    CREATE UNLOGGED TABLE public.synapse_pg_unlogged_empty (id int);
                    CREATE UNLOGGED SEQUENCE public.synapse_pg_unlogged_seq;
-                   SELECT setval('public.synapse_pg_unlogged_seq', 4242);`);
-        const withUnlogged = await snapshotCluster(login);
+                   SELECT setval('public.synapse_pg_unlogged_seq', 4242);
+                   CREATE SEQUENCE public.synapse_pg_logged_seq;`);
+        // A write after prepare (Synapse still serving): a sequence's WAL record runs up to 32 values ahead, so
+        // the standby's sequence would stand past the old one's.
+        between["upgrade-15-to-17-prepare"] = async () => {
+            await sql("SELECT nextval('public.synapse_pg_logged_seq') FROM generate_series(1, 3)");
+        };
+        let withUnlogged: ClusterSnapshot;
+        between["upgrade-15-to-17-preflight"] = async () => {
+            withUnlogged = await snapshotCluster(login);
+        };
         const mark = applier.commandRuns.length;
-        await up({ version: "17", upgradeFrom: "15", attempt: "2" });
+        try {
+            await up({ version: "17", upgradeFrom: "15", attempt: "2" });
+        } finally {
+            delete between["upgrade-15-to-17-prepare"];
+            delete between["upgrade-15-to-17-preflight"];
+        }
         assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"),
             /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down; 3 unlogged relation\(s\) \(synapse\.synapse_pg_unlogged_empty, synapse\.synapse_pg_unlogged_rows, synapse\.synapse_pg_unlogged_seq\), which a standby holds empty: the upgrade copies what they hold once Synapse has stopped\./);
         assert.match(stdoutOf(mark, "upgrade-15-to-17-upgrade"),
-            /^upgrade: unlogged relations, which a standby holds empty: copied 250 row\(s\) of synapse\.synapse_pg_unlogged_rows; set synapse\.synapse_pg_unlogged_seq to the old position; 1 table\(s\) empty once writes stopped, nothing to copy\.$/m);
+            /^upgrade: set \d+ sequence\(s\) to the old cluster's positions \(a standby's stand up to 32 values ahead\); unlogged tables, which a standby holds empty: copied 250 row\(s\) of synapse\.synapse_pg_unlogged_rows; 1 empty once writes stopped, nothing to copy\.$/m);
         // The configuration was carried across and accepted before the downtime (by this prepare, or the given-up
         // one whose new cluster it reuses); at the downtime it is in place.
         assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"),
@@ -178,7 +192,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
-        assert.deepEqual(logicalContent(after), logicalContent(withUnlogged));
+        assert.deepEqual(logicalContent(after), logicalContent(withUnlogged!));
         // Up to 17 the standby lived inside the new PGDATA (one mount, so hard links work): it is gone.
         assert.equal((await runShell(`docker exec ${PREFIX}pg17 ls -a /var/lib/postgresql/data`, {})).stdout.includes("synapse-pg-standby"), false);
         assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent");
@@ -186,15 +200,20 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         await up({ version: "15" });
         const reverted = await snapshotCluster(login);
         assert.match(reverted.version, /^15\./);
-        assert.deepEqual(logicalContent(reverted), logicalContent(withUnlogged));
-        await sql("DROP TABLE public.synapse_pg_unlogged_rows, public.synapse_pg_unlogged_empty; DROP SEQUENCE public.synapse_pg_unlogged_seq");
+        assert.deepEqual(logicalContent(reverted), logicalContent(withUnlogged!));
+        await sql("DROP TABLE public.synapse_pg_unlogged_rows, public.synapse_pg_unlogged_empty; DROP SEQUENCE public.synapse_pg_unlogged_seq, public.synapse_pg_logged_seq");
     });
 
     it("upgrades 15 -> 17 -> 18 with pg_upgrade: 18's initdb default (data checksums) is matched to the old cluster", async () => {
         await up({ version: "17", upgradeFrom: "15", attempt: "3" });
         await up({ version: "17" });
+        // A table made on 17.12 (as Synapse's own migrations make them): every column carries 17.12's internal
+        // pg_attver marker, which pg_upgrade's own schema dump carries into 18, which rejects it.
+        await sql("CREATE TABLE public.made_on_17 (id bigint PRIMARY KEY, body text); INSERT INTO public.made_on_17 VALUES (1, 'one'), (2, 'two')");
+        const on17 = await snapshotCluster(login);
         const mark = applier.commandRuns.length;
         await up({ version: "18", upgradeFrom: "17", attempt: "4" });
+        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-17-to-18-upgrade")!.stderr, /upgrade: cleared PostgreSQL 17\.12's internal pg_attver marker from 2 column\(s\)/);
         assert.deepEqual(commandsRun(mark), [
             "upgrade-17-to-18-prepare", "upgrade-17-to-18-preflight", "upgrade-17-to-18-upgrade",
             "upgrade-17-to-18-copy-config", "upgrade-17-to-18-verify", "upgrade-17-to-18-cutover", "pg18-serve",
@@ -202,7 +221,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.match(stdoutOf(mark, "upgrade-17-to-18-upgrade"), /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg17"/);
         const after = await snapshotCluster(login);
         assert.match(after.version, /^18\./);
-        assert.deepEqual(logicalContent(after), logicalContent(original));
+        assert.deepEqual(logicalContent(after), logicalContent(on17));
         // From 18 the standby lived beside PGDATA, in the volume at /var/lib/postgresql: gone too.
         assert.deepEqual((await runShell(`docker exec ${PREFIX}pg18 ls /var/lib/postgresql`, {})).stdout.trim().split("\n"), ["18"]);
         assert.deepEqual(await sql("SELECT current_setting('data_checksums') AS c, current_setting('data_directory') AS d"),
@@ -212,13 +231,23 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.ok(stats[0].n > 0, "statistics came across");
     });
 
-    it("a standby that stopped before the downtime is not used: the upgrade copies the old data instead, and completes", async () => {
+    it("a standby that stopped before the downtime is not used: the upgrade copies the old data instead (refused while 17.12's markers are in it), and completes", async () => {
         await up({ version: "17" }); // revert to 17, which pg_upgrade --link never wrote to
-        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
+        const reverted = await snapshotCluster(login);
+        assert.ok(reverted.tables["synapse.public.made_on_17"], "17 still holds the table made on it");
         between["upgrade-17-to-18-prepare"] = async () => {
             await runShell(`docker rm -f ${PREFIX}pg18-staging-standby`, {});
         };
         try {
+            // Without a standby, pg_upgrade would read the old data's markers itself: refused before anything stops.
+            await assert.rejects(up({ version: "18", upgradeFrom: "17", attempt: "5" }), (err: Error) => {
+                assert.match(err.message, /synapse-pg upgrade: 2 column\(s\) of the old cluster carry PostgreSQL 17\.12's internal pg_attver marker, which pg_upgrade's own schema dump carries into the new server, which rejects it; a standby copy is cleared of it, but there is none to use, and the old data is never changed: set postgres:method to directory \(its dump leaves the marker out\) and run pulumi up again\./);
+                return true;
+            });
+            assert.equal(await containerState(`${PREFIX}pg17`), "running", "the old server never stopped");
+            assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(reverted));
+            await sql("DROP TABLE public.made_on_17");
+            assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
             const mark = applier.commandRuns.length;
             await up({ version: "18", upgradeFrom: "17", attempt: "5" });
             assert.match(stdoutOf(mark, "upgrade-17-to-18-upgrade"),
