@@ -3,9 +3,9 @@
 // `synapse-pg inspect`, which only reads.
 import * as command from "@pulumi/command";
 import { AdoptedFacts } from "../runner/inspect";
-import { shellQuote, STEP_RUNNER } from "./command-line";
+import { stepLine } from "./command-line";
 
 export async function readAdopted(container: string): Promise<AdoptedFacts> {
-    const result = await command.local.run({ command: `${STEP_RUNNER} inspect --container ${shellQuote(container)}` });
+    const result = await command.local.run({ command: stepLine("inspect", { container }) });
     return JSON.parse(result.stdout.trim().split("\n").pop()!);
 }

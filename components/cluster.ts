@@ -57,6 +57,8 @@ export class Cluster extends pulumi.ComponentResource {
     readonly serve?: command.local.Command;
     /** Checks declared settings with the running server's binary before its container is replaced with them. */
     readonly checkSettings?: command.local.Command;
+    /** Stops Synapse before the serving container is replaced (a minor update, new settings). */
+    readonly beforeReplace?: command.local.Command;
 
     constructor(name: string, args: ClusterArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:Cluster", name, {}, opts);
@@ -94,7 +96,20 @@ export class Cluster extends pulumi.ComponentResource {
             }, { parent: this });
         }
         const checked = this.checkSettings ? [this.checkSettings] : [];
-        const dependsOn = pulumi.output(args.startAfter ?? []).apply((after) => [...(this.volume ? [this.volume] : []), ...checked, ...after]);
+        if (args.serving && args.synapseContainers?.length) {
+            // Replacing the container under a running Synapse breaks it (runner/before-replace.ts): Synapse is
+            // stopped first, after the settings were accepted; the serve step after the new container starts it.
+            const serverArgs = serverCommand(settings);
+            this.beforeReplace = new command.local.Command(`${name}-before-replace`, {
+                create: stepCommand("before-replace", {
+                    container: args.containerName, image: args.image, ...(serverArgs ? { command: JSON.stringify(serverArgs) } : {}),
+                    synapse: args.synapseContainers.join(","),
+                }),
+                triggers: [args.image, JSON.stringify(settings)],
+            }, { parent: this, dependsOn: checked });
+        }
+        const beforeContainer = [...checked, ...(this.beforeReplace ? [this.beforeReplace] : [])];
+        const dependsOn = pulumi.output(args.startAfter ?? []).apply((after) => [...(this.volume ? [this.volume] : []), ...beforeContainer, ...after]);
         this.container = new docker.Container(`${name}-container`, {
             name: args.containerName,
             image: args.image,

@@ -13,8 +13,10 @@ export function shellQuote(value: string): string {
 }
 
 export function stepCommand(step: string, flags: Record<string, pulumi.Input<string | number>>): pulumi.Output<string> {
-    return pulumi.all(Object.values(flags)).apply((values) => {
-        const parts = Object.keys(flags).flatMap((k, i) => [`--${k}`, shellQuote(String(values[i]))]);
-        return [STEP_RUNNER, step, ...parts].join(" ");
-    });
+    return pulumi.all(Object.values(flags)).apply((values) => stepLine(step, Object.fromEntries(Object.keys(flags).map((k, i) => [k, values[i]]))));
+}
+
+/** The same for plain values: the invokes the program runs while it is evaluated. */
+export function stepLine(step: string, flags: Record<string, string | number>): string {
+    return [STEP_RUNNER, step, ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, shellQuote(String(v))])].join(" ");
 }

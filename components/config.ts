@@ -36,8 +36,9 @@ export interface StackConfig {
     /**
      * How the data moves: pg_upgrade (pg_upgrade --link on a standby copy made before the downtime, or --copy of
      * the old data; the fastest), directory (parallel dump and restore) or dumpall (the guide's single script).
+     * Unset: pg_upgrade, or the method of an upgrade already under way (resolved in stack.ts).
      */
-    method: DumpMethod | "pg_upgrade";
+    method?: DumpMethod | "pg_upgrade";
     /** Synapse's containers (main and workers): stopped for the upgrade, started after the switch or a failure. */
     synapseContainers: string[];
     /** Only rehearse the upgrade (on a stack of its own): nothing else is declared. */
@@ -109,7 +110,9 @@ const schema = z
         hostAlias: z.string().regex(dockerName, "must be a host name like db").optional(),
         adopt: z.string().regex(dockerName, "must be the name of a running container, as `docker ps` shows it, like synapse-db-1").optional(),
         backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
-        method: z.enum(["pg_upgrade", "directory", "dumpall"], { errorMap: () => ({ message: "must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide's single script)" }) }).default("directory"),
+        // No default here: unset means pg_upgrade for a new upgrade, and the method of an upgrade already under way
+        // (stack.ts asks the step runner), so that stacks mid-upgrade under the old default are not re-planned.
+        method: z.enum(["pg_upgrade", "directory", "dumpall"], { errorMap: () => ({ message: "must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide's single script)" }) }).optional(),
         synapseContainers: z
             .string()
             .transform((v) => parseList(v))
@@ -152,7 +155,7 @@ const schema = z
             if (c.adopt !== undefined) {
                 ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: "is read from the adopted container (postgres:adopt), which knows its own version: remove upgradeFrom" });
             }
-            if (c.backupDir === undefined && c.rehearse !== "true" && c.method !== "pg_upgrade") {
+            if (c.backupDir === undefined && c.rehearse !== "true" && (c.method === "directory" || c.method === "dumpall")) {
                 ctx.addIssue({ code: "custom", path: ["backupDir"], message: `is required while postgres:upgradeFrom is set with method ${c.method}: the host folder the dump is written to` });
             }
             if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined && c.adopt === undefined) {

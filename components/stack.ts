@@ -12,8 +12,9 @@ import { AdoptedFacts } from "../runner/inspect";
 import { clusterNames, DataLocation } from "../runner/layout";
 import { Cluster } from "./cluster";
 import { readAdopted } from "./adopt";
+import { readMethodUnderway } from "./method-underway";
 import { imageFor, readConfig, StackConfig } from "./config";
-import { MajorUpgrade } from "./upgrade";
+import { MajorUpgrade, UpgradeMethod } from "./upgrade";
 import { Rehearsal } from "./rehearsal";
 
 export interface StackOutputs {
@@ -26,11 +27,44 @@ export interface StackOutputs {
     rehearsal?: pulumi.Output<string>;
 }
 
-/** The whole program: config, the adopted container if any, the declarations, the outputs. */
+/** The whole program: config, the adopted container if any, the method, the declarations, the outputs. */
 export async function declareProgram(): Promise<Record<string, unknown>> {
     const config = readConfig();
     const adopted = config.adopt ? await readAdopted(config.adopt) : undefined;
-    return stackOutputs(declareStack(config, adopted));
+    const method = config.method ?? (await defaultMethod(config, adopted));
+    return stackOutputs(declareStack({ ...config, method }, adopted));
+}
+
+/**
+ * pg_upgrade, the fast method, unless an upgrade under way uses another (begun when directory was the default):
+ * that one is kept, so Pulumi does not re-plan steps that already ran. Asked only while an upgrade is declared.
+ */
+async function defaultMethod(cfg: StackConfig, adopted?: AdoptedFacts): Promise<UpgradeMethod> {
+    const plan = upgradePlan(cfg, adopted);
+    if (!plan || cfg.rehearse) return "pg_upgrade";
+    const underway = await readMethodUnderway({ data: plan.toData, major: plan.target, image: plan.toImage, backupDir: cfg.backupDir, dumpName: plan.name });
+    return underway.method ?? "pg_upgrade";
+}
+
+interface UpgradePlan {
+    from: { major: number; text: string };
+    target: number;
+    /** The upgrade's name: its resources' prefix and the dump's name. */
+    name: string;
+    toImage: string;
+    toData: DataLocation;
+}
+
+/** The upgrade a config declares (the new cluster's major, image and data location), if any. */
+function upgradePlan(cfg: StackConfig, adopted?: AdoptedFacts): UpgradePlan | undefined {
+    const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
+    const target = cfg.version.major;
+    if (from === undefined || from.major >= target) return undefined;
+    return {
+        from, target, name: `upgrade-${from.major}-to-${target}`,
+        toImage: imageFor(cfg.image, cfg.version.text),
+        toData: adopted ? dataLocationBeside(cfg, adopted, target) : dataLocationOf(cfg, target),
+    };
 }
 
 /** The stack's outputs, without the upgrade's while none is declared (Pulumi warns on undefined outputs). */
@@ -58,6 +92,7 @@ function dataLocationBeside(cfg: StackConfig, adopted: AdoptedFacts, major: numb
 
 export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOutputs {
     const target = cfg.version.major;
+    const method = cfg.method ?? "pg_upgrade";
     const hostAlias = cfg.hostAlias ?? adopted?.hostAlias ?? "db";
     const common = {
         user: cfg.user ?? adopted?.user ?? "synapse",
@@ -85,7 +120,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
             loginDatabase: common.database,
             password: cfg.password,
             backupDir: cfg.backupDir,
-            method: cfg.method,
+            method,
             attempt: cfg.attempt,
         });
         return { activeVersion: from!.text, hostAlias, containers: [], rehearsal: rehearsal.report };
@@ -106,8 +141,8 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         });
         return { activeVersion: cfg.version.text, hostAlias, containers: [cluster.containerName] };
     }
-    if (cfg.backupDir === undefined && cfg.method !== "pg_upgrade") {
-        throw new Error(`Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${cfg.method}: the host folder the dump is written to`);
+    if (cfg.backupDir === undefined && method !== "pg_upgrade") {
+        throw new Error(`Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${method}: the host folder the dump is written to`);
     }
 
     const old = new Cluster(`pg${from.major}`, {
@@ -144,7 +179,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         toData,
         stagingContainer: names.staging,
         backupDir: cfg.backupDir,
-        method: cfg.method,
+        method,
         synapseContainers: cfg.synapseContainers,
         attempt: cfg.attempt,
         loginUser: common.user,

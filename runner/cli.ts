@@ -6,20 +6,22 @@ import { cutover } from "./cutover";
 import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "./dump";
 import { parseDataLocation } from "./layout";
 import { inspectAdopted } from "./inspect";
+import { methodUnderway } from "./method-underway";
 import { preflight } from "./preflight";
 import { rehearse } from "./rehearse";
 import { ProcessError } from "./process";
 import { restoreCluster } from "./restore";
 import { serveCluster } from "./serve";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
-import { describeCarried } from "./unlogged";
+import { describeCarried } from "./not-replicated";
 import { checkSettings } from "./settings";
+import { stopSynapseBeforeReplace } from "./before-replace";
 import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
 import { requireContainer, superuserOf } from "./docker";
 import { removeStandby, standbyContainerName } from "./standby";
-import { parseContainerList, startSynapse, stopSynapse } from "./synapse";
+import { parseContainerList, requireCopyAfterSynapse, startSynapse, stopSynapse } from "./synapse";
 
 export const PASSWORD_ENV = "SYNAPSE_PG_PASSWORD";
 
@@ -127,6 +129,22 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.target.kept) out(`rehearse: kept ${r.target.container} running`);
         },
     },
+    "method-underway": {
+        summary: "Say, changing nothing, which method an upgrade already under way uses (JSON; method null when none is).",
+        flags: {
+            data: "the new cluster's volume name or absolute host folder",
+            major: "the new major",
+            image: "the new major's image (reads the data location)",
+            "backup-dir?": "the backup folder a dump method writes to",
+            "name?": "the dump's name in it",
+        },
+        async run(f, out) {
+            out(JSON.stringify(await methodUnderway({
+                data: parseDataLocation(str(f, "data")), major: int(f, "major"), image: str(f, "image"),
+                backupDir: f["backup-dir"] as string | undefined, dumpName: f.name as string | undefined,
+            })));
+        },
+    },
     inspect: {
         summary: "Read, changing nothing, what an existing PostgreSQL container (postgres:adopt) is: major, data, network, alias.",
         flags: { container: "the container to adopt" },
@@ -182,7 +200,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         async run(f, out) {
             const r = await runPgUpgrade(pgUpgradeInput(f));
             if (r.rehashed) out(`upgrade: the role ${r.rehashed} had an md5 password hash; it was re-set as scram-sha-256 from the configured password.`);
-            if (r.unlogged?.found.length) out(`upgrade: ${describeCarried(r.unlogged)}.`);
+            if (r.carried) out(`upgrade: ${describeCarried(r.carried)}.`);
             out(r.alreadyDone
                 ? `upgrade: "${str(f, "staging")}" already holds the upgraded cluster; nothing to do.`
                 : r.via === "link"
@@ -276,6 +294,29 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 : `restore: loaded ${formatBytes(r.manifest.bytes)} into "${str(f, "container")}".`);
         },
     },
+    "before-replace": {
+        summary: "Before Pulumi replaces the serving container (minor update, new settings): stop Synapse; serve starts it again.",
+        flags: {
+            container: "the serving container",
+            image: "the image the stack now declares for it",
+            "command?": "the server command the stack now declares (JSON list), when postgres:settings are set",
+            synapse: "Synapse's containers, comma-separated",
+        },
+        async run(f, out) {
+            let command: string[] | undefined;
+            if (f.command !== undefined) {
+                try {
+                    command = JSON.parse(str(f, "command"));
+                } catch {
+                    throw new StepError(`--command must be a JSON list like ["postgres","-c","work_mem=16MB"], not "${f.command}".`);
+                }
+            }
+            const r = await stopSynapseBeforeReplace({ container: str(f, "container"), image: str(f, "image"), command, synapse: parseContainerList(str(f, "synapse")) });
+            out(r.replacing
+                ? `before-replace: "${str(f, "container")}" will be replaced (${r.replacing}); stopped Synapse (${r.stopped.join(", ") || "already stopped"}) first, and serve starts it again.`
+                : `before-replace: "${str(f, "container")}" is not being replaced while it serves; nothing to do.`);
+        },
+    },
     "check-settings": {
         summary: "Check declared settings (postgres:settings) with the cluster's own server binary, changing nothing.",
         flags: {
@@ -325,11 +366,13 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 password: password(false),
             });
             out(f.json ? JSON.stringify(report, null, 2) : formatReport(report));
+            const read = await markerRead;
+            if (read instanceof Error) throw read;
+            // Before the differences: a copy older than Synapse's last start says why it differs, and what to do.
+            await requireCopyAfterSynapse(parseContainerList(f.synapse as string | undefined), read.marker?.copiedAt);
             if (report.differences.length > 0) {
                 throw new StepError(`verify found ${report.differences.length} difference(s) between "${report.old}" and "${report.new}", so the switch will not happen: ${report.differences.slice(0, 3).join("; ")}.`);
             }
-            const read = await markerRead;
-            if (read instanceof Error) throw read;
             if (read.marker?.state === "restored") await writeMarkerIn(str(f, "new"), read.user, advanceMarker(read.marker, "verified"));
         },
     },
@@ -352,6 +395,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 data: parseDataLocation(str(f, "data")),
                 image: str(f, "image"),
                 major: int(f, "major"),
+                synapse: parseContainerList(f.synapse as string | undefined),
             });
             out(r.alreadyDone ? "cutover: already switched; nothing to do." : `cutover: stopped ${r.stopped.map((s) => `"${s}"`).join(" and ")}.`);
         },

@@ -34,7 +34,7 @@ describe("adopting a compose-managed container (postgres:adopt)", () => {
     });
 
     it("upgrades from it: the new cluster joins its network under its service name, in a folder beside its own", async () => {
-        const d = await declare({ adopt: "synapse-db-1", version: "17", backupDir: "/srv/synapse/backups" }, "pw", { adopted: COMPOSE_DB });
+        const d = await declare({ adopt: "synapse-db-1", version: "17", backupDir: "/srv/synapse/backups", method: "directory" }, "pw", { adopted: COMPOSE_DB });
         assert.equal(d.resources.filter((r) => r.type === "docker:index/container:Container").length, 1, "only the new container is declared");
         const c = d.byName("pg17-container").inputs;
         assert.deepEqual(c.networksAdvanced, [{ name: "synapse_default", aliases: ["db"] }]);
@@ -62,7 +62,7 @@ describe("adopting a compose-managed container (postgres:adopt)", () => {
     it("refuses a version older than the adopted container's, and an upgrade without backupDir", async () => {
         await assert.rejects(declare({ adopt: "synapse-db-1", version: "14" }, "pw", { adopted: COMPOSE_DB }),
             /postgres:version is "14" but the adopted container "synapse-db-1" runs 15: a downgrade is not a revert; to go back, set postgres:version 15/);
-        await assert.rejects(declare({ adopt: "synapse-db-1", version: "17" }, "pw", { adopted: COMPOSE_DB }),
+        await assert.rejects(declare({ adopt: "synapse-db-1", version: "17", method: "directory" }, "pw", { adopted: COMPOSE_DB }),
             /postgres:backupDir is required while upgrading from 15 with method directory: the host folder the dump is written to/);
         await assert.rejects(declare({ adopt: "synapse-db-1", version: "17", upgradeFrom: "15", backupDir: "/b" }, "pw", { adopted: COMPOSE_DB }),
             /postgres:upgradeFrom is "15" but read from the adopted container \(postgres:adopt\), which knows its own version: remove upgradeFrom/);

@@ -4,7 +4,7 @@ import { declare, Declared, isSecret, unwrapSecrets } from "../fixtures/pulumi-g
 
 const BACKUPS = "/srv/backups";
 const DEPLOY_15 = { version: "15" };
-const UPGRADE_17 = { version: "17", upgradeFrom: "15", backupDir: BACKUPS };
+const UPGRADE_17 = { version: "17", upgradeFrom: "15", backupDir: BACKUPS, method: "directory" };
 const RUNNER = "./bin/synapse-pg";
 
 function short(urns: string[]): string[] {
@@ -277,13 +277,56 @@ describe("revert after writes (postgres:revertAcceptLoss)", () => {
 });
 
 describe("rehearsal stack (postgres:rehearse)", () => {
-    it("declares only the rehearse command against the live old container, nothing that changes it", async () => {
+    it("declares only the rehearse command against the live old container, nothing that changes it; by default it rehearses pg_upgrade, the default method", async () => {
         const d = await declare({ version: "17", upgradeFrom: "15", rehearse: "true" });
         assert.deepEqual(d.names(), ["rehearse-15-to-17", "rehearse-15-to-17-run"]);
         const r = d.byName("rehearse-15-to-17-run");
-        assert.equal(r.inputs.create, `${RUNNER} rehearse --container synapse-pg15 --to 17 --image postgres:17-alpine --login-user synapse --login-database synapse --json`);
+        assert.equal(r.inputs.create, `${RUNNER} rehearse --container synapse-pg15 --to 17 --image postgres:17-alpine --login-user synapse --login-database synapse --method pg_upgrade --json`);
         assert.deepEqual(r.inputs.triggers, [1]);
         assert.equal(unwrapSecrets(r.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
+    });
+});
+
+describe("a serving container replaced under Synapse (a minor update, new settings)", () => {
+    it("stops Synapse first (before-replace, after check-settings), triggered by the image and the settings; serve starts it again", async () => {
+        const d = await declare({ version: "17.6", synapseContainers: "synapse,synapse-worker1", settings: '{"work_mem":"16MB"}' });
+        const before = d.byName("pg17-before-replace");
+        assert.equal(before.inputs.create,
+            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres","-c","work_mem=16MB"]' --synapse synapse,synapse-worker1`);
+        assert.deepEqual(before.inputs.triggers, ["postgres:17.6-alpine", '{"work_mem":"16MB"}']);
+        assert.deepEqual(short(before.dependencies), ["pg17-check-settings"]);
+        assert.ok(short(d.byName("pg17-container").dependencies).includes("pg17-before-replace"));
+        assert.match(d.byName("pg17-serve").inputs.create, / --synapse synapse,synapse-worker1$/);
+    });
+    it("is not declared without Synapse's containers, nor for an upgrade's old cluster", async () => {
+        assert.equal((await declare({ version: "17.6" })).find("pg17-before-replace"), undefined);
+        const d = await declare({ ...UPGRADE_17, synapseContainers: "synapse" });
+        assert.equal(d.find("pg15-before-replace"), undefined);
+        assert.ok(d.find("pg17-before-replace"));
+    });
+});
+
+describe("the default method (postgres:method unset)", () => {
+    const UNSET = { version: "17", upgradeFrom: "15", backupDir: BACKUPS };
+    it("is pg_upgrade for an upgrade not yet under way, after asking the step runner about the new data location and the dump", async () => {
+        const asked: string[] = [];
+        const d = await declare(UNSET, "pw", { methodUnderway: async (line) => (asked.push(line), JSON.stringify({ method: null, why: "none" })) });
+        assert.deepEqual(asked, [`${RUNNER} method-underway --data synapse-pgsql17 --major 17 --image postgres:17-alpine --backup-dir ${BACKUPS} --name upgrade-15-to-17`]);
+        assert.ok(d.find("upgrade-15-to-17-prepare") && d.find("upgrade-15-to-17-upgrade"), d.names().join(", "));
+        assert.equal(d.find("upgrade-15-to-17-dump"), undefined);
+    });
+    it("keeps the method of an upgrade already under way (begun when directory was the default): nothing is re-planned", async () => {
+        const d = await declare(UNSET, "pw", { methodUnderway: { method: "directory", why: "the new data's marker says directory (state cutover)" } });
+        assert.match(d.byName("upgrade-15-to-17-dump").inputs.create, / --method directory /);
+        assert.equal(d.find("upgrade-15-to-17-prepare"), undefined);
+        assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17`);
+    });
+    it("is not asked for when postgres:method is set, nor when no upgrade is declared", async () => {
+        const never = async (): Promise<string> => {
+            throw new Error("the program asked which method is under way");
+        };
+        await declare({ ...UNSET, method: "directory" }, "pw", { methodUnderway: never });
+        await declare({ version: "17" }, "pw", { methodUnderway: never });
     });
 });
 
@@ -435,7 +478,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["upgradeFrom older than this tool handles", { version: "17", upgradeFrom: "9", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "9" but must be 10 or newer (what this tool can dump and restore)'],
         ["upgradeFrom equal to version", { version: "17", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but the same major as postgres:version; a minor change needs no upgradeFrom: remove it'],
         ["a downgrade", { version: "15", upgradeFrom: "17", backupDir: BACKUPS }, "pw", 'postgres:upgradeFrom is "17" but newer than postgres:version 15: a downgrade is not a revert; to go back, restore the earlier config (version 17, no upgradeFrom)'],
-        ["an upgrade without backupDir", { version: "17", upgradeFrom: "15" }, "pw", "postgres:backupDir is required while postgres:upgradeFrom is set with method directory: the host folder the dump is written to"],
+        ["a dump upgrade without backupDir", { version: "17", upgradeFrom: "15", method: "directory" }, "pw", "postgres:backupDir is required while postgres:upgradeFrom is set with method directory: the host folder the dump is written to"],
         ["a relative backupDir", { version: "17", upgradeFrom: "15", backupDir: "backups" }, "pw", 'postgres:backupDir is "backups" but must be an absolute host folder without spaces or colons, like /srv/synapse/backups'],
         ["a relative dataRoot", { version: "15", dataRoot: "./data" }, "pw", 'postgres:dataRoot is "./data" but must be an absolute host folder without spaces or colons, like /srv/synapse'],
         ["a port out of range", { version: "15", port: "70000" }, "pw", 'postgres:port is "70000" but must be a TCP port from 1 to 65535'],
