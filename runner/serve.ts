@@ -71,6 +71,11 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     const started = !info.running;
     if (started) await startContainer(input.container);
     const user = superuserOf(info);
+    // Only this cluster answers to the alias now. Synapse spends seconds importing before it first connects, so it
+    // starts beside the server's own start, unless one-time keys must be cleared before it runs (a revert that
+    // loses events). One that tried too early and exited is started again below, once the server accepts.
+    const clearKeys = leaving.served && leaving.lost > 0;
+    const startedEarly = clearKeys ? [] : await startSynapse(input.synapse ?? []);
     await waitUntilAccepting(input.container, user);
     // Side by side (at a switch Synapse is down until the end of this step).
     const [marker, { text: version }, standbysRemoved] = await Promise.all([
@@ -89,7 +94,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         ]);
     }
     let oneTimeKeysCleared: number | undefined;
-    if (leaving.served && leaving.lost > 0) {
+    if (clearKeys) {
         // Synapse's backup advice: after going back to older data, clients may hold one-time keys the older data
         // still lists as unclaimed; clear them before Synapse starts, so they are uploaded afresh. Only when
         // Synapse's stream moved past the old cluster: a revert without writes leaves the old data exactly as it was.
@@ -98,7 +103,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
             "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone", db).catch(() => [["0"]]);
         oneTimeKeysCleared = Number(rows[0][0]);
     }
-    const synapseStarted = await startSynapse(input.synapse ?? []);
+    const synapseStarted = [...new Set([...startedEarly, ...(await startSynapse(input.synapse ?? []))])];
     return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.lost, standbysRemoved };
 }
 

@@ -1,7 +1,7 @@
 // Synapse's own containers (main process and workers), when the user names them (postgres:synapseContainers):
 // stopped before anything reads the old cluster for the upgrade, started again after the switch, and started
 // again on the untouched old cluster when a step before the switch fails.
-import { inspectContainer, sleep } from "./docker";
+import { inspectContainer } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
@@ -46,7 +46,5 @@ export async function startSynapse(containers: string[]): Promise<string[]> {
         await run("docker", ["start", name]);
         started.push(name);
     }
-    // Give a container that dies at once (e.g. cannot reach its database) the chance to show it.
-    await sleep(started.length ? 1000 : 0);
     return started;
 }
