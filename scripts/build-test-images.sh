@@ -46,27 +46,38 @@ pin_postgres_ids() {
 	chroot "$root" usermod -u 999 -g 999 postgres
 }
 
-build_one() {
-	local major=$1 release tag rootfs tarball script
-	release=$(release_of "$major")
-	tag="synapse-pg-test/postgres:$major"
-	if [ "$(docker image inspect -f '{{ index .Config.Labels "synapse-pg-test.inputs" }}' "$tag" 2>/dev/null)" = "$inputs_hash" ]; then
-		echo "build-test-images: $tag is up to date"
+# Whether the image was built from these inputs (its label holds their hash): then it is not built again.
+is_current() {
+	if [ "$(docker image inspect -f '{{ index .Config.Labels "synapse-pg-test.inputs" }}' "$1" 2>/dev/null)" = "$2" ]; then
+		echo "build-test-images: $1 is up to date"
 		return 0
 	fi
+	return 1
+}
+
+# debootstrap of a release with packages into a folder; the log is kept in the cache under the given name.
+debootstrap_into() {
+	local rootfs=$1 release=$2 packages=$3 log="$CACHE/debootstrap-$4.log" script
+	# bookworm's debootstrap has no script for forky; sid's is the one that fits testing releases.
+	script=/usr/share/debootstrap/scripts/$release
+	[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
+	debootstrap --variant=minbase --include="$packages" "$release" "$rootfs" "$MIRROR" "$script" >"$log" 2>&1 || {
+		echo "build-test-images: debootstrap of $release failed; last lines of $log:" >&2
+		tail -n 20 "$log" >&2
+		return 1
+	}
+}
+
+build_one() {
+	local major=$1 release tag rootfs tarball
+	release=$(release_of "$major")
+	tag="synapse-pg-test/postgres:$major"
+	is_current "$tag" "$inputs_hash" && return 0
 	tarball="$CACHE/rootfs-$release-pg$major-$rootfs_hash.tar"
 	if [ ! -s "$tarball" ]; then
 		rootfs=$(mktemp -d "$CACHE/rootfs-$release.XXXX")
-		# bookworm's debootstrap has no script for forky; sid's is the one that fits testing releases.
-		script=/usr/share/debootstrap/scripts/$release
-		[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
 		echo "build-test-images: debootstrap $release with postgresql-$major (a few minutes)"
-		debootstrap --variant=minbase --include="postgresql-$major,locales" \
-			"$release" "$rootfs" "$MIRROR" "$script" >"$CACHE/debootstrap-$release.log" 2>&1 || {
-			echo "build-test-images: debootstrap of $release failed; last lines of $CACHE/debootstrap-$release.log:" >&2
-			tail -n 20 "$CACHE/debootstrap-$release.log" >&2
-			return 1
-		}
+		debootstrap_into "$rootfs" "$release" "postgresql-$major,locales" "$release" || return 1
 		# Debian's package creates a cluster of its own; the image's entrypoint creates clusters, so drop it.
 		rm -rf "$rootfs/var/lib/postgresql/$major" "$rootfs/etc/postgresql/$major"
 		# The official image listens on all addresses by default (it edits the sample the same way).
@@ -107,20 +118,12 @@ build_one() {
 build_synapse() {
 	local tag=synapse-pg-test/synapse hash tarball rootfs
 	hash=$(cat scripts/build-test-images.sh images/synapse/start.py | sha256sum | cut -c1-16)
-	if [ "$(docker image inspect -f '{{ index .Config.Labels "synapse-pg-test.inputs" }}' "$tag" 2>/dev/null)" = "$hash" ]; then
-		echo "build-test-images: $tag is up to date"
-		return 0
-	fi
+	is_current "$tag" "$hash" && return 0
 	tarball="$CACHE/rootfs-sid-synapse-1.tar"
 	if [ ! -s "$tarball" ]; then
 		rootfs=$(mktemp -d "$CACHE/rootfs-sid-synapse.XXXX")
 		echo "build-test-images: debootstrap sid with matrix-synapse (about 5 minutes)"
-		debootstrap --variant=minbase --include=matrix-synapse,python3-cffi-backend,python3-psycopg2 \
-			sid "$rootfs" "$MIRROR" /usr/share/debootstrap/scripts/sid >"$CACHE/debootstrap-sid-synapse.log" 2>&1 || {
-			echo "build-test-images: debootstrap of sid with matrix-synapse failed; last lines of $CACHE/debootstrap-sid-synapse.log:" >&2
-			tail -n 20 "$CACHE/debootstrap-sid-synapse.log" >&2
-			return 1
-		}
+		debootstrap_into "$rootfs" sid matrix-synapse,python3-cffi-backend,python3-psycopg2 sid-synapse || return 1
 		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
 		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
 		rm -rf "$rootfs"
