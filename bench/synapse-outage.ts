@@ -1,0 +1,204 @@
+// The outage a Matrix user sees, with a real Synapse: `npm run bench -- --synapse --size 1GB`.
+//
+// A real Synapse (synapse-pg-test/synapse) creates its own schema on a 15 cluster; the database is filled to the
+// size with bulk rows of its own state_groups_state (what grows on a real homeserver). Then, on the same data and
+// while a client sends a message every 0.25 s:
+//   (a) the guide: Synapse stopped, pg_dumpall in the old container, the old container stopped, a new 17
+//       container under the same name on a new volume, psql -f, postgresql.conf copied and a restart, Synapse
+//       started;
+//   (b) ours, the default method (pg_upgrade): prepare while Synapse serves, then preflight, upgrade, copy-config,
+//       verify, cutover, the serving container and serve, each run as pulumi up runs it (with --synapse, so the
+//       steps stop and start Synapse themselves).
+// The outage is what the client saw: from its first failed send to the first one that succeeded after it. Ours is
+// broken down: until Synapse had stopped, each step, Synapse's start, its first successful request. Every message
+// Synapse accepted is then read back through Synapse.
+import { createReadStream, createWriteStream, promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { run } from "../runner/process";
+import { MatrixClient, outageOf, SendRecord, startSender, waitForSynapse } from "../tests/fixtures/matrix-client";
+import { startSynapseServer, SynapseServer } from "../tests/fixtures/synapse-server";
+import { cleanup, IMAGE, NETWORK, PASSWORD, PREFIX, REPO, said, seconds, serveNew, startCluster, step, waitReady } from "./harness";
+
+const SYNAPSE = `${PREFIX}synapse`;
+const SYNAPSE_PORT = 28018;
+const OLD = `${PREFIX}pg15`;
+
+/** Docker's own record of when a container last stopped and started (ms since the epoch). */
+async function stateTimes(container: string): Promise<{ finishedAt: number; startedAt: number }> {
+    const [finished, started] = (await run("docker", ["inspect", "-f", "{{.State.FinishedAt}} {{.State.StartedAt}}", container])).stdout.trim().split(" ");
+    return { finishedAt: Date.parse(finished), startedAt: Date.parse(started) };
+}
+
+async function psql(container: string, sql: string, database = "synapse"): Promise<string> {
+    return (await run("docker", ["exec", container, "psql", "-X", "-U", "synapse", "-d", database, "-Atqc", sql])).stdout.trim();
+}
+
+/**
+ * Bulk rows in Synapse's state_groups_state (and their state_groups), 500k rows a round, until the database has
+ * the size. Bounded: at most 400 rounds.
+ */
+async function fill(container: string, bytes: number): Promise<number> {
+    let size = Number(await psql(container, "SELECT pg_database_size('synapse')"));
+    for (let round = 0; round < 400 && size < bytes; round++) {
+        const first = round * 500_000;
+        await psql(container, `
+            INSERT INTO state_groups (id, room_id, event_id)
+                SELECT 1000000 + g, '!room' || (g % 997) || ':bench.test', '$' || md5('group' || g) FROM generate_series(${first / 50}, ${first / 50 + 9_999}) g;
+            INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id)
+                SELECT 1000000 + g / 50, '!room' || ((g / 50) % 997) || ':bench.test',
+                       CASE WHEN g % 7 = 0 THEN 'm.room.power_levels' ELSE 'm.room.member' END,
+                       '@user' || g || ':bench' || (g % 13) || '.test', '$' || md5(g::text) || 'AbCdEfGhIjK'
+                FROM generate_series(${first}, ${first + 499_999}) g;`);
+        size = Number(await psql(container, "SELECT pg_database_size('synapse')"));
+    }
+    await psql(container, "CHECKPOINT", "postgres");
+    return size;
+}
+
+interface Typed {
+    records: SendRecord[];
+    t0: number;
+}
+
+/** A client typing while `work` runs, until Synapse answers again and two more seconds have passed. */
+async function whileTyping(client: MatrixClient, room: string, server: SynapseServer, tag: string, work: (t0: number) => Promise<void>): Promise<Typed> {
+    // Bounded: 4 sends a second for at most 2000 s.
+    const sender = startSender(client, room, { intervalMs: 250, timeoutMs: 5000, maxSends: 8000, tag });
+    try {
+        await new Promise((r) => setTimeout(r, 2000));
+        await work(sender.t0);
+        await sender.acceptedSince(Date.now() - sender.t0, 300_000);
+        await new Promise((r) => setTimeout(r, 2000));
+    } catch (err) {
+        await sender.stop();
+        throw err;
+    }
+    return { records: await sender.stop(), t0: sender.t0 };
+}
+
+export async function benchSynapse(sizeText: string, sizeMB: number, json: boolean): Promise<void> {
+    const backups = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-bench-"));
+    await cleanup();
+    await run("docker", ["rm", "-f", SYNAPSE]).catch(() => undefined);
+    await run("docker", ["volume", "rm", "-f", `${SYNAPSE}-data`]).catch(() => undefined);
+    await run("docker", ["network", "create", NETWORK]);
+    try {
+        await startCluster(OLD, 15, `${PREFIX}pgsql15`, true);
+        const server = await startSynapseServer({ container: SYNAPSE, network: NETWORK, dbHost: "db", dbUser: "synapse", dbName: "synapse", dbPassword: PASSWORD, port: SYNAPSE_PORT });
+        const alice = await MatrixClient.register(server.base, "alice", "bench-user-password");
+        const room = await alice.createRoom("bench");
+        const [fillSeconds, dbBytes] = await seconds(() => fill(OLD, sizeMB * 1e6));
+        const version = await psql(OLD, "SELECT max(version) FROM schema_version").catch(() => "?");
+        console.error(`real Synapse schema (version ${version}), filled to ${(dbBytes / 1e9).toFixed(2)} GB in ${fillSeconds.toFixed(0)} s`);
+        const accepted: string[] = [];
+
+        // (a) The guide, by hand, as its reader would type it.
+        console.error("(a) the guide: stop Synapse; pg_dumpall; stop 15; new 17 as db; psql -f; copy postgresql.conf; restart; start Synapse");
+        const guideNew = `${PREFIX}guide-pg17`;
+        const guideFile = path.join(backups, "guide.sql");
+        const guideSteps: Record<string, number> = {};
+        const guide = await whileTyping(alice, room, server, "guide", async () => {
+            [guideSteps.stopSynapse] = await seconds(() => run("docker", ["stop", "--time", "60", SYNAPSE]));
+            [guideSteps.dump] = await seconds(() => run("docker", ["exec", OLD, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }));
+            [guideSteps.stopOld] = await seconds(() => run("docker", ["stop", OLD]));
+            [guideSteps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`, true));
+            [guideSteps.restore] = await seconds(() => run("docker", ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"], { stdin: createReadStream(guideFile) })
+                .catch(() => undefined));
+            [guideSteps.config] = await seconds(async () => {
+                const conf = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.conf"']).catch(() => ({ stdout: "" }))).stdout;
+                if (conf) await run("docker", ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'], { stdin: conf });
+                await run("docker", ["restart", guideNew]);
+                await waitReady(guideNew);
+            });
+            [guideSteps.startSynapse] = await seconds(() => run("docker", ["start", SYNAPSE]));
+        });
+        const guideOutage = outageOf(guide.records)!;
+        // Back to 15 for ours, on the same data: what the client wrote to 15 before the guide's outage stays, what
+        // it wrote to the guide's 17 after it goes with that cluster.
+        accepted.push(...guide.records.filter((r) => r.ok && r.end < guideOutage.to).map((r) => r.body));
+        await run("docker", ["stop", "--time", "60", SYNAPSE]);
+        await run("docker", ["rm", "-f", guideNew]);
+        await run("docker", ["start", OLD]);
+        await waitReady(OLD);
+        await run("docker", ["start", SYNAPSE]);
+        await waitForSynapse(server.base, 300);
+
+        // (b) Ours: the default method, pg_upgrade; prepare while Synapse serves.
+        console.error("(b) ours: prepare (Synapse serving), then the downtime steps with --synapse");
+        const staging = `${PREFIX}pg17-staging`;
+        const data = `${PREFIX}pgsql17`;
+        const cluster = ["--staging", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17"];
+        const [prepareSeconds] = await seconds(() => step(["prepare", "--container", OLD, ...cluster]));
+        const synapseFlag = ["--synapse", SYNAPSE];
+        const marks: { step: string; start: number; end: number }[] = [];
+        const ours = await whileTyping(alice, room, server, "ours", async (t0) => {
+            const timed = async (name: string, work: () => Promise<unknown>) => {
+                const start = Date.now() - t0;
+                await work();
+                marks.push({ step: name, start, end: Date.now() - t0 });
+            };
+            await timed("preflight", () => step(["preflight", "--container", OLD, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", data, "--staging", staging, ...synapseFlag]));
+            await timed("upgrade", () => step(["upgrade", "--container", OLD, ...cluster, ...synapseFlag]));
+            await timed("copy-config", () => step(["copy-config", "--from", OLD, "--to", staging, ...synapseFlag]));
+            await timed("verify", () => step(["verify", "--old", OLD, "--new", staging, ...synapseFlag]));
+            await timed("cutover", () => step(["cutover", "--old", OLD, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17", ...synapseFlag]));
+            await timed("serving container and serve", () => serveNew(`${PREFIX}pg17`, data, 17, SYNAPSE));
+        });
+        const oursOutage = outageOf(ours.records)!;
+        accepted.push(...ours.records.filter((r) => r.ok).map((r) => r.body));
+        const synapseTimes = await stateTimes(SYNAPSE);
+        const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
+        const unlogged = /^upgrade: (unlogged relations.*)$/m.exec(said.upgrade ?? "")?.[1];
+
+        // Everything Synapse accepted, read back through Synapse from 17.
+        const history = await alice.messages(room);
+        const missing = accepted.filter((b) => !history.includes(b));
+        if (missing.length) throw new Error(`${missing.length} accepted message(s) missing after the upgrade: ${missing.slice(0, 5).join(", ")}`);
+
+        const at = (ms: number) => (ms - ours.t0) / 1000;
+        const from = oursOutage.from / 1000;
+        const breakdown: Record<string, number> = {
+            "until Synapse stopped": at(synapseTimes.finishedAt) - from,
+        };
+        for (const m of marks) breakdown[m.step] = (m.end - m.start) / 1000;
+        // Preflight's own work, without the Synapse stop it starts with.
+        breakdown.preflight -= at(synapseTimes.finishedAt) - marks[0].start / 1000;
+        breakdown["Synapse start to its first successful request"] = oursOutage.to / 1000 - at(synapseTimes.startedAt);
+
+        const result = {
+            when: new Date().toISOString(),
+            mode: "synapse",
+            size: sizeText,
+            databaseBytes: dbBytes,
+            synapseSchemaVersion: version,
+            machine: { cpus: os.cpus().length, memoryGB: Math.round(os.totalmem() / 1e9) },
+            clientIntervalSeconds: 0.25,
+            guide: { outageSeconds: guideOutage.seconds, failedSends: guideOutage.failedSends, steps: guideSteps },
+            ours: {
+                method: "pg_upgrade", via, unlogged, prepareSeconds, outageSeconds: oursOutage.seconds, failedSends: oursOutage.failedSends,
+                steps: Object.fromEntries(marks.map((m) => [m.step, (m.end - m.start) / 1000])), breakdown,
+            },
+            outageOverGuide: oursOutage.seconds / guideOutage.seconds,
+            messagesAcceptedAndReadBack: accepted.length,
+        };
+        await fs.mkdir(path.join(REPO, "bench/results"), { recursive: true });
+        const out = path.join(REPO, "bench/results", `${result.when.replace(/[:.]/g, "-")}-synapse-${sizeText}.json`);
+        await fs.writeFile(out, JSON.stringify(result, null, 2) + "\n");
+        if (json) return console.log(JSON.stringify(result, null, 2));
+        const f = (n: number) => `${n.toFixed(1)} s`;
+        console.log(`real Synapse (schema ${version}), database ${(dbBytes / 1e9).toFixed(2)} GB, a message every 0.25 s, ${result.machine.cpus} CPUs`);
+        console.log(`(a) guide, outage seen by the client: ${f(guideOutage.seconds)}   (${Object.entries(guideSteps).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
+        console.log(`(b) ours (pg_upgrade, ${via}), outage: ${f(oursOutage.seconds)}   (ours/guide ${result.outageOverGuide.toFixed(2)})`);
+        console.log(`    where it goes: ${Object.entries(breakdown).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}`);
+        if (unlogged) console.log(`    ${unlogged}`);
+        console.log(`    before the outage, prepare: ${f(prepareSeconds)}`);
+        console.log(`every one of ${accepted.length} accepted messages read back through Synapse`);
+        console.log(`written to ${path.relative(REPO, out)}`);
+    } finally {
+        await run("docker", ["rm", "-f", SYNAPSE]).catch(() => undefined);
+        await run("docker", ["volume", "rm", "-f", `${SYNAPSE}-data`]).catch(() => undefined);
+        await cleanup();
+        await fs.rm(backups, { recursive: true, force: true });
+    }
+}
