@@ -9,6 +9,7 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { DumpMethod } from "./dump";
 import { DataLocation } from "./layout";
+import { run } from "./process";
 import { readTargetState } from "./target";
 
 export type UpgradeMethod = DumpMethod | "pg_upgrade";
@@ -30,8 +31,9 @@ export interface MethodUnderway {
 }
 
 export async function methodUnderway(input: MethodUnderwayInput): Promise<MethodUnderway> {
-    const target = await readTargetState(input.data, input.major, input.image);
-    const m = target.marker;
+    // Read only where the location exists: a helper container's mount would create the volume (unlabelled, before
+    // Pulumi declares it) or the host folder.
+    const m = (await locationExists(input.data)) ? (await readTargetState(input.data, input.major, input.image)).marker : undefined;
     if (m?.method) return { method: m.method, why: `the new data's marker says ${m.method} (state ${m.state})` };
     // Markers written by restore before they named their method: the dump they loaded says which.
     if (m?.dump) return { method: m.dump.path.endsWith(".sql") ? "dumpall" : "directory", why: `the new data holds the dump ${m.dump.path} (state ${m.state})` };
@@ -43,4 +45,10 @@ export async function methodUnderway(input: MethodUnderwayInput): Promise<Method
         }
     }
     return { method: null, why: "no upgrade under way: no marker in the new data location and no dump" };
+}
+
+async function locationExists(data: DataLocation): Promise<boolean> {
+    return data.kind === "volume"
+        ? run("docker", ["volume", "inspect", data.name]).then(() => true, () => false)
+        : fs.stat(data.path).then(() => true, () => false);
 }

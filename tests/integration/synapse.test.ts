@@ -9,7 +9,7 @@ import { connect } from "../fixtures/snapshot";
 import { databaseErrorsInLog, startSynapseServer, SynapseServer, synapseLog, SYNAPSE_IMAGE } from "../fixtures/synapse-server";
 import { run } from "../../runner/process";
 import { Applier, runShell } from "./applier";
-import { containerState, endSuite, startSuite, Suite } from "./docker-env";
+import { containerState, endSuite, startSuite, Suite, volumeExists } from "./docker-env";
 
 const PREFIX = "sptest-syn-";
 const PASSWORD = "synapse-db-Pässword-7";
@@ -128,7 +128,12 @@ describe("a real Synapse through upgrades and reverts (pg_upgrade 15 -> 17, reve
         const since = now();
         const mark = applier.commandRuns.length;
         const acceptedBefore = accepted.length;
-        const records = await whileTyping("pg_upgrade 15->17", () => up({ version: "17", upgradeFrom: "15" }));
+        // postgres:method unset: the program asks the step runner which method is under way (none: pg_upgrade),
+        // and asking creates nothing (a helper container's mount would create the new volume unlabelled).
+        const plan = await declared({ version: "17", upgradeFrom: "15" });
+        assert.ok(plan.find("upgrade-15-to-17-prepare"), plan.names().join(", "));
+        assert.equal(await volumeExists(`${PREFIX}pgsql17`), false, "asking which method is under way created nothing");
+        const records = await whileTyping("pg_upgrade 15->17", () => applier.up(plan));
         // No send can succeed while Synapse is stopped: those that succeeded before the first one after the outage
         // were written to 15, the rest to 17.
         const outage = outageOf(records)!;
