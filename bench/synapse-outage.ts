@@ -150,7 +150,6 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         const synapseTimes = await stateTimes(SYNAPSE);
         const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
         const carried = /^upgrade: (set \d+ sequence.*)$/m.exec(said.upgrade ?? "")?.[1];
-        const oldCounted = /^old cluster's rows counted (.*)$/m.exec(said.verify ?? "")?.[1];
 
         // Everything Synapse accepted, read back through Synapse from 17.
         const history = await alice.messages(room);
@@ -177,7 +176,7 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
             clientIntervalSeconds: 0.25,
             guide: { outageSeconds: guideOutage.seconds, failedSends: guideOutage.failedSends, steps: guideSteps },
             ours: {
-                method: "pg_upgrade", via, carried, oldCounted, prepareSeconds, outageSeconds: oursOutage.seconds, failedSends: oursOutage.failedSends,
+                method: "pg_upgrade", via, carried, prepareSeconds, outageSeconds: oursOutage.seconds, failedSends: oursOutage.failedSends,
                 steps: Object.fromEntries(marks.map((m) => [m.step, (m.end - m.start) / 1000])), breakdown,
             },
             outageOverGuide: oursOutage.seconds / guideOutage.seconds,
@@ -193,7 +192,6 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         console.log(`(b) ours (pg_upgrade, ${via}), outage: ${f(oursOutage.seconds)}   (ours/guide ${result.outageOverGuide.toFixed(2)})`);
         console.log(`    where it goes: ${Object.entries(breakdown).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}`);
         if (carried) console.log(`    upgrade: ${carried}`);
-        if (oldCounted) console.log(`    verify: old cluster's rows counted ${oldCounted}`);
         console.log(`    before the outage, prepare: ${f(prepareSeconds)}`);
         console.log(`every one of ${accepted.length} accepted messages read back through Synapse`);
         console.log(`written to ${path.relative(REPO, out)}`);

@@ -20,13 +20,12 @@ import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { Readable, Writable } from "node:stream";
-import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting, writeFileIn } from "./docker";
+import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, runPiped, ProcessError, TRACE } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
 import { checkSpace } from "./preflight";
-import { countAtQuietPoint, OLD_COUNTS_FILE } from "./verify";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
@@ -274,9 +273,6 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  * --link makes the new cluster of its files. The old server is never stopped (copy-config and verify read it).
  */
 async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
-    // verify's count of the old cluster's rows, taken while pg_upgrade works on the standby (its own core): a
-    // failure or a busy moment only means verify counts them itself.
-    const oldCounts = countAtQuietPoint(input.container, superuser).catch(() => undefined);
     let relations;
     try {
         // What the standby will not hold as the old server does, read once writes have stopped, beside the catch-up.
@@ -296,13 +292,10 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     // First: sync, the statistics and the marker then cover what was carried.
     const carried = await carryNotReplicated(relations, input.container, superuser, input.staging, superuser);
     phases.lap(`sequences and unlogged tables carried (${carried.sequences} sequence(s), ${carried.tables.length} table(s) with rows)`);
-    const counts = await oldCounts;
-    if (counts) phases.lap(`old cluster's rows counted for verify, at its transaction id ${counts.nextXid}`);
     const [, , rehashed] = await Promise.all([
         run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
         firstStatistics(input, superuser),
         rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser),
-        counts ? writeFileIn(input.staging, `${dataLayout(input.major).pgdata}/${OLD_COUNTS_FILE}`, JSON.stringify(counts)) : undefined,
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     // Last, once the data is durable: the marker that says the new cluster is complete.

@@ -162,17 +162,11 @@ const dataDirectories = new Map<string, string>();
 
 /** Reads the marker through a running container (PGDATA from the server itself), in one psql. */
 export async function readMarkerIn(container: string, user: string): Promise<Marker | undefined> {
-    const text = await readDataFile(container, user, MARKER_FILE);
-    return text === undefined ? undefined : JSON.parse(text);
-}
-
-/** A file of ours in the running cluster's data directory (at most 1 MB), read by its server; undefined if absent. */
-export async function readDataFile(container: string, user: string, file: string): Promise<string | undefined> {
     const [[dir, found, text]] = await query(container, user,
         `SELECT current_setting('data_directory'), f IS NOT NULL, coalesce(f, '')
-           FROM pg_read_file(current_setting('data_directory') || '/${file}', 0, 1048576, true) AS f`);
+           FROM pg_read_file(current_setting('data_directory') || '/${MARKER_FILE}', 0, 1048576, true) AS f`);
     dataDirectories.set(container, dir);
-    return found === "t" ? text : undefined;
+    return found === "t" ? JSON.parse(text) : undefined;
 }
 
 /** The marker file's text, as every writer writes it. */

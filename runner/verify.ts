@@ -2,7 +2,6 @@
 // attributes and password hashes, every table's row count, every sequence's value, and a password login as the
 // Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
 import { ContainerInfo, query, queryScript, quoteIdent, quoteLiteral, requireContainer, superuserOf } from "./docker";
-import { readDataFile } from "./target";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
@@ -26,8 +25,6 @@ export interface Comparison {
 export interface VerifyReport {
     old: string;
     new: string;
-    /** Where the old cluster's row counts come from. */
-    oldCounted: string;
     comparisons: Comparison[];
     tables: number;
     rows: number;
@@ -40,27 +37,7 @@ interface Snapshot {
     roles: Map<string, string>;
     tables: Map<string, number>;
     sequences: Map<string, string>;
-    /** The next transaction id, when it was the same before and after the counts with none in progress. */
-    quietXid?: string;
 }
-
-/**
- * The old cluster's row counts, taken during the upgrade step while pg_upgrade works on the standby (method
- * pg_upgrade): exact counts grow with the data, and at 8 GB counting both clusters at verify took 6 s of
- * downtime. They hold for as long as the old server's next transaction id stays `nextXid`: every change of a
- * table's rows (insert, update, delete, truncate, DDL) takes a transaction id, and none was in progress when they
- * were counted. Sequences take none, so they are always read anew.
- */
-export interface OldCounts {
-    nextXid: string;
-    tables: Record<string, number>;
-}
-
-/** The file in the new cluster's PGDATA that carries them from the upgrade step to verify. */
-export const OLD_COUNTS_FILE = "synapse-pg-old-counts.json";
-
-/** Next transaction id; " busy" when a transaction holding one is in progress (its changes may still commit). */
-const QUIET_POINT = "(SELECT txid_snapshot_xmax(s)::text || CASE WHEN txid_snapshot_xmin(s) = txid_snapshot_xmax(s) THEN '' ELSE ' busy' END FROM txid_current_snapshot() s)";
 
 /**
  * What psql runs in each database (a nested psql, fed by the outer one): every table's exact row count (one UNION
@@ -68,14 +45,12 @@ const QUIET_POINT = "(SELECT txid_snapshot_xmax(s)::text || CASE WHEN txid_snaps
  * database that could not be read is found missing instead of silently compared as empty on both sides. A
  * format() template: %1$s is the database as an identifier, %2$s as a literal.
  */
-const COUNT_TABLES =
+const PER_DATABASE = [
+    "\\c %1$s",
     `SELECT string_agg(format('SELECT %L, %L, count(*) FROM %I.%I', 'table', %2$s || '.' || format('%I.%I', n.nspname, c.relname), n.nspname, c.relname), ' UNION ALL ')
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
-     HAVING count(*) > 0 \\gexec`;
-const perDatabase = (counts: boolean) => [
-    "\\c %1$s",
-    ...(counts ? [COUNT_TABLES] : []),
+     HAVING count(*) > 0 \\gexec`,
     "SELECT 'sequence', %2$s || '.' || format('%I.%I', schemaname, sequencename), coalesce(last_value::text, 'unused') FROM pg_sequences ORDER BY 2;",
     "SELECT 'done', %2$s;",
 ].join("\n");
@@ -85,15 +60,12 @@ const perDatabase = (counts: boolean) => [
  * databases and roles, then, through `\g |psql`, a nested psql in the same container that connects to each
  * database in turn (psql cannot loop over databases itself).
  */
-async function snapshot(container: string, user: string, counts = true): Promise<Snapshot> {
+async function snapshot(container: string, user: string): Promise<Snapshot> {
     const nested = `psql -X -q -A -t -v ON_ERROR_STOP=1 -U '${user.replace(/'/g, "'\\''")}' -d postgres`;
-    // The transaction counter before and after the counts, in the nested psql's own ordered output.
-    const quietRow = (kind: string) => `SELECT '${kind}', '', ${QUIET_POINT};\n`;
     const script = [
         // The nested psql first: the outer one has printed nothing yet, so their rows cannot interleave.
-        `SELECT E'\\\\pset fieldsep \\'\\\\x1f\\'\\n\\\\pset recordsep \\'\\\\x1e\\'\\n' || ${quoteLiteral(quietRow("quiet-before"))}
-                || string_agg(format(${quoteLiteral(perDatabase(counts).replace(/%(?![12]\$s)/g, "%%"))}, quote_ident(datname), quote_literal(datname)), E'\\n' ORDER BY datname)
-                || E'\\n' || ${quoteLiteral(quietRow("quiet-after"))}
+        `SELECT E'\\\\pset fieldsep \\'\\\\x1f\\'\\n\\\\pset recordsep \\'\\\\x1e\\'\\n'
+                || string_agg(format(${quoteLiteral(PER_DATABASE.replace(/%(?![12]\$s)/g, "%%"))}, quote_ident(datname), quote_literal(datname)), E'\\n' ORDER BY datname)
            FROM pg_database WHERE datallowconn AND datname <> 'template1' \\g |${nested}`,
         `SELECT 'database', datname, pg_encoding_to_char(encoding) || ' ' || datcollate || '/' || datctype FROM pg_database WHERE datname <> 'template0' ORDER BY 2;`,
         // Password hashes are compared, never printed: the report shows only whether they match.
@@ -112,10 +84,8 @@ async function snapshot(container: string, user: string, counts = true): Promise
     const sequences = new Map<string, string>();
     const expected: string[] = [];
     const done = new Set<string>();
-    const quiet: Record<string, string> = {};
     const { rows, stderr } = await queryScript(container, user, script.join("\n"));
     for (const [kind, key, value] of rows) {
-        if (kind === "quiet-before" || kind === "quiet-after") quiet[kind] = value;
         if (kind === "database") databases.set(key, value);
         else if (kind === "role") roles.set(key, value);
         else if (kind === "expect") expected.push(key);
@@ -127,22 +97,7 @@ async function snapshot(container: string, user: string, counts = true): Promise
     if (unread.length > 0) {
         throw new StepError(`verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}.`);
     }
-    const before = quiet["quiet-before"];
-    const quietXid = before && before === quiet["quiet-after"] && !before.endsWith(" busy") ? before : undefined;
-    return { databases, roles, tables, sequences, quietXid };
-}
-
-/**
- * Counts the old cluster's rows for verify (see OldCounts). Autovacuum's ANALYZE takes transaction ids too, in
- * bursts after the last writes: a count it overlapped is taken again, three times at most; undefined if none was
- * quiet (verify then counts itself).
- */
-export async function countAtQuietPoint(container: string, user: string): Promise<OldCounts | undefined> {
-    for (let i = 0; i < 3; i++) {
-        const s = await snapshot(container, user);
-        if (s.quietXid) return { nextXid: s.quietXid, tables: Object.fromEntries(s.tables) };
-    }
-    return undefined;
+    return { databases, roles, tables, sequences };
 }
 
 function compare(kind: string, a: Map<string, string | number>, b: Map<string, string | number>): Comparison[] {
@@ -178,19 +133,8 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
     for (const c of [oldInfo, newInfo]) {
         if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
     }
-    // Side by side (Synapse is down): both clusters' contents and the password login. The old cluster's rows are
-    // not counted again when the upgrade counted them and no transaction has happened there since.
-    const stored = await readDataFile(input.new, superuserOf(newInfo), OLD_COUNTS_FILE).then((t) => (t ? (JSON.parse(t) as OldCounts) : undefined));
-    const [light, b, login] = await Promise.all([
-        snapshot(input.old, superuserOf(oldInfo), stored === undefined),
-        snapshot(input.new, superuserOf(newInfo)),
-        checkLogin(newInfo, input),
-    ]);
-    const reuse = stored !== undefined && light.quietXid === stored.nextXid;
-    const a = reuse ? { ...light, tables: new Map(Object.entries(stored.tables)) } : stored ? await snapshot(input.old, superuserOf(oldInfo)) : light;
-    const oldCounted = reuse
-        ? `during the upgrade, with the old server's next transaction id at ${stored.nextXid}, as it still is`
-        : stored ? `now (the old server took transactions after the upgrade counted its rows)` : "now";
+    // Side by side (Synapse is down): both clusters' contents and the password login.
+    const [a, b, login] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo)), checkLogin(newInfo, input)]);
     const roles = compare("role", a.roles, b.roles).map((c) =>
         // The restore re-hashes the Synapse role's md5 password as scram-sha-256 (the login check below proves it).
         c.what === `role ${input.loginUser}` && c.old.replace(/ md5 password#\w+$/, "") === c.new.replace(/ scram password#\w+$/, "") && / md5 /.test(c.old)
@@ -208,7 +152,6 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
     return {
         old: input.old,
         new: input.new,
-        oldCounted,
         comparisons,
         tables: b.tables.size,
         rows: [...b.tables.values()].reduce((s, n) => s + n, 0),
@@ -223,7 +166,6 @@ export function formatReport(r: VerifyReport): string {
     const lines = [`${"check".padEnd(w)}  ${"old".padEnd(v)}  ${"new".padEnd(v)}  result`];
     for (const c of r.comparisons) lines.push(`${c.what.padEnd(w)}  ${c.old.padEnd(v)}  ${c.new.padEnd(v)}  ${c.same ? "same" : "DIFFERENT"}`);
     lines.push(`login ${r.login.user}@${r.login.database} over TCP with password: ${r.login.ok ? "ok" : `FAILED (${r.login.error})`}`);
-    lines.push(`old cluster's rows counted ${r.oldCounted}`);
     lines.push(`${r.tables} tables, ${r.rows} rows compared; ${r.differences.length} difference(s)`);
     return lines.join("\n");
 }

@@ -190,9 +190,6 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.match(stdoutOf(mark, "upgrade-15-to-17-upgrade"),
             /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg15" into "sptest-pgu-pg17-staging" in [\d.]+ s; the old cluster was never stopped and is unchanged\./);
         assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
-        // The old cluster's rows were counted while pg_upgrade ran, or (autovacuum took a transaction id there
-        // since) counted again: verify says which.
-        assert.match(stdoutOf(mark, "upgrade-15-to-17-verify"), /^old cluster's rows counted (during the upgrade, with the old server's next transaction id at \d+, as it still is|now.*)$/m);
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
         assert.deepEqual(logicalContent(after), logicalContent(withUnlogged!));
@@ -207,8 +204,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         await sql("DROP TABLE public.synapse_pg_unlogged_rows, public.synapse_pg_unlogged_empty; DROP SEQUENCE public.synapse_pg_unlogged_seq, public.synapse_pg_logged_seq");
     });
 
-    it("a write to the old cluster after the upgrade counted its rows: verify counts them again and refuses the switch", async () => {
-        // A client that connected after preflight (not Synapse: it is not in synapseContainers) writes one row.
+    it("a write to the old cluster after the upgrade step (a client that connected after preflight): verify finds it and refuses the switch", async () => {
         between["upgrade-15-to-17-upgrade"] = async () => {
             await sql("INSERT INTO public.synapse_pg_late_write (id) VALUES (1)");
         };
@@ -216,7 +212,6 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         try {
             await assert.rejects(up({ version: "17", upgradeFrom: "15", attempt: "3" }), (err: Error) => {
                 assert.match(err.message, /synapse-pg verify: verify found 1 difference\(s\) between "sptest-pgu-pg15" and "sptest-pgu-pg17-staging", so the switch will not happen: table synapse\.public\.synapse_pg_late_write: 1 in old, 0 in new\./);
-                assert.match((err as Error & { stdout: string }).stdout, /^old cluster's rows counted now( \(the old server took transactions after the upgrade counted its rows\))?$/m);
                 return true;
             });
         } finally {
