@@ -77,7 +77,11 @@ describe("adopting a compose-managed database: upgrade by config, revert by conf
         await run("docker", ["rm", "-f", `${PREFIX}synapse`]);
         for (let i = 0; i < 50 && (await clients()) !== "0"; i++) await new Promise((r) => setTimeout(r, 200));
 
+        const mark = applier.commandRuns.length;
         await up({ version: "17" });
+        // postgres:method unset: the default, pg_upgrade on a standby made in the folder beside ./pgsql15.
+        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-upgrade")!.stdout,
+            /upgrade: pg_upgrade --link on the standby of "sptest-adopt-db-1" into "sptest-adopt-pg17-staging"/);
         const after = (await asSynapse(CONTENT)).split("|");
         assert.equal(after[0], "17", "the name db now reaches PostgreSQL 17");
         assert.deepEqual(after.slice(1), original.slice(1), "same events, event JSON, state and stream position");

@@ -169,6 +169,7 @@ describe("a real Synapse through upgrades and reverts (pg_upgrade 15 -> 17, reve
         assert.ok(onlyOn17.every((b) => history17.includes(b)), "still on 17, with what was written there");
 
         // The count the refusal gave, accepted: what was written after the switch stays in 17 only.
+        const since = now();
         const mark = applier.commandRuns.length;
         await up({ version: "15", revertAcceptLoss: count });
         assert.match(stdoutOf(mark, "pg15-serve"), new RegExp(`serve: reverted; ${count} event\\(s\\) written since the switch stay only in the newer cluster; cleared 5 one-time keys so clients upload fresh ones\\.`));
@@ -181,6 +182,7 @@ describe("a real Synapse through upgrades and reverts (pg_upgrade 15 -> 17, reve
         assert.equal(await alice.oneTimeKeyCount(), 0, "one-time keys cleared");
         assert.equal(await alice.uploadOneTimeKeys(3, "b"), 3, "and the client can upload fresh ones");
         await say(alice, "back on 15");
+        assert.deepEqual(await databaseErrorsInLog(SYNAPSE, since), [], "Synapse's log shows no database error");
         base = { ...base, revertAcceptLoss: "0" };
     });
 
