@@ -17,7 +17,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { run } from "../runner/process";
 import { MatrixClient, outageOf, SendRecord, startSender, waitForSynapse } from "../tests/fixtures/matrix-client";
-import { startSynapseServer, SynapseServer } from "../tests/fixtures/synapse-server";
+import { startSynapseServer } from "../tests/fixtures/synapse-server";
 import { cleanup, IMAGE, NETWORK, PASSWORD, PREFIX, REPO, said, seconds, serveNew, startCluster, step, waitReady } from "./harness";
 
 const SYNAPSE = `${PREFIX}synapse`;
@@ -62,7 +62,7 @@ interface Typed {
 }
 
 /** A client typing while `work` runs, until Synapse answers again and two more seconds have passed. */
-async function whileTyping(client: MatrixClient, room: string, server: SynapseServer, tag: string, work: (t0: number) => Promise<void>): Promise<Typed> {
+async function whileTyping(client: MatrixClient, room: string, tag: string, work: (t0: number) => Promise<void>): Promise<Typed> {
     // Bounded: 4 sends a second for at most 2000 s.
     const sender = startSender(client, room, { intervalMs: 250, timeoutMs: 5000, maxSends: 8000, tag });
     try {
@@ -98,7 +98,7 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         const guideNew = `${PREFIX}guide-pg17`;
         const guideFile = path.join(backups, "guide.sql");
         const guideSteps: Record<string, number> = {};
-        const guide = await whileTyping(alice, room, server, "guide", async () => {
+        const guide = await whileTyping(alice, room, "guide", async () => {
             [guideSteps.stopSynapse] = await seconds(() => run("docker", ["stop", "--time", "60", SYNAPSE]));
             [guideSteps.dump] = await seconds(() => run("docker", ["exec", OLD, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }));
             [guideSteps.stopOld] = await seconds(() => run("docker", ["stop", OLD]));
@@ -132,7 +132,7 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         const [prepareSeconds] = await seconds(() => step(["prepare", "--container", OLD, ...cluster]));
         const synapseFlag = ["--synapse", SYNAPSE];
         const marks: { step: string; start: number; end: number }[] = [];
-        const ours = await whileTyping(alice, room, server, "ours", async (t0) => {
+        const ours = await whileTyping(alice, room, "ours", async (t0) => {
             const timed = async (name: string, work: () => Promise<unknown>) => {
                 const start = Date.now() - t0;
                 await work();

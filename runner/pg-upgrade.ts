@@ -178,7 +178,7 @@ async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUp
         // The copy is written while Synapse serves, maybe on the disk the old server writes its WAL to: a full
         // disk there would stop the live server. Not enough room: no standby (preflight then says what to free).
         await checkSpace({ targetData: input.data }, await databasesSize(old.name, superuser));
-        const [relations] = await Promise.all([relationsNotReplicated(old.name, superuser), startStandby(old, superuser, name, input.data, input.major)]);
+        const [relations] = await Promise.all([relationsNotReplicated(old.name, superuser), startStandby(old, superuser, name, input.data)]);
         return { standby: name, unlogged: describeUnlogged(relations) || undefined };
     } catch (err) {
         if (!(err instanceof StepError)) throw err;

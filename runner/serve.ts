@@ -46,7 +46,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     }
     // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
     if (others.length > 0 || !info.running) await stopSynapse(input.synapse ?? []);
-    const leaving = await eventsWrittenSinceSwitch(others, input.database ?? "synapse");
+    const leaving = await eventsWrittenSinceSwitch(others);
     if (leaving.source?.container === input.container && leaving.source.imageId && leaving.source.imageId !== info.imageId) {
         // The data was written by that image; another build of the same major may sort text differently (a new
         // C library), which silently breaks indexes. The old data stays untouched until the right image runs.
@@ -111,7 +111,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
  * For a revert: of the clusters about to be stopped, one that served Synapse after an upgrade (its marker says so)
  * may hold events the older cluster lacks: those after the stream position recorded at the switch.
  */
-async function eventsWrittenSinceSwitch(others: { name: string; env: Record<string, string> }[], database: string) {
+async function eventsWrittenSinceSwitch(others: { name: string; env: Record<string, string> }[]) {
     for (const other of others) {
         const user = other.env.POSTGRES_USER || "postgres";
         const marker = await readMarkerIn(other.name, user).catch(() => undefined);

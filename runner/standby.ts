@@ -51,7 +51,7 @@ export async function standbyBlocker(container: string, superuser: string): Prom
  * pg_basebackup of the live old cluster into the standby folder, then the old image's postgres on it as a hot
  * standby streaming from the old server. Returns once it streams. Throws a StepError saying why when it cannot.
  */
-export async function startStandby(old: ContainerInfo, superuser: string, name: string, data: DataLocation, newMajor: number): Promise<void> {
+export async function startStandby(old: ContainerInfo, superuser: string, name: string, data: DataLocation): Promise<void> {
     await removeStandby(name);
     const [[port]] = await query(old.name, superuser, "SELECT current_setting('port')");
     const folder = `${STANDBY_MOUNT}/${STANDBY_FOLDER}`;

@@ -1,7 +1,7 @@
 // verify: compares the old and the new cluster before the switch. Databases with encoding and locale, roles with
 // attributes and password hashes, every table's row count, every sequence's value, and a password login as the
 // Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
-import { ContainerInfo, query, queryScript, quoteIdent, quoteLiteral, requireContainer, superuserOf } from "./docker";
+import { ContainerInfo, queryScript, quoteLiteral, requireContainer, superuserOf } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
