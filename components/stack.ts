@@ -47,7 +47,6 @@ async function defaultMethod(cfg: StackConfig, adopted?: AdoptedFacts): Promise<
 }
 
 interface UpgradePlan {
-    from: { major: number; text: string };
     target: number;
     /** The upgrade's name: its resources' prefix and the dump's name. */
     name: string;
@@ -55,13 +54,16 @@ interface UpgradePlan {
     toData: DataLocation;
 }
 
-/** The upgrade a config declares (the new cluster's major, image and data location), if any. */
+/**
+ * The upgrade a config declares (the new cluster's major, image and data location, the upgrade's name), if any:
+ * one place for what declareStack declares and what defaultMethod asks about, so the two never look apart.
+ */
 function upgradePlan(cfg: StackConfig, adopted?: AdoptedFacts): UpgradePlan | undefined {
     const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
     const target = cfg.version.major;
     if (from === undefined || from.major >= target) return undefined;
     return {
-        from, target, name: `upgrade-${from.major}-to-${target}`,
+        target, name: `upgrade-${from.major}-to-${target}`,
         toImage: imageFor(cfg.image, cfg.version.text),
         toData: adopted ? dataLocationBeside(cfg, adopted, target) : dataLocationOf(cfg, target),
     };
@@ -160,9 +162,8 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
     // data volume: the cluster is declared first with a promise of the cutover, kept when the upgrade exists.
     let cutoverDeclared!: (steps: pulumi.Resource[]) => void;
     const afterCutover = new Promise<pulumi.Resource[]>((resolve) => (cutoverDeclared = resolve));
-    const toImage = imageFor(cfg.image, cfg.version.text);
+    const { toImage, toData, name } = upgradePlan(cfg, adopted)!;
     const names = clusterNames(cfg.containerPrefix, target);
-    const toData = adopted ? dataLocationBeside(cfg, adopted, target) : dataLocationOf(cfg, target);
     const cluster = new Cluster(`pg${target}`, {
         ...common,
         major: target,
@@ -172,7 +173,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         serving: true,
         startAfter: afterCutover,
     });
-    const upgrade = new MajorUpgrade(`upgrade-${from.major}-to-${target}`, {
+    const upgrade = new MajorUpgrade(name, {
         fromContainer: old.containerName,
         toMajor: target,
         toImage,
