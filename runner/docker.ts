@@ -122,6 +122,12 @@ export async function query(container: string, user: string, sql: string, databa
  * also ends a record here: for values without newlines (names, numbers, settings). A nested psql gets the same
  * separators with \pset fieldsep '\x1f' and recordsep '\x1e'.
  */
+/** One query in every database that accepts connections, side by side: each database's rows. */
+export async function queryEachDatabase(container: string, user: string, sql: string, socketDir?: string): Promise<{ database: string; rows: string[][] }[]> {
+    const databases = (await query(container, user, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1", "postgres", socketDir)).map(([d]) => d);
+    return Promise.all(databases.map(async (database) => ({ database, rows: await query(container, user, sql, database, socketDir) })));
+}
+
 export async function queryScript(container: string, user: string, script: string, database = "postgres"): Promise<{ rows: string[][]; stderr: string }> {
     const { stdout, stderr } = await run("docker", [
         "exec", "-i", container,

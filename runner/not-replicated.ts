@@ -11,7 +11,7 @@
 // its unlogged tables hold and where every sequence stands; after pg_upgrade --link, tables with rows are copied
 // across (COPY, table by table, triggers off as a restore does) and every sequence is set to its old position,
 // before verify compares every table and sequence. This holds for any database, not for a list of Synapse's.
-import { query, quoteLiteral } from "./docker";
+import { query, queryEachDatabase, quoteLiteral } from "./docker";
 import { run, runPiped } from "./process";
 
 export interface Relation {
@@ -50,11 +50,8 @@ ORDER BY 1`;
 
 /** Every database's unlogged tables (and whether they hold rows) and sequences (and where they stand). */
 export async function relationsNotReplicated(container: string, superuser: string): Promise<Relation[]> {
-    const databases = (await query(container, superuser, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1")).map(([d]) => d);
-    const perDatabase = await Promise.all(databases.map(async (database) =>
-        (await query(container, superuser, INVENTORY, database)).map(([name, kind, unlogged, content]) =>
-            ({ database, name, kind: kind as Relation["kind"], unlogged: unlogged === "t", content }))));
-    return perDatabase.flat();
+    return (await queryEachDatabase(container, superuser, INVENTORY)).flatMap(({ database, rows }) =>
+        rows.map(([name, kind, unlogged, content]) => ({ database, name, kind: kind as Relation["kind"], unlogged: unlogged === "t", content })));
 }
 
 /** For prepare's report: the unlogged relations a standby will hold empty, in words ("" when there are none). */

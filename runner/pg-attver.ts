@@ -4,31 +4,27 @@
 // pg_upgrade runs its own pg_dump and pg_restore of the schema, out of our reach, and fails on it. So it is cleared
 // from the promoted standby before pg_upgrade --link: that copy is ours to change, the old data never is. Without
 // a standby (pg_upgrade --copy reads the old data itself) the upgrade is refused before the old server stops.
-import { query } from "./docker";
+import { queryEachDatabase } from "./docker";
 
 /** User columns only: the system catalogs' own are made anew by the new cluster's initdb. */
 const USER_COLUMNS = "attrelid >= 16384 AND attoptions::text LIKE '%pg\\_attver=%'";
 
-async function databases(container: string, superuser: string, socketDir?: string): Promise<string[]> {
-    return (await query(container, superuser, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1", "postgres", socketDir)).map(([d]) => d);
+/** The sum, over every database, of the number the query's last row ends with. */
+async function sumOverDatabases(container: string, superuser: string, sql: string, socketDir?: string): Promise<number> {
+    const results = await queryEachDatabase(container, superuser, sql, socketDir);
+    return results.reduce((sum, { rows }) => sum + Number(rows[rows.length - 1][0]), 0);
 }
 
 /** How many user columns carry the marker, over every database. */
-export async function countAttver(container: string, superuser: string, socketDir?: string): Promise<number> {
-    const counts = await Promise.all((await databases(container, superuser, socketDir)).map(async (db) =>
-        Number((await query(container, superuser, `SELECT count(*) FROM pg_attribute WHERE ${USER_COLUMNS}`, db, socketDir))[0][0])));
-    return counts.reduce((a, b) => a + b, 0);
+export function countAttver(container: string, superuser: string, socketDir?: string): Promise<number> {
+    return sumOverDatabases(container, superuser, `SELECT count(*) FROM pg_attribute WHERE ${USER_COLUMNS}`, socketDir);
 }
 
 /** Clears the marker from every user column of a cluster that is ours to change (the promoted standby). */
-export async function clearAttver(container: string, superuser: string, socketDir?: string): Promise<number> {
-    const cleared = await Promise.all((await databases(container, superuser, socketDir)).map(async (db) => {
-        const rows = await query(container, superuser, `SET allow_system_table_mods = on;
-            WITH cleared AS (
-                UPDATE pg_attribute SET attoptions = NULLIF(array(SELECT o FROM unnest(attoptions) o WHERE o NOT LIKE 'pg\\_attver=%'), '{}')
-                WHERE ${USER_COLUMNS} RETURNING 1)
-            SELECT count(*) FROM cleared`, db, socketDir);
-        return Number(rows[rows.length - 1][0]);
-    }));
-    return cleared.reduce((a, b) => a + b, 0);
+export function clearAttver(container: string, superuser: string, socketDir?: string): Promise<number> {
+    return sumOverDatabases(container, superuser, `SET allow_system_table_mods = on;
+        WITH cleared AS (
+            UPDATE pg_attribute SET attoptions = NULLIF(array(SELECT o FROM unnest(attoptions) o WHERE o NOT LIKE 'pg\\_attver=%'), '{}')
+            WHERE ${USER_COLUMNS} RETURNING 1)
+        SELECT count(*) FROM cleared`, socketDir);
 }
