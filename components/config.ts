@@ -63,6 +63,8 @@ export interface StackConfig {
      * reported them); the old cluster keeps them.
      */
     dropSettings: string[];
+    /** Access rules (`pg_hba.conf:<line>` of the old cluster) the user agrees to leave out when the new server rejects them. */
+    dropAccessRules: string[];
     /** The bootstrap superuser's (and Synapse's) password: a secret all the way to the container. */
     password: pulumi.Output<string>;
 }
@@ -132,6 +134,11 @@ const schema = z
             .string()
             .transform((v) => parseList(v))
             .refine((list) => list !== undefined && list.every((n) => SETTING_NAME.test(n)), "must be PostgreSQL parameter names, comma-separated, as copy-config named them, like wal_keep_segments,stats_temp_directory")
+            .optional(),
+        dropAccessRules: z
+            .string()
+            .transform((v) => parseList(v))
+            .refine((list) => list !== undefined && list.every((n) => /^pg_(hba|ident)\.conf:[1-9]\d*$/.test(n)), "must be access rules as copy-config named them, <file>:<line> of the old cluster, comma-separated, like pg_hba.conf:98")
             .optional(),
         settings: z
             .string()
@@ -211,6 +218,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         initdbArgs: c.initdbArgs,
         settings: c.settings === undefined ? {} : parseSettings(c.settings)!,
         dropSettings: c.dropSettings ?? [],
+        dropAccessRules: c.dropAccessRules ?? [],
         password: password!,
     });
 }

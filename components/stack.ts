@@ -188,6 +188,7 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         password: cfg.password,
         settings: cfg.settings,
         dropSettings: cfg.dropSettings,
+        dropAccessRules: cfg.dropAccessRules,
         after: [old.container, cluster.volume].filter((r): r is NonNullable<typeof r> => r !== undefined),
     });
     cutoverDeclared([upgrade.cutover]);

@@ -31,6 +31,8 @@ export interface MajorUpgradeArgs {
     settings?: Record<string, string>;
     /** postgres:dropSettings: rejected parameters copy-config may leave out of the new cluster. */
     dropSettings?: string[];
+    /** postgres:dropAccessRules: rejected access rules copy-config may leave out of the new cluster. */
+    dropAccessRules?: string[];
     /** Synapse's containers: every step but prepare stops them first and starts them again if it fails before the switch. */
     synapseContainers: string[];
     /** Every step's trigger: a new attempt runs the whole upgrade again from a fresh dump. */
@@ -68,6 +70,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
         const configFlags = {
             ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
             ...(args.dropSettings?.length ? { drop: args.dropSettings.join(",") } : {}),
+            ...(args.dropAccessRules?.length ? { "drop-access-rules": args.dropAccessRules.join(",") } : {}),
         };
 
         const lines: Record<Step, { create: pulumi.Output<string>; delete?: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {

@@ -1,7 +1,7 @@
 // synapse-pg: the step runner's command line. Each subcommand parses its flags, calls one step function and
 // prints its result on stdout (dump: the dump's path as the last line). Failures print one sentence on stderr and
 // exit 1. Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
-import { copyConfig, CopyConfigResult } from "./copy-config";
+import { copyConfig, CopyConfigResult, describeRejected } from "./copy-config";
 import { cutover } from "./cutover";
 import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "./dump";
 import { parseDataLocation } from "./layout";
@@ -64,18 +64,26 @@ function settingsFlag(flags: Flags): Record<string, string> {
     throw new StepError(`--settings must be a JSON object of PostgreSQL settings, like {"work_mem":"16MB"}, not "${flags.settings}".`);
 }
 
-/** --drop: postgres:dropSettings, comma-separated. */
-function dropFlag(flags: Flags): string[] {
-    return ((flags.drop as string | undefined) ?? "").split(",").map((n) => n.trim()).filter(Boolean);
+/** --drop (postgres:dropSettings) or --drop-access-rules (postgres:dropAccessRules), comma-separated. */
+function listFlag(flags: Flags, name: "drop" | "drop-access-rules"): string[] {
+    return ((flags[name] as string | undefined) ?? "").split(",").map((n) => n.trim()).filter(Boolean);
 }
+
+/** The configuration's flags, shared by copy-config and prepare. */
+function configInput(f: Flags) {
+    return { settings: settingsFlag(f), drop: listFlag(f, "drop"), dropAccessRules: listFlag(f, "drop-access-rules") };
+}
+
+const CONFIG_FLAGS = {
+    "drop?": "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
+    "drop-access-rules?": "access rules as <file>:<line> of the old cluster (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropAccessRules)",
+};
 
 /** What copy-config did, in its words; also what prepare says after it carried the configuration across. */
 function reportConfig(step: string, r: CopyConfigResult, out: (line: string) => void): void {
     for (const d of r.dropped) {
-        out(`${step}: left out of the new cluster, as postgres:dropSettings allows: ${d.file} line ${d.line}: ${d.name} (${d.hint ?? d.error}); the old cluster keeps it.`);
-    }
-    for (const rule of r.accessRulesOnlyInOld) {
-        out(`${step}: note: the old cluster has the access rule "${rule}", which the new one does not; the new one keeps the image's rules (scram-sha-256 for every host): add it by hand if you still need it.`);
+        const key = /^pg_(hba|ident)\.conf$/.test(d.file) ? "postgres:dropAccessRules" : "postgres:dropSettings";
+        out(`${step}: left out of the new cluster, as ${key} allows: ${describeRejected(d)}; the old cluster keeps it.`);
     }
     out(r.copied.length === 0
         ? `${step}: ${r.unchanged.join(" and ")} already in place; nothing to do.`
@@ -88,7 +96,7 @@ function pgUpgradeInput(f: Flags) {
         container: str(f, "container"), staging: str(f, "staging"), image: str(f, "image"),
         data: parseDataLocation(str(f, "data")), major: int(f, "major"), password: password(true)!,
         loginUser: (f["login-user"] as string) ?? "synapse",
-        settings: settingsFlag(f), drop: dropFlag(f),
+        ...configInput(f),
     };
 }
 
@@ -161,7 +169,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             data: "the new cluster's volume name or absolute host folder",
             major: "the new major",
             "settings?": "postgres:settings as a JSON object: checked against the copied files, before the downtime",
-            "drop?": "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
+            ...CONFIG_FLAGS,
         },
         async run(f, out) {
             const r = await preparePgUpgrade(pgUpgradeInput(f));
@@ -233,7 +241,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.alreadyUpgraded) return out(`preflight: "${str(f, "container")}" was already switched to ${str(f, "target-major")}; nothing to check.`);
             out(`preflight: "${str(f, "container")}" runs PostgreSQL ${r.sourceVersion}, ${formatBytes(r.databasesBytes)} of databases, no other clients; new data location: ${r.target}. Ready.`);
             if (r.md5Roles.length) {
-                out(`preflight: warning: ${r.md5Roles.join(", ")} ha${r.md5Roles.length === 1 ? "s" : "ve"} an md5 password hash, which the new cluster's scram-sha-256 rule refuses; the Synapse role is re-set as scram-sha-256 after the restore, for any other run SET password_encryption = 'scram-sha-256'; ALTER ROLE <name> PASSWORD '<password>' on the new cluster.`);
+                out(`preflight: warning: ${r.md5Roles.join(", ")} ha${r.md5Roles.length === 1 ? "s" : "ve"} an md5 password hash, which a scram-sha-256 access rule refuses and PostgreSQL 18 deprecates; the Synapse role is re-set as scram-sha-256 after the restore; for any other, run \\password <name> in psql on the new cluster (psql sends the server only the scram hash).`);
             }
         },
     },
@@ -332,15 +340,15 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     "copy-config": {
         stopsSynapse: "before",
-        summary: "Copy postgresql.conf and postgresql.auto.conf into the new cluster and restart it.",
+        summary: "Copy postgresql.conf, postgresql.auto.conf, pg_hba.conf and pg_ident.conf into the new cluster and restart it.",
         flags: {
             from: "the old cluster's container",
             to: "the new (staging) container",
             "settings?": "postgres:settings as a JSON object: checked here against the copied files, before the switch",
-            "drop?": "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
+            ...CONFIG_FLAGS,
         },
         async run(f, out) {
-            reportConfig("copy-config", await copyConfig({ from: str(f, "from"), to: str(f, "to"), settings: settingsFlag(f), drop: dropFlag(f) }), out);
+            reportConfig("copy-config", await copyConfig({ from: str(f, "from"), to: str(f, "to"), ...configInput(f) }), out);
         },
     },
     verify: {

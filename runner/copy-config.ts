@@ -1,11 +1,11 @@
-// copy-config: carries the old cluster's postgresql.conf and postgresql.auto.conf (ALTER SYSTEM settings) into the
-// new cluster, so the tuning the user did survives the upgrade. The new cluster keeps its own pg_hba.conf
-// (scram-sha-256 for host connections).
+// copy-config: carries the old cluster's postgresql.conf and postgresql.auto.conf (ALTER SYSTEM settings) and its
+// access rules (pg_hba.conf, pg_ident.conf) into the new cluster, so the tuning and the hardening the user did
+// survive the upgrade: a `reject` line still rejects, a narrow address range stays narrow.
 //
 // The files are checked by the new major's own parser, not by a list typed by hand: after copying, the server
-// reloads them and pg_file_settings names every parameter it rejects, with file and line. Then either nothing
-// needs a restart (done), a restart applies the rest, or the new cluster's own files are put back and the step
-// stops, while Synapse is still on the old cluster.
+// reloads them, and pg_file_settings, pg_hba_file_rules and pg_ident_file_mappings name every line it rejects.
+// Then either nothing needs a restart (done), a restart applies the rest, or the new cluster's own files are put
+// back and the step stops, while Synapse is still on the old cluster.
 import { containerLogTail, query, requireContainer, startContainer, stopContainer, superuserOf, waitUntilAccepting, writeFileIn } from "./docker";
 import { checkSettings } from "./settings";
 import { StepError } from "./step-error";
@@ -20,8 +20,14 @@ export interface CopyConfigInput {
      * them (the lines are commented out in the new cluster's copy; the old cluster keeps them).
      */
     drop?: string[];
+    /**
+     * postgres:dropAccessRules: access rules, as `pg_hba.conf:<line>` of the old cluster's file, the user agreed to
+     * leave out of the new cluster when its server rejects them.
+     */
+    dropAccessRules?: string[];
 }
 
+/** A line of the old configuration the new server rejects: a setting, or an access rule (named `<file>:<line>`). */
 export interface RejectedSetting {
     file: string;
     line: number;
@@ -29,23 +35,23 @@ export interface RejectedSetting {
     error: string;
     /** What to use instead, for a parameter a newer major renamed or removed. */
     hint?: string;
+    /** An access rule's line as the old cluster has it. */
+    rule?: string;
 }
 
 export interface CopyConfigResult {
     copied: string[];
     unchanged: string[];
     restarted: boolean;
-    /** Access rules of the old cluster (pg_hba.conf, pg_ident.conf) the new one lacks: reported, not copied. */
-    accessRulesOnlyInOld: string[];
     /** postgres:settings as the new server reads them, when any are declared. */
     declared?: Record<string, string>;
-    /** Rejected lines left out of the new cluster's copy, as postgres:dropSettings allowed. */
+    /** Rejected lines left out of the new cluster's copy, as postgres:dropSettings or postgres:dropAccessRules allowed. */
     dropped: RejectedSetting[];
 }
 
-/** The files copied; pg_hba.conf and pg_ident.conf are only compared (see accessRulesMissing). */
-const FILES = ["postgresql.conf", "postgresql.auto.conf"] as const;
-type ConfigFile = (typeof FILES)[number] | "pg_hba.conf" | "pg_ident.conf";
+const FILES = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"] as const;
+type ConfigFile = (typeof FILES)[number];
+const ACCESS_FILES: readonly string[] = ["pg_hba.conf", "pg_ident.conf"];
 
 /**
  * Parameters removed by a major release that people still carry in their files, with what replaces them. Only
@@ -79,7 +85,6 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
     const toUser = superuserOf(to);
     // Both clusters' four files in one psql each, side by side: each docker exec is a tenth of a second of downtime.
     const [old, now] = await Promise.all([configFiles(input.from, superuserOf(from)), configFiles(input.to, toUser)]);
-    const accessRulesOnlyInOld = accessRulesMissing(old, now);
 
     const copied: ConfigFile[] = [];
     const unchanged: string[] = [];
@@ -95,34 +100,31 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
         copiedTexts[file] = text;
         copied.push(file);
     }
-    if (copied.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld, dropped };
+    if (copied.length === 0) return { copied, unchanged, restarted: false, dropped };
     await Promise.all(copied.map((file) => writeFileIn(input.to, now[file].path, copiedTexts[file]!)));
 
-    let [rejected, restartOnly] = await reloadAndCheck(input.to, toUser);
-    const allowed = new Set(input.drop ?? []);
+    let [rejected, restartOnly] = await reloadAndCheck(input.to, toUser, copiedTexts);
+    const allowed = new Set([...(input.drop ?? []), ...(input.dropAccessRules ?? [])]);
     if (rejected.length > 0 && rejected.every((r) => allowed.has(r.name) && copiedTexts[r.file] !== undefined)) {
         // The user agreed (postgres:dropSettings) to leave exactly these out of the new cluster: their lines are
         // commented out in its copy, saying why, and the server reads the files again.
         for (const file of new Set(rejected.map((r) => r.file))) {
             const lines = copiedTexts[file]!.split("\n");
             for (const r of rejected.filter((x) => x.file === file)) {
-                lines[r.line - 1] = `# ${lines[r.line - 1]}    # left out by synapse-postgres (postgres:dropSettings): ${r.hint ?? r.error}`;
+                const key = ACCESS_FILES.includes(file) ? "postgres:dropAccessRules" : "postgres:dropSettings";
+                lines[r.line - 1] = `# ${lines[r.line - 1]}    # left out by synapse-postgres (${key}): ${r.hint ?? r.error}`;
             }
             await writeFileIn(input.to, now[file as ConfigFile].path, lines.join("\n"));
         }
         dropped.push(...rejected);
-        [rejected, restartOnly] = await reloadAndCheck(input.to, toUser);
+        [rejected, restartOnly] = await reloadAndCheck(input.to, toUser, copiedTexts);
     }
     if (rejected.length > 0) {
         for (const file of copied) if (now[file].text !== undefined) await writeFileIn(input.to, now[file].path, now[file].text!);
         await query(input.to, toUser, "SELECT pg_reload_conf()");
-        const list = rejected.map((r) => `${r.file} line ${r.line}: ${r.name} (${r.hint ?? r.error})`).join("; ");
-        throw new StepError(
-            `The new PostgreSQL rejects ${rejected.length} setting(s) of the old configuration, so the upgrade stops before the switch: ${list}. Change them in the old cluster (ALTER SYSTEM RESET <name>, or edit postgresql.conf), or leave them out of the new cluster only with \`pulumi config set postgres:dropSettings ${[...new Set(rejected.map((r) => r.name))].join(",")}\`, and run pulumi up again.`,
-            rejected.map((r) => JSON.stringify(r)),
-        );
+        throw new StepError(refusal(rejected), rejected.map((r) => JSON.stringify(r)));
     }
-    if (restartOnly.length === 0) return { copied, unchanged, restarted: false, accessRulesOnlyInOld, dropped };
+    if (restartOnly.length === 0) return { copied, unchanged, restarted: false, dropped };
 
     // Settings such as shared_buffers apply only at start.
     await stopContainer(input.to);
@@ -134,7 +136,7 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
             `The new PostgreSQL in "${input.to}" does not start with the old ${copied.join(" and ")} (${restartOnly.join(", ")} need a restart); log: ${await containerLogTail(input.to, 4)}`,
         );
     }
-    return { copied, unchanged, restarted: true, accessRulesOnlyInOld, dropped };
+    return { copied, unchanged, restarted: true, dropped };
 }
 
 /**
@@ -156,27 +158,43 @@ async function configFiles(container: string, user: string): Promise<Record<Conf
 }
 
 /**
- * pg_hba.conf and pg_ident.conf are not copied: the new image's rules (scram-sha-256 for every host) are the safe
- * ones, and an old `md5` or `trust` rule is exactly what should not survive. Rules the old cluster has beyond
- * them are listed so the user can carry over what they still want.
- */
-function accessRulesMissing(old: Record<ConfigFile, { text?: string }>, now: Record<ConfigFile, { text?: string }>): string[] {
-    const rules = (text = "") => text.split("\n").map((l) => l.replace(/#.*/, "").trim().replace(/\s+/g, " ")).filter(Boolean);
-    const missing: string[] = [];
-    for (const file of ["pg_hba.conf", "pg_ident.conf"] as const) {
-        const newRules = new Set(rules(now[file].text));
-        for (const rule of rules(old[file].text)) if (!newRules.has(rule)) missing.push(`${file}: ${rule}`);
-    }
-    return missing;
-}
-
-/**
  * The server reads the files again, and its own parser says what it rejects and what applies only at a restart.
  * pg_file_settings parses the files as they are on disk when asked, so it needs no wait for the reload.
  */
-async function reloadAndCheck(container: string, user: string): Promise<[RejectedSetting[], string[]]> {
-    const [, errors] = await Promise.all([query(container, user, "SELECT pg_reload_conf()"), fileSettingErrors(container, user)]);
-    return [rejectedFrom(errors), errors.filter(([, , , error]) => NEEDS_RESTART.test(error)).map(([, , name, error]) => name || error)];
+async function reloadAndCheck(container: string, user: string, texts: Partial<Record<string, string>>): Promise<[RejectedSetting[], string[]]> {
+    const [, errors, rules] = await Promise.all([query(container, user, "SELECT pg_reload_conf()"), fileSettingErrors(container, user), accessRuleErrors(container, user)]);
+    const withText = rules.map((r) => ({ ...r, rule: (texts[r.file] ?? "").split("\n")[r.line - 1]?.trim() }));
+    return [[...rejectedFrom(errors), ...withText], errors.filter(([, , , error]) => NEEDS_RESTART.test(error)).map(([, , name, error]) => name || error)];
+}
+
+/**
+ * Access rules the new server's parser rejects (PostgreSQL 15+ for pg_ident). One bad pg_hba.conf line makes a
+ * reload keep the previous rules and a start fail, and the old server may have run for months on an older copy of
+ * a file edited since, so every line is checked, named `<file>:<line>` for postgres:dropAccessRules.
+ */
+async function accessRuleErrors(container: string, user: string): Promise<RejectedSetting[]> {
+    const rows = await query(container, user,
+        `SELECT 'pg_hba.conf', line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL
+         UNION ALL SELECT 'pg_ident.conf', line_number, error FROM pg_ident_file_mappings WHERE error IS NOT NULL ORDER BY 1, 2`);
+    return rows.map(([file, line, error]) => ({ file, line: Number(line), name: `${file}:${line}`, error }));
+}
+
+/** One rejected line for a message: file, line, and the parameter or the rule, with why. */
+export function describeRejected(r: RejectedSetting): string {
+    return `${r.file} line ${r.line}: ${r.rule !== undefined ? `"${r.rule}"` : r.name} (${r.hint ?? r.error})`;
+}
+
+/** The step's one sentence for rejected lines: what each is, and the two ways on. */
+function refusal(rejected: RejectedSetting[]): string {
+    const rules = rejected.filter((r) => ACCESS_FILES.includes(r.file));
+    const settings = rejected.filter((r) => !ACCESS_FILES.includes(r.file));
+    const list = rejected.map(describeRejected).join("; ");
+    const ways = [
+        ...(settings.length ? [`\`pulumi config set postgres:dropSettings ${[...new Set(settings.map((r) => r.name))].join(",")}\``] : []),
+        ...(rules.length ? [`\`pulumi config set postgres:dropAccessRules ${rules.map((r) => r.name).join(",")}\``] : []),
+    ].join(" and ");
+    const what = rules.length === 0 ? "setting(s)" : settings.length === 0 ? "access rule(s)" : "line(s)";
+    return `The new PostgreSQL rejects ${rejected.length} ${what} of the old configuration, so the upgrade stops before the switch: ${list}. Change them in the old cluster (ALTER SYSTEM RESET <name>, or edit the file and reload), or leave them out of the new cluster only with ${ways}, and run pulumi up again.`;
 }
 
 /**

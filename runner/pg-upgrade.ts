@@ -46,9 +46,10 @@ export interface PgUpgradeInput {
     password: string;
     /** The role Synapse logs in as: an md5 hash of it is re-set as scram-sha-256. */
     loginUser?: string;
-    /** postgres:settings and postgres:dropSettings, for prepare's copy of the configuration (see copy-config.ts). */
+    /** postgres:settings, postgres:dropSettings and postgres:dropAccessRules, for prepare's copy of the configuration (see copy-config.ts). */
     settings?: Record<string, string>;
     drop?: string[];
+    dropAccessRules?: string[];
 }
 
 /** Where the old image's file system is mounted in the helper containers, and the wrappers of its binaries. */
@@ -162,7 +163,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
  */
 async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
     try {
-        return await copyConfig({ from: input.container, to: input.staging, settings: input.settings, drop: input.drop });
+        return await copyConfig({ from: input.container, to: input.staging, settings: input.settings, drop: input.drop, dropAccessRules: input.dropAccessRules });
     } catch (err) {
         await stopContainer(input.staging).catch(() => undefined);
         throw err;

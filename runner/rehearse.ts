@@ -227,7 +227,7 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string, pass
 async function knownProblems(input: RehearseInput, user: string, databasesBytes: number): Promise<string[]> {
     const problems: string[] = [];
     const md5 = (await query(input.container, user, `SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> ${quoteLiteral(input.loginUser)} ORDER BY 1`)).map(([r]) => r);
-    if (md5.length) problems.push(`Role(s) ${md5.join(", ")} have md5 password hashes and will not log in through the new cluster's scram-sha-256 rule until their passwords are set again.`);
+    if (md5.length) problems.push(`Role(s) ${md5.join(", ")} have md5 password hashes, which a scram-sha-256 access rule refuses and PostgreSQL 18 deprecates: set their passwords again with psql's \\password.`);
     const locale = await query(input.container, user, `SELECT datcollate, datctype FROM pg_database WHERE datname = ${quoteLiteral(input.loginDatabase)}`);
     if (locale[0] && (locale[0][0] !== "C" || locale[0][1] !== "C")) {
         problems.push(`The ${input.loginDatabase} database has collation ${locale[0][0]} and ctype ${locale[0][1]}; Synapse requires C for both (it refuses to start otherwise unless allow_unsafe_locale is set).`);

@@ -75,24 +75,43 @@ describe("upgrade traps on real containers", function () {
         id15 = await containerId(`${PREFIX}pg15`);
     });
 
-    it("md5 password hashes: named at preflight; the Synapse role is re-set as scram and logs in on the new cluster", async () => {
-        // A cluster first created before PostgreSQL 14: md5 hashes behind an md5 host rule. The new cluster's rule is
-        // scram-sha-256, which refuses md5 hashes.
-        await run("docker", ["exec", `${PREFIX}pg15`, "sh", "-c", `sed -i 's/^host all all all scram-sha-256$/host all all all md5/' "$PGDATA/pg_hba.conf"`]);
+    it("md5 password hashes and access rules: carried; a rule the new server rejects stops the upgrade, named, until dropped with consent", async () => {
+        // A cluster first created before PostgreSQL 14: md5 hashes behind an md5 host rule, and a reject rule for the
+        // reporting role above it. Then a line the old server's reload turned down (it runs on without it).
+        const hba = (edit: string) => run("docker", ["exec", `${PREFIX}pg15`, "sh", "-c", `${edit} "$PGDATA/pg_hba.conf" && wc -l < "$PGDATA/pg_hba.conf"`]);
+        await hba(`sed -i -e 's/^host all all all scram-sha-256$/host all all all md5/' -e '1i host all matrix_reporting all reject'`);
         await run("docker", ["exec", "-i", `${PREFIX}pg15`, "psql", "-q", "-U", "synapse", "-d", "postgres"], {
             stdin: `SELECT pg_reload_conf();\nSET password_encryption = 'md5';\nALTER ROLE synapse PASSWORD '${PASSWORD}';\nALTER ROLE matrix_reporting PASSWORD 'reporting-md5';\n`,
         });
+        const reporting = () => connect({ port: PORT, user: "matrix_reporting", password: "reporting-md5" }, "synapse").then((c) => c.end());
+        await assert.rejects(reporting(), /pg_hba\.conf rejects connection for host "[^"]+", user "matrix_reporting", database "synapse"/, "15 rejects the role");
+        const badLine = Number((await hba(`echo 'host all all 10.0.0.0/33 scram-sha-256' >>`)).stdout.trim());
+        await sql("SELECT pg_reload_conf()");
+
         const mark = applier.commandRuns.length;
-        await up(upgrade);
+        await assert.rejects(up(upgrade), (err: Error) => {
+            assert.match(err.message, new RegExp(`synapse-pg copy-config: The new PostgreSQL rejects 1 access rule\\(s\\) of the old configuration, so the upgrade stops before the switch: pg_hba\\.conf line ${badLine}: "host all all 10\\.0\\.0\\.0/33 scram-sha-256" \\(invalid CIDR mask in address "10\\.0\\.0\\.0/33"\\)\\.`));
+            assert.ok(err.message.includes(`or leave them out of the new cluster only with \`pulumi config set postgres:dropAccessRules pg_hba.conf:${badLine}\`, and run pulumi up again.`), err.message);
+            return true;
+        });
+        assert.equal(await containerState(`${PREFIX}pg15`), "running", "refused before the switch: 15 serves");
+        await up({ ...upgrade, dropAccessRules: `pg_hba.conf:${badLine}` });
         const runs = applier.commandRuns.slice(mark);
         const preflight = runs.find((r) => r.name === "upgrade-15-to-17-preflight")!.stdout;
-        assert.match(preflight, /preflight: warning: matrix_reporting, synapse have an md5 password hash, which the new cluster's scram-sha-256 rule refuses/);
-        const copy = runs.find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
-        assert.match(copy, /copy-config: note: the old cluster has the access rule "pg_hba\.conf: host all all all md5", which the new one does not/);
+        assert.match(preflight, /preflight: warning: matrix_reporting, synapse have an md5 password hash/);
+        const copy = runs.filter((r) => r.name === "upgrade-15-to-17-copy-config").pop()!.stdout;
+        assert.ok(copy.includes(`copy-config: left out of the new cluster, as postgres:dropAccessRules allows: pg_hba.conf line ${badLine}: "host all all 10.0.0.0/33 scram-sha-256" (invalid CIDR mask`), copy);
         const restore = runs.find((r) => r.name === "upgrade-15-to-17-restore")!.stdout;
         assert.match(restore, /restore: the role synapse had an md5 password hash; it was re-set as scram-sha-256 from the configured password\./);
         const rows = await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, (SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'synapse') AS hash");
         assert.deepEqual(rows, [{ major: 17, hash: "SCRAM-SHA-256$" }], "Synapse logs in over TCP with its password, hashed as scram");
+        await assert.rejects(reporting(), /pg_hba\.conf rejects connection for host "[^"]+", user "matrix_reporting", database "synapse"/, "17 still rejects the role");
+        const rules = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", `grep -v '^#' "$PGDATA/pg_hba.conf" | grep .`])).stdout;
+        assert.match(rules, /^host all matrix_reporting all reject\nlocal/, "the reject rule is first, as in the old cluster");
+        assert.match(rules, /^host all all all md5$/m, "the old cluster's own host rule, not the image's");
+        // The old cluster could not start again with that line (a revert follows): the user fixes it, as told.
+        await run("docker", ["run", "--rm", "--user", "postgres", "-v", `${PREFIX}pgsql15:/data`, "--entrypoint", "sed", `${TEST_IMAGE}:15`,
+            "-i", `${badLine}d`, "/data/pg_hba.conf"]);
     });
 
     it("postgres:settings declared with the upgrade go to the new cluster only; the old container runs on as it was", async () => {

@@ -352,6 +352,13 @@ describe("postgres:dropSettings", () => {
             `${RUNNER} prepare --container synapse-pg15 --staging synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 ${config}`);
         assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging ${config}`);
     });
+
+    it("postgres:dropAccessRules goes to copy-config and prepare as --drop-access-rules, with the rules as named", async () => {
+        const d = await declare({ ...UPGRADE_17, method: "pg_upgrade", dropAccessRules: "pg_hba.conf:98, pg_ident.conf:3" });
+        for (const step of ["prepare", "copy-config"]) {
+            assert.match(d.byName(`upgrade-15-to-17-${step}`).inputs.create, / --drop-access-rules pg_hba\.conf:98,pg_ident\.conf:3$/, step);
+        }
+    });
 });
 
 describe("method pg_upgrade", () => {
@@ -500,6 +507,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["a setting the program owns", { version: "15", settings: '{"port":"5433"}' }, "pw", 'postgres:settings is "{"port":"5433"}" but has port, which this program sets itself: the container\'s port 5432 is what Synapse, the healthcheck and postgres:port use; remove it'],
         ["a setting name that is not one", { version: "15", settings: '{"Work Mem":"1MB"}' }, "pw", 'postgres:settings is "{"Work Mem":"1MB"}" but has "Work Mem", which is not a PostgreSQL parameter name (lower case, like work_mem)'],
         ["dropSettings that are not parameter names", { ...UPGRADE_17, dropSettings: "wal_keep_segments;rm" }, "pw", 'postgres:dropSettings is "wal_keep_segments;rm" but must be PostgreSQL parameter names, comma-separated, as copy-config named them, like wal_keep_segments,stats_temp_directory'],
+        ["dropAccessRules that are not <file>:<line>", { ...UPGRADE_17, dropAccessRules: "host all all 10.0.0.0/8 md5" }, "pw", 'postgres:dropAccessRules is "host all all 10.0.0.0/8 md5" but must be access rules as copy-config named them, <file>:<line> of the old cluster, comma-separated, like pg_hba.conf:98'],
         ["a shared_buffers that is not a size", { version: "15", settings: '{"shared_buffers":"lots"}' }, "pw", 'postgres:settings is "{"shared_buffers":"lots"}" but has shared_buffers = "lots", which must be a size like 512MB or 2GB (the container\'s shared memory follows it)'],
     ];
     for (const [what, config, password, message] of cases) {
