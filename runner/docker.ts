@@ -109,7 +109,7 @@ export async function query(container: string, user: string, sql: string, databa
         "exec", container,
         "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
         ...(socketDir ? ["-h", socketDir] : []),
-        "-F", FIELD, "-R", RECORD, "-U", user, "-d", database, "-c", sql,
+        "-F", FIELD, "-R", RECORD, "-U", user, "-d", dbConninfo(database), "-c", sql,
     ]);
     const text = stdout.replace(/\n$/, "");
     if (text === "") return [];
@@ -132,7 +132,7 @@ export async function queryScript(container: string, user: string, script: strin
     const { stdout, stderr } = await run("docker", [
         "exec", "-i", container,
         "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-        "-F", FIELD, "-R", RECORD, "-U", user, "-d", database,
+        "-F", FIELD, "-R", RECORD, "-U", user, "-d", dbConninfo(database),
     ], { stdin: script });
     return { rows: stdout.split(new RegExp(`${RECORD}|\n`)).filter((r) => r !== "").map((r) => r.split(FIELD)), stderr };
 }
@@ -298,6 +298,16 @@ async function copyOut(container: string, path: string, onChunk: (chunk: Buffer)
 /** Writes a file inside a container as the postgres user, so the server owns what it reads. */
 export async function writeFileIn(container: string, file: string, text: string): Promise<void> {
     await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", file], { stdin: text });
+}
+
+/**
+ * A database name as a libpq connection string, for every -d, --dbname and connection we make. libpq reads a bare
+ * name holding "=" as a connection string (the class of CVE-2016-5424: a database named "host=elsewhere dbname=x"
+ * would send our login elsewhere), and a name starting with "-" as a tool's option; inside a connection string
+ * the value is only ever a name. Quoted as libpq's appendConnStrVal does.
+ */
+export function dbConninfo(database: string): string {
+    return `dbname='${database.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}'`;
 }
 
 /** Quotes an SQL identifier the way PostgreSQL's quote_ident (and pg_dump's fmtId) does. */

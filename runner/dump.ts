@@ -11,7 +11,7 @@ import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import * as path from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { MANAGED_LABEL, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
+import { dbConninfo, MANAGED_LABEL, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
 import { run } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
@@ -274,7 +274,7 @@ async function dumpToDirectory(tool: DumpTool, databases: DatabaseLocale[], dir:
             await run("docker", [
                 ...toolArgs(tool, "pg_dump", ["-v", `${dir}:/out`]),
                 "--format=directory", "--compress=0", `--jobs=${jobs}`, "--quote-all-identifiers",
-                "--file", `/out/${sub}`, db.name,
+                "--file", `/out/${sub}`, `--dbname=${dbConninfo(db.name)}`,
             ], { env: toolEnv(tool) });
         }
     } finally {

@@ -11,7 +11,7 @@
 // its unlogged tables hold and where every sequence stands; after pg_upgrade --link, tables with rows are copied
 // across (COPY, table by table, triggers off as a restore does) and every sequence is set to its old position,
 // before verify compares every table and sequence. This holds for any database, not for a list of Synapse's.
-import { query, queryEachDatabase, quoteLiteral } from "./docker";
+import { dbConninfo, query, queryEachDatabase, quoteLiteral } from "./docker";
 import { run, runPiped } from "./process";
 
 export interface Relation {
@@ -91,12 +91,12 @@ export async function carryNotReplicated(found: Relation[], old: string, oldSupe
 async function copyTable(r: Relation, old: string, oldSuperuser: string, target: string, superuser: string): Promise<number> {
     let report = "";
     await runPiped(
-        (stdout) => run("docker", ["exec", old, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", oldSuperuser, "-d", r.database,
+        (stdout) => run("docker", ["exec", old, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", oldSuperuser, "-d", dbConninfo(r.database),
             "-c", `COPY ${r.name} TO STDOUT`], { stdout }),
         async (stdin) => {
             // session_replication_role=replica: triggers and foreign keys do not fire, as in a data-only restore.
             const result = await run("docker", ["exec", "-i", "-e", "PGOPTIONS=-c session_replication_role=replica", target,
-                "psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", r.database, "-c", `COPY ${r.name} FROM STDIN`], { stdin });
+                "psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", dbConninfo(r.database), "-c", `COPY ${r.name} FROM STDIN`], { stdin });
             report = result.stdout;
         },
     );

@@ -7,7 +7,7 @@ import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { containerLogTail, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, startContainer, waitUntilAccepting } from "./docker";
+import { containerLogTail, dbConninfo, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, mountArgument } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { Progress } from "./progress";
@@ -227,7 +227,7 @@ export async function startStagingContainer(spec: StagingSpec): Promise<void> {
 const DUMP_MOUNT = "/dump";
 
 function psqlArgs(input: RestoreInput, superuser: string, database: string): string[] {
-    return ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", database, "-o", "/dev/null"];
+    return ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", dbConninfo(database), "-o", "/dev/null"];
 }
 
 /** Turns a failed load into the step's one sentence; the old cluster is never involved in a restore. */
@@ -302,7 +302,7 @@ async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promi
             add(schema.counts);
             for (const section of ["data", "post-data"]) {
                 try {
-                    await run("docker", ["exec", input.container, "pg_restore", `--section=${section}`, "--jobs=2", "--exit-on-error", "-U", su, "-d", db, dir]);
+                    await run("docker", ["exec", input.container, "pg_restore", `--section=${section}`, "--jobs=2", "--exit-on-error", "-U", su, "-d", dbConninfo(db), dir]);
                 } catch (err) {
                     restoreFailed(input, `the ${section} of ${db}`, err);
                 }

@@ -1,7 +1,7 @@
 // verify: compares the old and the new cluster before the switch. Databases with encoding and locale, roles with
 // attributes and password hashes, every table's row count, every sequence's value, and a password login as the
 // Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
-import { ContainerInfo, queryScript, quoteLiteral, requireContainer, superuserOf } from "./docker";
+import { ContainerInfo, dbConninfo, queryScript, quoteLiteral, requireContainer, superuserOf } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
@@ -43,10 +43,10 @@ interface Snapshot {
  * What psql runs in each database (a nested psql, fed by the outer one): every table's exact row count (one UNION
  * ALL of count(*) per table, built and run by the server with \gexec), every sequence, then a "done" row, so a
  * database that could not be read is found missing instead of silently compared as empty on both sides. A
- * format() template: %1$s is the database as an identifier, %2$s as a literal.
+ * format() template: %1$s is the database as a connection string for \c (DATNAME_CONNINFO), %2$s as a literal.
  */
 const PER_DATABASE = [
-    "\\c %1$s",
+    "\\c -reuse-previous=on %1$s",
     `SELECT string_agg(format('SELECT %L, %L, count(*) FROM %I.%I', 'table', %2$s || '.' || format('%I.%I', n.nspname, c.relname), n.nspname, c.relname), ' UNION ALL ')
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
@@ -54,6 +54,12 @@ const PER_DATABASE = [
     "SELECT 'sequence', %2$s || '.' || format('%I.%I', schemaname, sequencename), coalesce(last_value::text, 'unused') FROM pg_sequences ORDER BY 2;",
     "SELECT 'done', %2$s;",
 ].join("\n");
+
+/**
+ * pg_database.datname as `dbname='...'` (see dbConninfo), double-quoted for psql's \c as pg_dump's
+ * appendPsqlMetaConnect does: a bare name holding "=" would be read as a connection string to anywhere.
+ */
+const DATNAME_CONNINFO = String.raw`quote_ident('dbname=''' || replace(replace(datname, '\', '\\'), '''', '\''') || '''')`;
 
 /**
  * Everything verify compares, read in one docker exec per cluster (each is a tenth of a second of downtime): the
@@ -65,7 +71,7 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
     const script = [
         // The nested psql first: the outer one has printed nothing yet, so their rows cannot interleave.
         `SELECT E'\\\\pset fieldsep \\'\\\\x1f\\'\\n\\\\pset recordsep \\'\\\\x1e\\'\\n'
-                || string_agg(format(${quoteLiteral(PER_DATABASE.replace(/%(?![12]\$s)/g, "%%"))}, quote_ident(datname), quote_literal(datname)), E'\\n' ORDER BY datname)
+                || string_agg(format(${quoteLiteral(PER_DATABASE.replace(/%(?![12]\$s)/g, "%%"))}, ${DATNAME_CONNINFO}, quote_literal(datname)), E'\\n' ORDER BY datname)
            FROM pg_database WHERE datallowconn AND datname <> 'template1' \\g |${nested}`,
         `SELECT 'database', datname, pg_encoding_to_char(encoding) || ' ' || datcollate || '/' || datctype FROM pg_database WHERE datname <> 'template0' ORDER BY 2;`,
         // Password hashes are compared, never printed: the report shows only whether they match.
@@ -120,7 +126,7 @@ async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<Veri
     const ip = addressOf(info);
     if (!ip) return { ...login, ok: false, error: `"${info.name}" has no network address to test a TCP login on` };
     try {
-        await run("docker", ["exec", "-e", "PGPASSWORD", info.name, "psql", "-X", "-h", ip, "-U", input.loginUser, "-d", input.loginDatabase, "-Atc", "SELECT 1"],
+        await run("docker", ["exec", "-e", "PGPASSWORD", info.name, "psql", "-X", "-h", ip, "-U", input.loginUser, "-d", dbConninfo(input.loginDatabase), "-Atc", "SELECT 1"],
             { env: { PGPASSWORD: input.password } });
         return { ...login, ok: true };
     } catch (err) {

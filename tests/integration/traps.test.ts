@@ -21,6 +21,19 @@ async function shmBytes(name: string): Promise<number> {
     return Number((await run("docker", ["inspect", "-f", "{{.HostConfig.ShmSize}}", name])).stdout.trim());
 }
 
+/**
+ * Database names that libpq reads as a connection string or a tool reads as an option, when passed bare: the first
+ * points at a second server on the suite's network, which logs every connection it receives.
+ */
+const ELSEWHERE = `${PREFIX}elsewhere`;
+const TRAP_NAMES = [`host=${ELSEWHERE} dbname=postgres`, "-x", `it's "quoted" \\ naïve ✓`];
+
+/** Connections the second server received over TCP (its own start-up uses the socket). */
+async function connectionsElsewhere(): Promise<string[]> {
+    const { stdout, stderr } = await run("docker", ["logs", ELSEWHERE]);
+    return (stdout + stderr).split("\n").filter((l) => /connection received: host=/.test(l) && !/host=\[local\]/.test(l));
+}
+
 async function sql(query: string, database = "synapse"): Promise<any[]> {
     const c = await connect({ port: PORT, user: "synapse", password: PASSWORD }, database);
     try {
@@ -50,6 +63,11 @@ describe("upgrade traps on real containers", function () {
         await up({ version: "15" });
         await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 5, seed: 11 });
         events15 = Number((await sql("SELECT count(*) AS n FROM events"))[0].n);
+        await run("docker", ["run", "-d", "--name", ELSEWHERE, "--network", `${PREFIX}net`, "-e", "POSTGRES_PASSWORD=elsewhere", `${TEST_IMAGE}:15`, "-c", "log_connections=on"]);
+        for (const name of TRAP_NAMES) {
+            await sql(`CREATE DATABASE "${name.replace(/"/g, '""')}"`, "postgres");
+            await sql(`CREATE TABLE named (name text); INSERT INTO named VALUES ('${name.replace(/'/g, "''")}')`, name);
+        }
     });
 
     after(() => endSuite(PREFIX, suite));
@@ -112,6 +130,18 @@ describe("upgrade traps on real containers", function () {
         // The old cluster could not start again with that line (a revert follows): the user fixes it, as told.
         await run("docker", ["run", "--rm", "--user", "postgres", "-v", `${PREFIX}pgsql15:/data`, "--entrypoint", "sed", `${TEST_IMAGE}:15`,
             "-i", `${badLine}d`, "/data/pg_hba.conf"]);
+    });
+
+    it("database names that read as a connection string or an option are dumped, restored and verified as names; no connection leaves", async () => {
+        for (const name of TRAP_NAMES) {
+            assert.deepEqual(await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, name FROM named", name), [{ major: 17, name }], name);
+        }
+        const verify = applier.commandRuns.find((r) => r.name === "upgrade-15-to-17-verify")!.stdout;
+        for (const name of TRAP_NAMES) {
+            const line = verify.split("\n").find((l) => l.startsWith(`table ${name}.public.named `));
+            assert.match(line ?? "(no line)", /\s1\s+1\s+same$/, `verify compared ${name}`);
+        }
+        assert.deepEqual(await connectionsElsewhere(), [], "no step connected to the server a database name points at");
     });
 
     it("postgres:settings declared with the upgrade go to the new cluster only; the old container runs on as it was", async () => {
