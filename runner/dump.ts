@@ -9,6 +9,7 @@
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import * as path from "node:path";
+import * as os from "node:os";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { dbConninfo, MANAGED_LABEL, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
@@ -144,7 +145,8 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
     const finalPath = dumpPathOf(outDir, name, method);
     const partialPath = `${finalPath}.partial`;
     const toolImage = input.toolImage ?? info.image;
-    const tool: DumpTool = { container: input.container, dump: name, image: toolImage, superuser, password: input.password };
+    const passfile = input.password === undefined ? undefined : await writePassfile(input.password);
+    const tool: DumpTool = { container: input.container, dump: name, image: toolImage, superuser, passfile };
     const progress = new Progress("dump", databasesBytes);
 
     await removeLeftoverTools(`${input.container}/${name}`);
@@ -163,6 +165,8 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
         }
         if (err instanceof StepError) throw err;
         throw new StepError(`The dump of "${input.container}" failed; the partial dump was removed and nothing else changed: ${(err as Error).message}`);
+    } finally {
+        if (passfile) await fs.rm(path.dirname(passfile), { recursive: true, force: true });
     }
 
     const files = await hashFiles(outDir, partialPath, finalPath);
@@ -197,7 +201,21 @@ interface DumpTool {
     dump: string;
     image: string;
     superuser: string;
-    password?: string;
+    /** A 0600 libpq password file on this host, for an old cluster whose rules ask 127.0.0.1 for a password. */
+    passfile?: string;
+}
+
+const PASSFILE_MOUNT = "/run/synapse-pg/pgpass";
+
+/**
+ * The password as a libpq password file in a fresh 0700 folder of ours: mounted read-only into the tool
+ * containers, so it is never in their environment (docker inspect) and is gone with the folder after the dump.
+ */
+async function writePassfile(password: string): Promise<string> {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-dump-"));
+    const file = path.join(dir, "pgpass");
+    await fs.writeFile(file, `*:*:*:*:${password.replace(/\\/g, "\\\\").replace(/:/g, "\\:")}\n`, { mode: 0o600 });
+    return file;
 }
 
 /** `<old container>/<dump name>` on a dump's tool containers, so a re-run of that dump finds what a killed attempt left. */
@@ -211,7 +229,7 @@ function toolArgs(tool: DumpTool, entrypoint: string, extra: string[] = []): str
     const args = ["run", "--rm", "--network", `container:${tool.container}`, "--entrypoint", entrypoint,
         "--label", `${MANAGED_LABEL}=true`, "--label", `${TOOL_OF}=${tool.container}/${tool.dump}`];
     if (process.getuid && process.getgid) args.push("--user", `${process.getuid()}:${process.getgid()}`);
-    if (tool.password) args.push("-e", "PGPASSWORD");
+    if (tool.passfile) args.push("-v", `${tool.passfile}:${PASSFILE_MOUNT}:ro`, "-e", `PGPASSFILE=${PASSFILE_MOUNT}`);
     return [...args, ...extra, tool.image, "-h", "127.0.0.1", "-U", tool.superuser, "--no-password"];
 }
 
@@ -226,9 +244,6 @@ async function removeLeftoverTools(toolOf: string): Promise<void> {
     if (ids.length) await run("docker", ["rm", "-f", ...ids]);
 }
 
-function toolEnv(tool: DumpTool): NodeJS.ProcessEnv {
-    return tool.password ? { PGPASSWORD: tool.password } : {};
-}
 
 /** Streams one pg_dumpall invocation into a 0600 file, checking for its completion line when `complete`. */
 async function pgDumpAllTo(tool: DumpTool, file: string, args: string[], progress?: Progress, complete = true): Promise<void> {
@@ -246,7 +261,7 @@ async function pgDumpAllTo(tool: DumpTool, file: string, args: string[], progres
     const out = createWriteStream(file, { mode: 0o600 });
     // A write error (ENOSPC) destroys the meter, which closes pg_dumpall's stdout: it stops instead of blocking.
     const writing = pipeline(meter, out);
-    const dumping = run("docker", [...toolArgs(tool, "pg_dumpall"), "--quote-all-identifiers", ...args], { stdout: meter, env: toolEnv(tool) });
+    const dumping = run("docker", [...toolArgs(tool, "pg_dumpall"), "--quote-all-identifiers", ...args], { stdout: meter });
     const [written, dumped] = await Promise.allSettled([writing, dumping]);
     if (written.status === "rejected") throw written.reason;
     if (dumped.status === "rejected") throw dumped.reason;
@@ -275,7 +290,7 @@ async function dumpToDirectory(tool: DumpTool, databases: DatabaseLocale[], dir:
                 ...toolArgs(tool, "pg_dump", ["-v", `${dir}:/out`]),
                 "--format=directory", "--compress=0", `--jobs=${jobs}`, "--quote-all-identifiers",
                 "--file", `/out/${sub}`, `--dbname=${dbConninfo(db.name)}`,
-            ], { env: toolEnv(tool) });
+            ]);
         }
     } finally {
         clearInterval(watcher);

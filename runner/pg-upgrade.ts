@@ -138,7 +138,6 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
         // pg_upgrade needs both clusters alike in data checksums; 18's initdb turns them on by default.
         initdbExtra: checksums === "on" ? "--data-checksums" : input.major >= 18 ? "--no-data-checksums" : undefined,
     });
-    await waitUntilAccepting(input.staging, superuser);
     const config = opts.config !== false ? await carryConfig(input) : undefined;
     const now = new Date().toISOString();
     const marker: Marker = {

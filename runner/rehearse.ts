@@ -95,7 +95,7 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     const source = input.physical ? `${name}-source` : input.container;
     try {
         if (input.physical) {
-            await physicalCopy(old, source, user, input.password);
+            await physicalCopy(old, source, user);
             const upgradeInput = {
                 container: source, staging: name, image, data: { kind: "volume" as const, name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
             };
@@ -194,9 +194,10 @@ function rehearsalReport(
 /**
  * A physical copy of the live cluster for rehearsing pg_upgrade: pg_basebackup in the old container streams a tar
  * (with the WAL it needs) into a new volume, and a container of the old image recovers it to a consistent
- * cluster. The live cluster is only read, through a replication connection on its local socket.
+ * cluster. The live cluster is only read, through a replication connection on its local socket. The copy is
+ * initialised already, so its container needs no password: none is in its environment.
  */
-async function physicalCopy(old: ContainerInfo, copy: string, user: string, password: string): Promise<void> {
+async function physicalCopy(old: ContainerInfo, copy: string, user: string): Promise<void> {
     const pgdata = pgdataOf(old);
     const [mount] = mountsHoldingPgdata(old);
     if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
@@ -217,9 +218,9 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string, pass
     );
     await run("docker", [
         "run", "-d", "--name", copy, "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal",
-        "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "-e", "POSTGRES_PASSWORD", "--stop-signal", "SIGINT",
+        "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "--stop-signal", "SIGINT",
         "-v", `${volume}:${mount.destination}`, old.imageId,
-    ], { env: { POSTGRES_PASSWORD: password } });
+    ]);
     await waitUntilAccepting(copy, user);
 }
 

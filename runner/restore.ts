@@ -2,7 +2,7 @@
 // The staging container is ours alone (label synapse-postgres.role=staging, no alias, no published port); the
 // serving container of the new major is declared by Pulumi and created only after verify and cutover.
 // A failed or interrupted restore is thrown away and redone: it only ever held a copy of the old data.
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
@@ -81,7 +81,6 @@ async function explainFailure(input: RestoreInput, err: unknown): Promise<unknow
 
 async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, superuser: string, phases: PhaseClock, setAsideTo: string | undefined): Promise<RestoreResult> {
     await startStaging(input, manifest);
-    await waitUntilAccepting(input.container, superuser);
     phases.lap("new server initialised");
     const now = new Date().toISOString();
     let marker: Marker = {
@@ -139,10 +138,12 @@ export async function setSettings(container: string, user: string, settings: [st
 }
 
 /**
- * md5 password hashes cannot log in through the new cluster's `host all all all scram-sha-256` rule
- * ("password authentication failed"), so the Synapse role's md5 hash is replaced by a scram-sha-256 hash of the
- * configured password, after checking that the password is the one the md5 hash was made from. The statement
- * travels on psql's stdin, never in argv.
+ * md5 password hashes cannot log in through a scram-sha-256 access rule ("password authentication failed"; the
+ * image's rule, until copy-config carries the old cluster's), and PostgreSQL 18 deprecates them, so the Synapse
+ * role's md5 hash is replaced by a scram-sha-256 hash of the
+ * configured password, after checking that the password is the one the md5 hash was made from. psql's \password
+ * computes the scram verifier on the client and sends only that, so a server that logs statements (the carried
+ * log_statement = ddl) never logs the password; psql reads it from stdin, never from argv.
  */
 export async function rehashLoginRole(input: { container: string; password: string; loginUser?: string }, superuser: string): Promise<string | undefined> {
     const role = input.loginUser ?? "synapse";
@@ -152,9 +153,15 @@ export async function rehashLoginRole(input: { container: string; password: stri
     if (hash !== "md5" + createHash("md5").update(input.password + role).digest("hex")) {
         throw new StepError(`The role ${role} has an md5 password hash in the old cluster that postgres:password does not match, so it cannot be re-set as scram-sha-256; set postgres:password to the password Synapse uses.`);
     }
+    if (/[\r\n]/.test(input.password)) {
+        throw new StepError(`The role ${role} has an md5 password hash and postgres:password holds a line break, which psql's \\password cannot read; set the role's password by hand as scram-sha-256 and run pulumi up again.`);
+    }
+    // \password asks twice; without a terminal psql reads both answers from stdin, after the script's lines.
     await run("docker", ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", "postgres"], {
-        stdin: `SET password_encryption = 'scram-sha-256';\nALTER ROLE ${quoteIdent(role)} PASSWORD ${quoteLiteral(input.password)};\n`,
+        stdin: `SET password_encryption = 'scram-sha-256';\n\\password ${quoteIdent(role)}\n${input.password}\n${input.password}\n`,
     });
+    const [[stored]] = await query(input.container, superuser, `SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`);
+    if (stored !== "SCRAM-SHA-256$") throw new StepError(`psql's \\password did not re-set the role ${role} as scram-sha-256; set its password by hand and run pulumi up again.`);
     return role;
 }
 
@@ -184,7 +191,6 @@ export interface StagingSpec {
     image: string;
     major: number;
     data: DataLocation;
-    password: string;
     /** The old cluster's bootstrap superuser: the new one is bootstrapped as the same role. */
     superuser: string;
     /** The old cluster's template1 locale. */
@@ -196,7 +202,13 @@ export interface StagingSpec {
 
 /**
  * Starts the staging container: the new image's own first start (initdb, its pg_hba rules) on the new data
- * location, with the old cluster's superuser and template1 locale, so postgres and template1 match too.
+ * location, with the old cluster's superuser and template1 locale, so postgres and template1 match too; returns
+ * once it accepts connections.
+ *
+ * The image insists on a password to initialise, and keeps it in the container's environment (docker inspect).
+ * The old cluster's roles replace the bootstrap role's password (the dump's ALTER ROLE, pg_upgrade's globals),
+ * so it gets a random one used nowhere, cleared as soon as the server accepts: the superuser then has no password
+ * until the old one's arrives, exactly as in the old cluster if it had none.
  */
 export async function startStagingContainer(spec: StagingSpec): Promise<void> {
     const l = spec.locale;
@@ -220,8 +232,10 @@ export async function startStagingContainer(spec: StagingSpec): Promise<void> {
             ...(spec.mounts ?? []).flatMap((m) => ["-v", m]),
             spec.image,
         ],
-        { env: { POSTGRES_PASSWORD: spec.password } },
+        { env: { POSTGRES_PASSWORD: randomBytes(24).toString("base64url") } },
     );
+    await waitUntilAccepting(spec.container, spec.superuser);
+    await query(spec.container, spec.superuser, `ALTER ROLE ${quoteIdent(spec.superuser)} PASSWORD NULL`);
 }
 
 const DUMP_MOUNT = "/dump";

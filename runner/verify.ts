@@ -35,6 +35,8 @@ export interface VerifyReport {
 interface Snapshot {
     databases: Map<string, string>;
     roles: Map<string, string>;
+    /** Each role's password hash digest: only ever compared, never part of a report. */
+    passwords: Map<string, string>;
     tables: Map<string, number>;
     sequences: Map<string, string>;
 }
@@ -74,18 +76,19 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
                 || string_agg(format(${quoteLiteral(PER_DATABASE.replace(/%(?![12]\$s)/g, "%%"))}, ${DATNAME_CONNINFO}, quote_literal(datname)), E'\\n' ORDER BY datname)
            FROM pg_database WHERE datallowconn AND datname <> 'template1' \\g |${nested}`,
         `SELECT 'database', datname, pg_encoding_to_char(encoding) || ' ' || datcollate || '/' || datctype FROM pg_database WHERE datname <> 'template0' ORDER BY 2;`,
-        // Password hashes are compared, never printed: the report shows only whether they match.
         `SELECT 'role', rolname, concat_ws(' ', CASE WHEN rolsuper THEN 'superuser' END, CASE WHEN rolcanlogin THEN 'login' END,
                 CASE WHEN rolcreatedb THEN 'createdb' END, CASE WHEN rolcreaterole THEN 'createrole' END,
                 CASE WHEN rolreplication THEN 'replication' END, CASE WHEN rolbypassrls THEN 'bypassrls' END,
                 CASE WHEN NOT rolinherit THEN 'noinherit' END, 'connlimit=' || rolconnlimit)
                 || ' ' || CASE WHEN rolpassword LIKE 'md5%' THEN 'md5' WHEN rolpassword LIKE 'SCRAM-SHA-256$%' THEN 'scram' ELSE 'none' END
-                || ' password#' || left(md5(coalesce(rolpassword, '')), 8)
            FROM pg_authid WHERE rolname !~ '^pg_' ORDER BY 2;`,
+        // Compared in memory and never printed, not even in part: a digest of an md5 hash is a guessing oracle.
+        `SELECT 'password', rolname, encode(sha256(convert_to(coalesce(rolpassword, ''), 'UTF8')), 'hex') FROM pg_authid WHERE rolname !~ '^pg_';`,
         `SELECT 'expect', datname FROM pg_database WHERE datallowconn AND datname <> 'template1' ORDER BY 2;`,
     ];
     const databases = new Map<string, string>();
     const roles = new Map<string, string>();
+    const passwords = new Map<string, string>();
     const tables = new Map<string, number>();
     const sequences = new Map<string, string>();
     const expected: string[] = [];
@@ -94,6 +97,7 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
     for (const [kind, key, value] of rows) {
         if (kind === "database") databases.set(key, value);
         else if (kind === "role") roles.set(key, value);
+        else if (kind === "password") passwords.set(key, value);
         else if (kind === "expect") expected.push(key);
         else if (kind === "table") tables.set(key, Number(value));
         else if (kind === "sequence") sequences.set(key, value);
@@ -103,7 +107,7 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
     if (unread.length > 0) {
         throw new StepError(`verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}.`);
     }
-    return { databases, roles, tables, sequences };
+    return { databases, roles, passwords, tables, sequences };
 }
 
 function compare(kind: string, a: Map<string, string | number>, b: Map<string, string | number>): Comparison[] {
@@ -112,6 +116,22 @@ function compare(kind: string, a: Map<string, string | number>, b: Map<string, s
         const o = a.has(k) ? String(a.get(k)) : "(missing)";
         const n = b.has(k) ? String(b.get(k)) : "(missing)";
         return { what: `${kind} ${k}`, old: o, new: n, same: o === n };
+    });
+}
+
+/**
+ * Roles by attributes and hash kind, and whether the password hash is the same one; the report says "another
+ * password hash", never any part of it. The Synapse role's md5 hash is re-hashed as scram-sha-256 by the upgrade
+ * (the login check proves the new one).
+ */
+function compareRoles(a: Snapshot, b: Snapshot, loginUser: string): Comparison[] {
+    return compare("role", a.roles, b.roles).map((c) => {
+        const role = c.what.slice("role ".length);
+        if (role === loginUser && c.old.endsWith(" md5") && c.new === c.old.replace(/ md5$/, " scram")) {
+            return { ...c, same: true, new: `${c.new} (re-hashed from md5)` };
+        }
+        if (c.same && a.passwords.get(role) !== b.passwords.get(role)) return { ...c, same: false, new: `${c.new}, another password hash` };
+        return c;
     });
 }
 
@@ -141,12 +161,7 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
     }
     // Side by side (Synapse is down): both clusters' contents and the password login.
     const [a, b, login] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo)), checkLogin(newInfo, input)]);
-    const roles = compare("role", a.roles, b.roles).map((c) =>
-        // The restore re-hashes the Synapse role's md5 password as scram-sha-256 (the login check below proves it).
-        c.what === `role ${input.loginUser}` && c.old.replace(/ md5 password#\w+$/, "") === c.new.replace(/ scram password#\w+$/, "") && / md5 /.test(c.old)
-            ? { ...c, same: true, new: `${c.new} (re-hashed from md5)` }
-            : c,
-    );
+    const roles = compareRoles(a, b, input.loginUser);
     const comparisons = [
         ...compare("database", a.databases, b.databases),
         ...roles,

@@ -3,12 +3,14 @@
 // 15 -> 17 (each step run twice), minor update, revert to 15, upgrade again over the reverted 17, retire 15,
 // 17 -> 18 with the 18+ layout. The data is compared with the tests' own snapshot, not with the verify step.
 import { strict as assert } from "node:assert";
+import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { run } from "../../runner/process";
+import { MARKER_FILE } from "../../runner/target";
 import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
-import { ClusterSnapshot, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
+import { ClusterSnapshot, connect, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, tagImage, TEST_IMAGE, volumeExists, volumesNamed } from "./docker-env";
 
@@ -40,9 +42,46 @@ function watchProcessArguments(needle: string): { stop(): Promise<string[]> } {
     };
 }
 
+/**
+ * Our containers, other than the serving clusters (whose POSTGRES_PASSWORD the README explains), whose environment
+ * holds the password, as docker inspect shows it to anyone who may run it; and the staging containers looked at.
+ */
+async function passwordInEnvironment(): Promise<{ holding: string[]; staging: string[] }> {
+    const serving = [15, 17, 18].map((m) => `${PREFIX}pg${m}`);
+    const names = (await run("docker", ["ps", "-a", "--format", "{{.Names}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX) && !serving.includes(n));
+    const holding: string[] = [];
+    for (const name of names) {
+        const env = (await run("docker", ["inspect", "-f", "{{json .Config.Env}}", name]).catch(() => ({ stdout: "" }))).stdout;
+        if (env.includes(PASSWORD)) holding.push(name);
+    }
+    return { holding, staging: names.filter((n) => n.endsWith("-staging")) };
+}
+
 async function listFiles(dir: string): Promise<string[]> {
     const entries = await fs.readdir(dir, { withFileTypes: true, recursive: true });
     return entries.filter((e) => e.isFile()).map((e) => path.join(e.parentPath ?? (e as any).path, e.name));
+}
+
+/**
+ * Every 8 hex digits in a row of each role's password hash and of the md5 of that hash, lower case: none may be in
+ * what we print or write outside the dump (an md5 hash, or a digest of one, is an offline oracle for the password).
+ */
+async function passwordHashFragments(login: { port: number; user: string; password: string }): Promise<Set<string>> {
+    const c = await connect(login, "postgres");
+    const hashes: string[] = (await c.query("SELECT rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")).rows.map((r) => r.rolpassword);
+    await c.end();
+    const fragments = new Set<string>();
+    for (const hash of hashes) {
+        for (const hex of [...(hash.match(/[0-9a-f]{8,}/gi) ?? []), createHash("md5").update(hash).digest("hex")]) {
+            for (let i = 0; i + 8 <= hex.length; i++) fragments.add(hex.slice(i, i + 8).toLowerCase());
+        }
+    }
+    return fragments;
+}
+
+function fragmentsIn(text: string, fragments: Set<string>): string[] {
+    const lower = text.toLowerCase();
+    return [...fragments].filter((f) => lower.includes(f));
 }
 
 describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade again, retire, 17 -> 18", function () {
@@ -54,9 +93,14 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
     const login = { port: PORT, user: "synapse", password: PASSWORD };
 
     // Every step command runs a second time right after it succeeded, as a person re-running it by hand would.
+    const envSightings: string[] = [];
+    const stagingLookedAt = new Set<string>();
     const applier = new Applier(async (r: DeclaredResource, env) => {
         const again = await runShell(r.inputs.create, env);
         reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
+        const { holding, staging } = await passwordInEnvironment();
+        envSightings.push(...holding.map((n) => `${n} after ${r.name}`));
+        staging.forEach((n) => stagingLookedAt.add(n));
     });
 
     let suite: Suite | undefined;
@@ -123,11 +167,29 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
     it("keeps the password out of every command line, step output, stack output and dump, and out of trust rules", async () => {
         assert.ok(psSamples > 20, `ps was sampled during the upgrade (${psSamples} samples)`);
         assert.deepEqual(secretSightings, [], "no process had the password in its arguments");
+        assert.ok(stagingLookedAt.has(`${PREFIX}pg17-staging`), "the staging container's environment was looked at");
+        assert.deepEqual(envSightings, [], "no container of ours but the serving ones has the password in its environment");
         for (const c of applier.commandRuns) {
             assert.ok(!c.stdout.includes(PASSWORD) && !c.stderr.includes(PASSWORD), `${c.name}'s output has no password`);
         }
         const declared = await declare({ ...base, version: "17.5", upgradeFrom: "15" }, PASSWORD);
         assert.ok(!JSON.stringify(declared.outputs).includes(PASSWORD), "no stack output has the password");
+        const fragments = await passwordHashFragments(login);
+        assert.ok(fragments.size >= 25 * 2, `${fragments.size} fragments of the roles' password hashes`);
+        for (const c of applier.commandRuns) assert.deepEqual(fragmentsIn(c.stdout + c.stderr, fragments), [], `${c.name}'s output has no part of a password hash`);
+        assert.deepEqual(fragmentsIn(JSON.stringify(declared.outputs), fragments), [], "no stack output has part of a password hash");
+        const marker = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", `cat "$PGDATA/${MARKER_FILE}"`])).stdout;
+        assert.deepEqual(fragmentsIn(marker, fragments), [], "the marker has no part of a password hash");
+        for (const container of [`${PREFIX}pg15`, `${PREFIX}pg17`]) {
+            const log = await run("docker", ["logs", container]);
+            assert.deepEqual(fragmentsIn(log.stdout + log.stderr, fragments), [], `${container}'s server log has no part of a password hash`);
+        }
+        // The dump holds the roles' hashes, as it must to restore them (0600, checked above); nothing else we write does.
+        const manifest = JSON.parse(await fs.readFile(path.join(backups, "upgrade-15-to-17.json"), "utf8"));
+        const dumpFiles = new Set<string>(manifest.files.map((f: { path: string }) => path.join(backups, f.path)));
+        for (const file of (await listFiles(backups)).filter((f) => !dumpFiles.has(f))) {
+            assert.deepEqual(fragmentsIn(await fs.readFile(file, "utf8"), fragments), [], `${file} has no part of a password hash`);
+        }
         for (const file of await listFiles(backups)) {
             assert.ok(!(await fs.readFile(file)).includes(Buffer.from(PASSWORD)), `${file} holds only the password's SCRAM hash`);
         }

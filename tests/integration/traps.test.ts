@@ -2,7 +2,10 @@
 // (The pg_attver trap is met by the 17 -> 18 upgrade in lifecycle.test.ts, the removed-parameter trap by fault 7,
 // the 18+ layout by lifecycle's 17 -> 18; this file holds the rest.)
 import { strict as assert } from "node:assert";
+import { createHash } from "node:crypto";
+import { waitUntilAccepting } from "../../runner/docker";
 import { run } from "../../runner/process";
+import { rehashLoginRole } from "../../runner/restore";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect } from "../fixtures/snapshot";
@@ -194,5 +197,24 @@ describe("upgrade traps on real containers", function () {
         assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "the wrong image does not serve");
         assert.equal(await containerState(`${PREFIX}pg17`), "running", "17 keeps serving");
         assert.equal((await sql("SELECT current_setting('server_version_num')::int / 10000 AS major"))[0].major, 17);
+    });
+
+    it("the md5-to-scram re-set sends a verifier: a server that logs every statement never logs the password", async () => {
+        const logged = `${PREFIX}logged`;
+        await run("docker", ["run", "-d", "--name", logged, "--network", `${PREFIX}net`, "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD",
+            `${TEST_IMAGE}:17`, "-c", "log_statement=all"], { env: { POSTGRES_PASSWORD: PASSWORD } });
+        await waitUntilAccepting(logged, "synapse");
+        const md5 = "md5" + createHash("md5").update(PASSWORD + "synapse").digest("hex");
+        await run("docker", ["exec", logged, "psql", "-q", "-U", "synapse", "-d", "postgres", "-c", `ALTER ROLE synapse PASSWORD '${md5}'`]);
+        assert.equal(await rehashLoginRole({ container: logged, password: PASSWORD }, "synapse"), "synapse");
+        // Docker's log lags the server by a moment: wait (bounded) for the statement to show.
+        let log = "";
+        for (let i = 0; i < 50 && !/ALTER USER/.test(log); i++, await new Promise((r) => setTimeout(r, 100))) log = (await run("docker", ["logs", logged])).stderr;
+        assert.match(log, /statement: ALTER USER "?synapse"? PASSWORD 'SCRAM-SHA-256\$4096:/, "the server logged the statement, with a verifier");
+        assert.ok(!log.includes(PASSWORD), "the password is not in the server's log");
+        const ip = (await run("docker", ["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", logged])).stdout.trim();
+        const login = await run("docker", ["exec", "-e", "PGPASSWORD", logged, "psql", "-X", "-h", ip, "-U", "synapse", "-d", "postgres", "-Atc", "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'synapse'"],
+            { env: { PGPASSWORD: PASSWORD } });
+        assert.equal(login.stdout.trim(), "t", "the password logs in over TCP against the new scram hash");
     });
 });
