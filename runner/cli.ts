@@ -79,6 +79,11 @@ const CONFIG_FLAGS = {
     "drop-access-rules?": "access rules as <file>:<line> of the old cluster (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropAccessRules)",
 };
 
+/** "a", "a and b", "a, b and c". */
+function listed(items: string[]): string {
+    return items.length <= 1 ? items.join("") : `${items.slice(0, -1).join(", ")} and ${items[items.length - 1]}`;
+}
+
 /** What copy-config did, in its words; also what prepare says after it carried the configuration across. */
 function reportConfig(step: string, r: CopyConfigResult, out: (line: string) => void): void {
     for (const d of r.dropped) {
@@ -86,8 +91,8 @@ function reportConfig(step: string, r: CopyConfigResult, out: (line: string) => 
         out(`${step}: left out of the new cluster, as ${key} allows: ${describeRejected(d)}; the old cluster keeps it.`);
     }
     out(r.copied.length === 0
-        ? `${step}: ${r.unchanged.join(" and ")} already in place; nothing to do.`
-        : `${step}: copied ${r.copied.join(" and ")}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
+        ? `${step}: ${listed(r.unchanged)} already in place; nothing to do.`
+        : `${step}: copied ${listed(r.copied)}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
     if (r.declared) out(`${step}: the new server accepts postgres:settings (${Object.entries(r.declared).map(([k, v]) => `${k}=${v}`).join(", ")}); its container starts with them after the switch.`);
 }
 

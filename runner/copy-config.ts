@@ -170,12 +170,14 @@ async function reloadAndCheck(container: string, user: string, texts: Partial<Re
 /**
  * Access rules the new server's parser rejects (PostgreSQL 15+ for pg_ident). One bad pg_hba.conf line makes a
  * reload keep the previous rules and a start fail, and the old server may have run for months on an older copy of
- * a file edited since, so every line is checked, named `<file>:<line>` for postgres:dropAccessRules.
+ * a file edited since, so every line is checked, named `<file>:<line>` for postgres:dropAccessRules. A line the
+ * parser takes with a warning (a hostssl rule while ssl is off: it can never match, in the old cluster either) has
+ * its fields filled in the view and is carried as it is.
  */
 async function accessRuleErrors(container: string, user: string): Promise<RejectedSetting[]> {
     const rows = await query(container, user,
-        `SELECT 'pg_hba.conf', line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL
-         UNION ALL SELECT 'pg_ident.conf', line_number, error FROM pg_ident_file_mappings WHERE error IS NOT NULL ORDER BY 1, 2`);
+        `SELECT 'pg_hba.conf', line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL AND type IS NULL
+         UNION ALL SELECT 'pg_ident.conf', line_number, error FROM pg_ident_file_mappings WHERE error IS NOT NULL AND map_name IS NULL ORDER BY 1, 2`);
     return rows.map(([file, line, error]) => ({ file, line: Number(line), name: `${file}:${line}`, error }));
 }
 

@@ -68,7 +68,7 @@ const DATNAME_CONNINFO = String.raw`quote_ident('dbname=''' || replace(replace(d
  * databases and roles, then, through `\g |psql`, a nested psql in the same container that connects to each
  * database in turn (psql cannot loop over databases itself).
  */
-async function snapshot(container: string, user: string): Promise<Snapshot> {
+async function snapshot(container: string, user: string, side: "old" | "new"): Promise<Snapshot> {
     const nested = `psql -X -q -A -t -v ON_ERROR_STOP=1 -U '${user.replace(/'/g, "'\\''")}' -d postgres`;
     const script = [
         // The nested psql first: the outer one has printed nothing yet, so their rows cannot interleave.
@@ -105,7 +105,10 @@ async function snapshot(container: string, user: string): Promise<Snapshot> {
     }
     const unread = expected.filter((db) => !done.has(db));
     if (unread.length > 0) {
-        throw new StepError(`verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}.`);
+        // The new cluster's access rules are the old one's as copy-config carried them: a fix made to the old
+        // cluster's since reaches the new one only with a fresh copy.
+        const carried = side === "new" ? "; its access rules are the old cluster's as copy-config carried them, so after changing the old cluster's, bump postgres:attempt" : "";
+        throw new StepError(`verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}${carried}.`);
     }
     return { databases, roles, passwords, tables, sequences };
 }
@@ -160,7 +163,13 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
         if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
     }
     // Side by side (Synapse is down): both clusters' contents and the password login.
-    const [a, b, login] = await Promise.all([snapshot(input.old, superuserOf(oldInfo)), snapshot(input.new, superuserOf(newInfo)), checkLogin(newInfo, input)]);
+    const [read, login] = await Promise.all([
+        Promise.allSettled([snapshot(input.old, superuserOf(oldInfo), "old"), snapshot(input.new, superuserOf(newInfo), "new")]),
+        checkLogin(newInfo, input),
+    ]);
+    // The old cluster's failure first, whichever came first: the carried access rules can refuse both alike.
+    for (const r of read) if (r.status === "rejected") throw r.reason;
+    const [a, b] = read.map((r) => (r as PromiseFulfilledResult<Snapshot>).value);
     const roles = compareRoles(a, b, input.loginUser);
     const comparisons = [
         ...compare("database", a.databases, b.databases),

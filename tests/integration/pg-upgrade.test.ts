@@ -185,8 +185,8 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         // The configuration was carried across and accepted before the downtime (by this prepare, or the given-up
         // one whose new cluster it reuses); at the downtime it is in place.
         assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"),
-            /^prepare: (copied postgresql\.conf( and postgresql\.auto\.conf)?; the new server accepted every setting|postgresql\.conf and postgresql\.auto\.conf already in place; nothing to do\.)/m);
-        assert.match(stdoutOf(mark, "upgrade-15-to-17-copy-config"), /^copy-config: postgresql\.conf and postgresql\.auto\.conf already in place; nothing to do\.$/m);
+            /^prepare: (copied [\w., ]+; the new server accepted every setting|postgresql\.conf, postgresql\.auto\.conf, pg_hba\.conf and pg_ident\.conf already in place; nothing to do\.)/m);
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-copy-config"), /^copy-config: postgresql\.conf, postgresql\.auto\.conf, pg_hba\.conf and pg_ident\.conf already in place; nothing to do\.$/m);
         assert.match(stdoutOf(mark, "upgrade-15-to-17-upgrade"),
             /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg15" into "sptest-pgu-pg17-staging" in [\d.]+ s; the old cluster was never stopped and is unchanged\./);
         assert.ok(reruns.some((r) => /upgrade-15-to-17-upgrade: upgrade: "sptest-pgu-pg17-staging" already holds the upgraded cluster; nothing to do\./.test(r)), reruns.join("\n"));
