@@ -295,9 +295,14 @@ async function copyOut(container: string, path: string, onChunk: (chunk: Buffer)
     }
 }
 
-/** Writes a file inside a container as the postgres user, so the server owns what it reads. */
+/**
+ * Writes a file inside a container as the postgres user, so the server owns what it reads. Written aside, its
+ * length checked, flushed and renamed over the file: a kill or a full disk half-way (a killed client ends the
+ * copy's input early) leaves the previous file whole, never a torn marker or configuration.
+ */
 export async function writeFileIn(container: string, file: string, text: string): Promise<void> {
-    await run("docker", ["exec", "-i", "-u", "postgres", container, "tee", file], { stdin: text });
+    const script = 'cat > "$1.partial" && [ "$(wc -c < "$1.partial")" -eq "$2" ] && sync "$1.partial" && mv -f "$1.partial" "$1" && sync "$(dirname "$1")"';
+    await run("docker", ["exec", "-i", "-u", "postgres", container, "sh", "-c", script, "sh", file, String(Buffer.byteLength(text))], { stdin: text });
 }
 
 /**

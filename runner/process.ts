@@ -72,12 +72,12 @@ async function runChild(cmd: string, args: string[], opts: RunOptions): Promise<
         child.on("close", (code) => resolve(code));
     });
 
+    // A string goes through a pipeline too: written with end() alone, the EPIPE of a child that died would be an
+    // unhandled error that ends this whole process.
     const feeding =
         opts.stdin === undefined
             ? Promise.resolve(child.stdin.end())
-            : typeof opts.stdin === "string"
-              ? Promise.resolve(child.stdin.end(opts.stdin))
-              : pipeline(opts.stdin, child.stdin);
+            : pipeline(typeof opts.stdin === "string" ? Readable.from([Buffer.from(opts.stdin)]) : opts.stdin, child.stdin);
     const draining = opts.stdout
         ? pipeline(child.stdout, opts.stdout)
         : new Promise<void>((resolve) => {
