@@ -43,7 +43,7 @@ export interface ClusterArgs {
     /** Synapse's containers: the serve step stops them for a switch and starts them once this cluster serves. */
     synapseContainers?: string[];
     /** Events a revert to this cluster may lose (postgres:revertAcceptLoss); without it such a revert is refused. */
-    revertAcceptLoss?: number;
+    revertAcceptLoss?: number | "any";
     /** The container is created only after these (an upgrade's cutover). */
     startAfter?: pulumi.Input<pulumi.Resource[]>;
 }

@@ -44,7 +44,7 @@ export interface StackConfig {
     /** Only rehearse the upgrade (on a stack of its own): nothing else is declared. */
     rehearse: boolean;
     /** Events written to the newer cluster since the switch that a revert may lose (explicit confirmation). */
-    revertAcceptLoss: number;
+    revertAcceptLoss: number | "any";
     /** Bumped by the user to run an upgrade again from a fresh dump (every step's trigger). */
     attempt: number;
     /** Publish 5432 of the serving cluster on 127.0.0.1:<port> (never on other addresses). */
@@ -121,7 +121,7 @@ const schema = z
             .refine((list) => list !== undefined && list.every((n) => dockerName.test(n)), "must be container names, comma-separated or a JSON list, like synapse,synapse-worker1")
             .optional(),
         rehearse: z.enum(["true", "false"], { errorMap: () => ({ message: "must be true or false" }) }).default("false"),
-        revertAcceptLoss: z.string().regex(/^\d+$/, "must be the number of events the revert may lose, as the refused revert reported it, like 42").default("0"),
+        revertAcceptLoss: z.string().regex(/^(\d+|any)$/, "must be the number of events the revert may lose, as the refused revert reported it, like 42, or any when they cannot be counted").default("0"),
         attempt: z.string().regex(/^[1-9]\d*$/, "must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)").default("1"),
         port: z
             .string()
@@ -211,7 +211,7 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
         method: c.method,
         synapseContainers: c.synapseContainers ?? [],
         attempt: Number(c.attempt),
-        revertAcceptLoss: Number(c.revertAcceptLoss),
+        revertAcceptLoss: c.revertAcceptLoss === "any" ? "any" : Number(c.revertAcceptLoss),
         rehearse: c.rehearse === "true",
         port: c.port === undefined ? undefined : Number(c.port),
         containerPrefix: c.containerPrefix,

@@ -419,16 +419,16 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         flags: {
             container: "the cluster's container", network: "the Docker network Synapse uses", alias: "the host name Synapse connects to",
             "database?": "Synapse's database (default synapse), checked for events a revert would lose",
-            "accept-loss?": "the number of events written since the switch that a revert may lose (default 0)",
+            "accept-loss?": "the number of events written since the switch that a revert may lose (default 0), or any: also when they cannot be counted",
         },
         async run(f, out) {
             const r = await serveCluster({
                 container: str(f, "container"), network: str(f, "network"), alias: str(f, "alias"),
                 synapse: parseContainerList(f.synapse as string | undefined),
                 database: f.database as string | undefined,
-                acceptLoss: f["accept-loss"] === undefined ? 0 : int0(f, "accept-loss"),
+                acceptLoss: f["accept-loss"] === "any" ? "any" : f["accept-loss"] === undefined ? 0 : int0(f, "accept-loss"),
             });
-            if (r.eventsLost !== undefined) out(`serve: reverted; ${r.eventsLost} event(s) written since the switch stay only in the newer cluster; cleared ${r.oneTimeKeysCleared ?? 0} one-time keys so clients upload fresh ones.`);
+            if (r.eventsLost !== undefined) out(`serve: reverted; ${r.eventsLost === "uncounted" ? "an uncounted number of" : r.eventsLost} event(s) written since the switch stay only in the newer cluster; cleared ${r.oneTimeKeysCleared ?? 0} one-time keys so clients upload fresh ones.`);
             const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
             out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
             if (r.standbysRemoved.length) out(`serve: removed the standby ${r.standbysRemoved.join(", ")} that an upgrade which never switched left following "${str(f, "container")}".`);

@@ -1,12 +1,13 @@
 // serve: makes one cluster the one Synapse reaches. Declared by Pulumi for the serving cluster only, so a revert
 // (the earlier stack config again) declares it anew for the old cluster and runs it: the other cluster of ours
 // that answers to the alias is stopped cleanly first, so Synapse never sees two servers under one name.
-import { inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
+import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
+import { eventsWrittenSinceSwitch, RevertLoss } from "./revert-loss";
 import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
 import { startSynapse, stopSynapse } from "./synapse";
-import { advanceMarker, Marker, readMarkerIn, writeMarkerIn } from "./target";
+import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 
 export interface ServeInput {
     container: string;
@@ -16,8 +17,8 @@ export interface ServeInput {
     synapse?: string[];
     /** Synapse's database (default synapse): checked for events a revert would lose. */
     database?: string;
-    /** Events the user accepts to lose by reverting (postgres:revertAcceptLoss). */
-    acceptLoss?: number;
+    /** Events the user accepts to lose by reverting (postgres:revertAcceptLoss); "any" also when they cannot be counted. */
+    acceptLoss?: number | "any";
 }
 
 export interface ServeResult {
@@ -27,7 +28,8 @@ export interface ServeResult {
     synapseStarted: string[];
     /** One-time keys removed from this cluster after a revert (Synapse's advice after going back to older data). */
     oneTimeKeysCleared?: number;
-    eventsLost?: number;
+    /** Events left behind in the newer cluster by a revert; "uncounted" when they could not be counted. */
+    eventsLost?: number | "uncounted";
     /** Standbys an upgrade that never switched left following this cluster (method pg_upgrade), now removed. */
     standbysRemoved: string[];
 }
@@ -46,22 +48,15 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     }
     // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
     if (others.length > 0 || !info.running) await stopSynapse(input.synapse ?? []);
-    const leaving = await eventsWrittenSinceSwitch(others);
-    if (leaving.source?.container === input.container && leaving.source.imageId && leaving.source.imageId !== info.imageId) {
-        // The data was written by that image; another build of the same major may sort text differently (a new
-        // C library), which silently breaks indexes. The old data stays untouched until the right image runs.
-        if (info.running) await stopContainer(input.container); // it must not answer to the alias beside the newer one
+    // Stopped clusters of ours under the alias count too: a revert usually leaves a newer cluster that crashed.
+    const leaving = await eventsWrittenSinceSwitch([...others, ...(await stoppedPeers(input, info))]);
+    const refusal = revertRefusal(input, info, leaving);
+    if (refusal) {
+        // Refused: this cluster must not answer to the alias (Pulumi starts a replaced container before serve
+        // runs), and Synapse goes back to what it had.
+        if (info.running || (await inspectContainer(input.container))?.running) await stopContainer(input.container);
         await startSynapse(input.synapse ?? []);
-        const pin = leaving.source.pinned ?? leaving.source.imageId;
-        throw new StepError(
-            `The revert to "${input.container}" would run image ${info.image} (${info.imageId.slice(0, 19)}), not the image that wrote its data before the upgrade (${pin}); set postgres:image to ${pin} and run pulumi up again.`,
-        );
-    }
-    if (leaving.lost > (input.acceptLoss ?? 0)) {
-        await startSynapse(input.synapse ?? []);
-        throw new StepError(
-            `Going back to "${input.container}" would lose ${leaving.lost} event(s) written to "${leaving.from}" since the switch at ${leaving.at}; to accept that, set postgres:revertAcceptLoss ${leaving.lost} and run pulumi up again (those events stay in "${leaving.from}", which is kept).`,
-        );
+        throw new StepError(refusal);
     }
     const stoppedOthers: string[] = [];
     for (const other of others) {
@@ -74,7 +69,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     // Only this cluster answers to the alias now. Synapse spends seconds importing before it first connects, so it
     // starts beside the server's own start, unless one-time keys must be cleared before it runs (a revert that
     // loses events). One that tried too early and exited is started again below, once the server accepts.
-    const clearKeys = leaving.served && leaving.lost > 0;
+    const clearKeys = leaving.served && (leaving.lost > 0 || leaving.uncounted !== undefined);
     const startedEarly = clearKeys ? [] : await startSynapse(input.synapse ?? []);
     await waitUntilAccepting(input.container, user);
     // Side by side (at a switch Synapse is down until the end of this step).
@@ -104,25 +99,47 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         oneTimeKeysCleared = Number(rows[0][0]);
     }
     const synapseStarted = [...new Set([...startedEarly, ...(await startSynapse(input.synapse ?? []))])];
-    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.lost, standbysRemoved };
+    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost, standbysRemoved };
 }
 
 /**
- * For a revert: of the clusters about to be stopped, one that served Synapse after an upgrade (its marker says so)
- * may hold events the older cluster lacks: those after the stream position recorded at the switch.
+ * Why a revert to this cluster must not go ahead, if it must not: another image than the one that wrote its data
+ * (another build of the same major may sort text differently, which silently breaks indexes), events written
+ * since the switch beyond what the user accepted, or events that cannot be counted.
  */
-async function eventsWrittenSinceSwitch(others: { name: string; env: Record<string, string> }[]) {
-    for (const other of others) {
-        const user = other.env.POSTGRES_USER || "postgres";
-        const marker = await readMarkerIn(other.name, user).catch(() => undefined);
-        if (!marker || (marker.state !== "serving" && marker.state !== "cutover")) continue;
-        const since = marker.switchedAt;
-        if (!since) return { served: true, lost: 0, from: other.name, at: "", source: marker.source };
-        const [[n]] = await query(other.name, user, `SELECT count(*) FROM public.events WHERE stream_ordering > ${Number(since.eventsStreamOrdering)}`, since.database);
-        return { served: true, lost: Number(n), from: other.name, at: since.at, source: marker.source };
+function revertRefusal(input: ServeInput, info: ContainerInfo, leaving: RevertLoss): string | undefined {
+    const source = leaving.source;
+    if (source?.container === input.container && source.imageId && source.imageId !== info.imageId) {
+        const pin = source.pinned ?? source.imageId;
+        return `The revert to "${input.container}" would run image ${info.image} (${info.imageId.slice(0, 19)}), not the image that wrote its data before the upgrade (${pin}); set postgres:image to ${pin} and run pulumi up again.`;
     }
-    return { served: false, lost: 0, from: "", at: "", source: undefined as Marker["source"] | undefined };
+    if (leaving.uncounted && input.acceptLoss !== "any") {
+        return `Going back to "${input.container}" cannot be checked for lost writes: "${leaving.from}" served Synapse after an upgrade, but ${leaving.uncounted}; start it so its events can be counted, or, to go back whatever it holds, set postgres:revertAcceptLoss any and run pulumi up again (its data is kept).`;
+    }
+    if (input.acceptLoss !== "any" && leaving.lost > (input.acceptLoss ?? 0)) {
+        return `Going back to "${input.container}" would lose ${leaving.lost} event(s) written to "${leaving.from}" since the switch at ${leaving.at}; to accept that, set postgres:revertAcceptLoss ${leaving.lost} and run pulumi up again (those events stay in "${leaving.from}", which is kept).`;
+    }
+    return undefined;
 }
+
+/**
+ * Newer clusters of ours that answer to the alias when they run, and do not run now: what a revert leaves. An
+ * older one (the source an upgrade just stopped) is not being left by this serve, so it is not counted.
+ */
+async function stoppedPeers(input: ServeInput, self: ContainerInfo): Promise<ContainerInfo[]> {
+    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `label=${MANAGED_LABEL}=true`, "--filter", "status=exited", "--filter", "status=created", "--filter", "status=dead"]);
+    // An adopted container carries no major label: every cluster of ours beside it is newer.
+    const major = Number(self.labels[CLUSTER_LABEL] ?? 0);
+    const found: ContainerInfo[] = [];
+    for (const id of stdout.split("\n").filter(Boolean)) {
+        const c = await inspectContainer(id);
+        const newer = Number(c?.labels[CLUSTER_LABEL] ?? 0) > major;
+        if (c && !c.running && newer && c.name !== input.container && c.networks[input.network]?.aliases.includes(input.alias)) found.push(c);
+    }
+    return found;
+}
+
+const CLUSTER_LABEL = "synapse-postgres.cluster";
 
 /** Running containers on the network that answer to the alias. */
 async function holdersOf(network: string, alias: string) {

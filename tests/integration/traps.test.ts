@@ -3,9 +3,13 @@
 // the 18+ layout by lifecycle's 17 -> 18; this file holds the rest.)
 import { strict as assert } from "node:assert";
 import { createHash } from "node:crypto";
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { waitUntilAccepting } from "../../runner/docker";
 import { run } from "../../runner/process";
 import { rehashLoginRole } from "../../runner/restore";
+import { MARKER_FILE } from "../../runner/target";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect } from "../fixtures/snapshot";
@@ -164,6 +168,7 @@ describe("upgrade traps on real containers", function () {
             return true;
         });
         assert.equal(await containerState(`${PREFIX}pg17`), "running", "refused: 17 keeps serving");
+        assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "refused: the replaced 15, which Pulumi started, does not answer beside 17");
         assert.equal((await sql("SELECT current_setting('server_version_num')::int / 10000 AS major"))[0].major, 17);
 
         const mark = applier.commandRuns.length;
@@ -197,6 +202,32 @@ describe("upgrade traps on real containers", function () {
         assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "the wrong image does not serve");
         assert.equal(await containerState(`${PREFIX}pg17`), "running", "17 keeps serving");
         assert.equal((await sql("SELECT current_setting('server_version_num')::int / 10000 AS major"))[0].major, 17);
+    });
+
+    it("a revert while the newer cluster is stopped counts its events offline; one it cannot count is refused until accepted as any", async () => {
+        // 17 serves (the wrong-image revert above was refused). Synapse writes two events; then 17 is stopped.
+        await sql(`INSERT INTO events (topological_ordering, event_id, type, room_id, processed, outlier, stream_ordering)
+                   SELECT 1, '$stopped' || g, 'm.room.message', '!room1:example.org', true, false, 2000000 + g FROM generate_series(1, 2) g`);
+        await run("docker", ["stop", `${PREFIX}pg17`]);
+        await assert.rejects(up({ version: "15" }), /synapse-pg serve: Going back to "sptest-trap-pg15" would lose 2 event\(s\) written to "sptest-trap-pg17" since the switch at \S+;/);
+        assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "refused: 15 does not serve");
+        assert.equal(await containerState(`${PREFIX}pg17`), "stopped", "17 stays as it was left");
+        assert.equal(await containerState(`${PREFIX}pg17-count`), "absent", "the counting container is gone");
+
+        // A marker that cannot be read is no reason to think nothing was lost.
+        const marker = path.join(await fs.mkdtemp(path.join(os.tmpdir(), `${PREFIX}marker-`)), "marker.json");
+        await fs.writeFile(marker, "{ torn");
+        await run("docker", ["cp", marker, `${PREFIX}pg17:/var/lib/postgresql/data/${MARKER_FILE}`]);
+        await assert.rejects(up({ version: "15" }), /synapse-pg serve: Going back to "sptest-trap-pg15" cannot be checked for lost writes: "sptest-trap-pg17" served Synapse after an upgrade, but its upgrade marker cannot be read \([^)]+\); start it so its events can be counted, or, to go back whatever it holds, set postgres:revertAcceptLoss any and run pulumi up again \(its data is kept\)\./);
+        assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "refused: 15 does not serve");
+
+        const mark = applier.commandRuns.length;
+        await up({ version: "15", revertAcceptLoss: "any" });
+        const serve = applier.commandRuns.slice(mark).find((r) => r.name === "pg15-serve")!.stdout;
+        assert.match(serve, /serve: reverted; an uncounted number of event\(s\) written since the switch stay only in the newer cluster; cleared \d+ one-time keys/);
+        const rows = await sql("SELECT current_setting('server_version_num')::int / 10000 AS major, (SELECT count(*) FROM events)::int AS events");
+        assert.deepEqual(rows, [{ major: 15, events: events15 }]);
+        await fs.rm(path.dirname(marker), { recursive: true, force: true });
     });
 
     it("the md5-to-scram re-set sends a verifier: a server that logs every statement never logs the password", async () => {

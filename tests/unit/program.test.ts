@@ -285,6 +285,11 @@ describe("rehearsal stack (postgres:rehearse)", () => {
         assert.deepEqual(r.inputs.triggers, [1]);
         assert.equal(unwrapSecrets(r.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
     });
+
+    it("passes any, for a newer cluster whose events cannot be counted", async () => {
+        const d = await declare({ version: "15", revertAcceptLoss: "any" });
+        assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db --database synapse --accept-loss any`);
+    });
 });
 
 describe("a serving container replaced under Synapse (a minor update, new settings)", () => {
@@ -498,7 +503,7 @@ describe("bad stack config is refused before anything is declared", () => {
         ["an unknown dump method", { ...UPGRADE_17, method: "pgcopydb" }, "pw", 'postgres:method is "pgcopydb" but must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide\'s single script)'],
         ["Synapse containers that are not names", { ...UPGRADE_17, synapseContainers: "synapse;rm -rf /" }, "pw", 'postgres:synapseContainers is "synapse;rm -rf /" but must be container names, comma-separated or a JSON list, like synapse,synapse-worker1'],
         ["an attempt that is not a positive number", { ...UPGRADE_17, attempt: "0" }, "pw", 'postgres:attempt is "0" but must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)'],
-        ["a revertAcceptLoss that is not a count", { version: "15", revertAcceptLoss: "yes" }, "pw", 'postgres:revertAcceptLoss is "yes" but must be the number of events the revert may lose, as the refused revert reported it, like 42'],
+        ["a revertAcceptLoss that is not a count", { version: "15", revertAcceptLoss: "yes" }, "pw", 'postgres:revertAcceptLoss is "yes" but must be the number of events the revert may lose, as the refused revert reported it, like 42, or any when they cannot be counted'],
         ["a rehearsal with nothing to rehearse from", { version: "17", rehearse: "true" }, "pw", 'postgres:rehearse is "true" but needs the cluster to rehearse from: set postgres:upgradeFrom (or postgres:adopt) and postgres:version'],
         ["a rehearse flag that is not a boolean", { version: "17", upgradeFrom: "15", rehearse: "yes" }, "pw", 'postgres:rehearse is "yes" but must be true or false'],
         ["a missing password", { version: "15" }, null, "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`"],
