@@ -6,7 +6,7 @@
 // reloads them, and pg_file_settings, pg_hba_file_rules and pg_ident_file_mappings name every line it rejects.
 // Then either nothing needs a restart (done), a restart applies the rest, or the new cluster's own files are put
 // back and the step stops, while Synapse is still on the old cluster.
-import { containerLogTail, query, requireContainer, startContainer, stopContainer, superuserOf, waitUntilAccepting, writeFileIn } from "./docker";
+import { containerLogTail, query, requireContainer, resumeStaging, startContainer, stopContainer, superuserOf, waitUntilAccepting, writeFileIn } from "./docker";
 import { checkSettings } from "./settings";
 import { StepError } from "./step-error";
 
@@ -79,7 +79,7 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
 }
 
 async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
-    const [from, to] = await Promise.all([requireContainer(input.from, "old"), requireContainer(input.to, "new")]);
+    const [from, to] = await Promise.all([requireContainer(input.from, "old"), requireContainer(input.to, "new").then(resumeStaging)]);
     if (!from.running) throw new StepError(`The old container "${input.from}" is not running; copy-config reads its configuration from the live server.`);
     if (!to.running) throw new StepError(`The new container "${input.to}" is not running; run the restore step first.`);
     const toUser = superuserOf(to);

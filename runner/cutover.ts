@@ -1,12 +1,12 @@
 // cutover: the switch. After verify passed: the staging container is stopped cleanly and removed (its data stays
 // in the new volume or folder, where Pulumi's serving container of the new major picks it up), and the old
 // container is stopped cleanly. The old data is never touched; its container stays, stopped, for a revert.
-import { inspectContainer, query, removeContainer, stopContainer, superuserOf } from "./docker";
+import { inspectContainer, query, removeContainer, resumeStaging, stopContainer, superuserOf } from "./docker";
 import { DataLocation } from "./layout";
 import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
 import { requireCopyAfterSynapse } from "./synapse";
-import { advanceMarker, hasServed, readMarkerIn, readTargetState, writeMarkerIn } from "./target";
+import { advanceMarker, hasServed, readMarkerIn, readMarkerThrough, readTargetState, writeMarkerIn } from "./target";
 
 export interface CutoverInput {
     old: string;
@@ -30,8 +30,16 @@ export interface CutoverResult {
 export async function cutover(input: CutoverInput): Promise<CutoverResult> {
     const staging = await inspectContainer(input.new);
     const stopped: string[] = [];
-    if (staging) {
-        if (!staging.running) throw new StepError(`The staging container "${input.new}" is stopped; run restore and verify again before the switch.`);
+    const recorded = staging && !staging.running ? await readMarkerThrough(input.new, input.major) : undefined;
+    if (recorded?.state === "cutover") {
+        // A switch killed after it recorded itself (the marker says cutover) and stopped the staging container:
+        // finish it rather than refuse every re-run.
+        await requireCopyAfterSynapse(input.synapse ?? [], recorded.copiedAt);
+        await removeContainer(input.new);
+        stopped.push(input.new);
+    } else if (staging) {
+        // Stopped by a Docker daemon restart (it has no restart policy): started again, it is ours.
+        if (!(await resumeStaging(staging)).running) throw new StepError(`The staging container "${input.new}" is stopped; run restore and verify again before the switch.`);
         const user = superuserOf(staging);
         const database = input.database ?? "synapse";
         // Where Synapse's event stream stood at the switch: a revert can then tell how many events it would lose.
@@ -40,13 +48,16 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
             readMarkerIn(input.new, user),
             inspectContainer(input.old).then(async (old) => ({ old, position: old?.running ? await eventsPosition(input.old, superuserOf(old), database) : undefined })),
         ]);
-        if (marker?.state !== "verified") {
+        // A marker that says cutover is this step's own, from a run killed before the staging container was gone.
+        if (marker?.state !== "verified" && marker?.state !== "cutover") {
             throw new StepError(`The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`);
         }
         await requireCopyAfterSynapse(input.synapse ?? [], marker.copiedAt);
-        const switched = advanceMarker(marker, "cutover");
-        if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
-        await writeMarkerIn(input.new, user, switched);
+        if (marker.state === "verified") {
+            const switched = advanceMarker(marker, "cutover");
+            if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
+            await writeMarkerIn(input.new, user, switched);
+        }
         // Both servers stop side by side (Synapse is down: each second counts); the old one is only stopped.
         await Promise.all([
             stopContainer(input.new).then(() => removeContainer(input.new)),

@@ -85,6 +85,18 @@ export async function ourContainer(name: string, role: "staging" | "standby"): P
     return existing;
 }
 
+/**
+ * Our staging container, started again when it is stopped: it has no restart policy, so a Docker daemon restart
+ * leaves it stopped, and every step after restore refused until a new attempt. Started, never recreated; any
+ * other container is returned as it is.
+ */
+export async function resumeStaging(info: ContainerInfo): Promise<ContainerInfo> {
+    if (info.running || info.labels["synapse-postgres.role"] !== "staging") return info;
+    await startContainer(info.name);
+    await waitUntilAccepting(info.name, superuserOf(info));
+    return (await inspectContainer(info.name)) ?? info;
+}
+
 export async function requireContainer(name: string, role: string): Promise<ContainerInfo> {
     const info = await inspectContainer(name);
     if (!info) throw new StepError(`The ${role} container "${name}" does not exist.`);

@@ -1,7 +1,7 @@
 // verify: compares the old and the new cluster before the switch. Databases with encoding and locale, roles with
 // attributes and password hashes, every table's row count, every sequence's value, and a password login as the
 // Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
-import { ContainerInfo, dbConninfo, queryScript, quoteLiteral, requireContainer, superuserOf } from "./docker";
+import { ContainerInfo, dbConninfo, queryScript, quoteLiteral, requireContainer, resumeStaging, superuserOf } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
@@ -158,7 +158,7 @@ async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<Veri
 }
 
 export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> {
-    const [oldInfo, newInfo] = await Promise.all([requireContainer(input.old, "old"), requireContainer(input.new, "new")]);
+    const [oldInfo, newInfo] = await Promise.all([requireContainer(input.old, "old"), requireContainer(input.new, "new").then(resumeStaging)]);
     for (const c of [oldInfo, newInfo]) {
         if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
     }

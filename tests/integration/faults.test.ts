@@ -7,6 +7,7 @@ import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyFileOut } from "../../runner/docker";
+import { advanceMarker, readMarkerIn, writeMarkerIn } from "../../runner/target";
 import { run } from "../../runner/process";
 import { declare, Declared } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
@@ -27,6 +28,8 @@ describe("faults: the old data always survives, and a re-run completes", functio
     let backups: string;
     let base: Record<string, string>;
     let original: ClusterSnapshot;
+    /** Run by the applier after each step that succeeded: a fault made at a step boundary. */
+    let afterStep: (name: string) => Promise<void> = async () => undefined;
 
     const config = (extra: Record<string, string> = {}) => ({ ...base, ...extra });
     const upgrade = (extra: Record<string, string> = {}) => config({ version: "17", upgradeFrom: "15", ...extra });
@@ -72,7 +75,7 @@ describe("faults: the old data always survives, and a re-run completes", functio
     before(async () => {
         suite = await startSuite(PREFIX, PORT, [15, 17]);
         ({ backups, base } = suite);
-        applier = new Applier();
+        applier = new Applier((r) => afterStep(r.name));
         await up(config({ version: "15" }));
         await seedSynapse(OLD, "synapse", { sizeMB: 40, seed: 3 });
         original = await snapshotCluster(login);
@@ -225,6 +228,49 @@ describe("faults: the old data always survives, and a re-run completes", functio
         assert.deepEqual(logicalContent(after), logicalContent(withSideline));
         await resetTo15();
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "DROP DATABASE sideline"]);
+        await expectOldServingUnchanged();
+    });
+
+    it("6c. cutover killed after it recorded the switch: the re-run finishes the switch instead of refusing", async () => {
+        // What such a kill leaves: the marker says cutover, the staging container is stopped but not removed, the
+        // old cluster still runs. Made right after verify, before the applier runs cutover.
+        afterStep = async (name) => {
+            if (name !== "upgrade-15-to-17-verify") return;
+            const marker = (await readMarkerIn(STAGING, "synapse"))!;
+            await writeMarkerIn(STAGING, "synapse", advanceMarker(marker, "cutover"));
+            await run("docker", ["kill", STAGING]);
+        };
+        try {
+            await expectUpgradeCompletes(upgrade());
+        } finally {
+            afterStep = async () => undefined;
+        }
+        const cut = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-cutover").pop()!.stdout;
+        assert.match(cut, /^cutover: stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m);
+        assert.equal(await containerState(STAGING), "absent");
+        assert.equal(await containerState(OLD), "stopped");
+        await resetTo15();
+        await expectOldServingUnchanged();
+    });
+
+    it("6d. the staging container stopped between steps, as a Docker daemon restart leaves it: each next step starts it again", async () => {
+        // It has no restart policy (a daemon restart must not bring back a server we stopped): after restore,
+        // copy-config and verify, it is found stopped by the next step.
+        const stoppedAfter: string[] = [];
+        afterStep = async (name) => {
+            if (!/-(restore|copy-config|verify)$/.test(name)) return;
+            await run("docker", ["stop", STAGING]);
+            stoppedAfter.push(name.replace("upgrade-15-to-17-", ""));
+        };
+        try {
+            await expectUpgradeCompletes(upgrade());
+        } finally {
+            afterStep = async () => undefined;
+        }
+        assert.deepEqual(stoppedAfter, ["restore", "copy-config", "verify"]);
+        const verify = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-verify").pop()!.stdout;
+        assert.match(verify, /difference\(s\)/);
+        await resetTo15();
         await expectOldServingUnchanged();
     });
 
