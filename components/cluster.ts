@@ -48,6 +48,12 @@ export interface ClusterArgs {
     startAfter?: pulumi.Input<pulumi.Resource[]>;
 }
 
+/**
+ * Every input of the source cluster's container whose change would make the Docker provider replace it (and a
+ * replacement is a new container, started), while it is not the serving one.
+ */
+const SOURCE_KEEPS = ["image", "command", "shmSize", "envs", "networksAdvanced", "ports", "volumes", "labels", "name"];
+
 export class Cluster extends pulumi.ComponentResource {
     readonly containerName: pulumi.Output<string>;
     readonly dataLocation: string;
@@ -149,6 +155,10 @@ export class Cluster extends pulumi.ComponentResource {
             // unless-stopped, not always: a cluster stopped at cutover must stay stopped after a daemon restart,
             // or two servers would answer to the alias.
             restart: "unless-stopped",
+            // Only the serving cluster must run: `pulumi refresh` of the stopped source must not make the next up
+            // start it, and a source created anew (gone from Docker) is created stopped.
+            mustRun: args.serving,
+            start: args.serving,
             // The official image's STOPSIGNAL (fast shutdown); the provider's default grace of 0 s is a kill.
             stopSignal: "SIGINT",
             destroyGraceSeconds: 120,
@@ -159,10 +169,12 @@ export class Cluster extends pulumi.ComponentResource {
             dependsOn,
             // A named container cannot exist twice: remove the old one (data stays) before creating its successor.
             deleteBeforeReplace: true,
-            // An upgrade's source runs on as it was until the switch: a changed image template or settings in the
-            // same config change must not restart the old cluster on other binaries or untested settings, and a
-            // revert then starts the very container (and image) that wrote the old data.
-            ignoreChanges: args.serving ? [] : ["image", "command", "shmSize"],
+            // An upgrade's source runs on as it was until the switch and stays as it was after it. No change in the
+            // same config (image template, settings, password, network, alias, port, dataRoot, prefix) replaces
+            // it: a replacement would start it beside the new cluster, or restart the old cluster on other
+            // binaries or untested settings; a revert then starts the very container (and image) that wrote the
+            // old data.
+            ignoreChanges: args.serving ? [] : SOURCE_KEEPS,
         });
         this.containerName = this.container.name;
 

@@ -12,14 +12,15 @@
 // Container inputs that force replacement in the Docker provider (5.x, bridged from Terraform's docker provider):
 // name, image, envs, volumes, mounts, ports, networksAdvanced (aliases too), labels, healthcheck, stopSignal,
 // command, entrypoint, shmSize, and most others. Updated in place: restart, resource limits, destroyGraceSeconds, wait,
-// waitTimeout, removeVolumes, mustRun. Without `pulumi refresh` nothing is read back: a container stopped by a
-// step stays stopped until something declares a change.
+// waitTimeout, removeVolumes, mustRun, start. Without `pulumi refresh` nothing is read back: a container stopped by
+// a step stays stopped until something declares a change. A container declared with `start: false` is created, not
+// started.
 import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { run } from "../../runner/process";
 import { Declared, DeclaredResource, unwrapSecrets } from "../fixtures/pulumi-graph";
 
-const IN_PLACE_CONTAINER_INPUTS = new Set(["restart", "destroyGraceSeconds", "wait", "waitTimeout", "removeVolumes", "mustRun"]);
+const IN_PLACE_CONTAINER_INPUTS = new Set(["restart", "destroyGraceSeconds", "wait", "waitTimeout", "removeVolumes", "mustRun", "start"]);
 export const REPO = path.resolve(__dirname, "../..");
 
 interface Applied {
@@ -98,7 +99,7 @@ export class Applier {
             await this.delete(r.name, prior); // deleteBeforeReplace
         }
         const i = r.inputs;
-        const args = ["run", "-d", "--name", i.name];
+        const args = i.start === false ? ["create", "--name", i.name] : ["run", "-d", "--name", i.name];
         // Values by name only, from this process's environment, as the provider passes them through the API:
         // a value in argv would be visible to every user of the machine (and to the tests' ps check).
         const env: Record<string, string> = {};

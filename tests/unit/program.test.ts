@@ -15,6 +15,12 @@ function plain(d: Declared, name: string): Record<string, any> {
     return unwrapSecrets(d.byName(name).inputs);
 }
 
+
+/** A container's inputs without those the Docker provider updates in place (mustRun, start): what a replacement is decided on. */
+function replacing(inputs: Record<string, unknown>): Record<string, unknown> {
+    const { mustRun: _mustRun, start: _start, ...rest } = inputs;
+    return rest;
+}
 describe("first deploy of 15", () => {
     let d: Declared;
     before(async () => (d = await declare(DEPLOY_15)));
@@ -102,8 +108,8 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
         ]);
     });
 
-    it("leaves the old container's inputs exactly as when it served, so entering the upgrade does not replace it", () => {
-        assert.deepEqual(d.byName("pg15-container").inputs, before15.byName("pg15-container").inputs);
+    it("leaves the old container's inputs as when it served but for mustRun and start (updated in place), so entering the upgrade does not replace it", () => {
+        assert.deepEqual(replacing(d.byName("pg15-container").inputs), replacing(before15.byName("pg15-container").inputs));
         assert.deepEqual(d.byName("pg15-data").inputs, before15.byName("pg15-data").inputs);
     });
 
@@ -274,6 +280,11 @@ describe("revert after writes (postgres:revertAcceptLoss)", () => {
         const d = await declare({ version: "15", revertAcceptLoss: "42" });
         assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db --database synapse --accept-loss 42`);
     });
+
+    it("passes any, for a newer cluster whose events cannot be counted", async () => {
+        const d = await declare({ version: "15", revertAcceptLoss: "any" });
+        assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db --database synapse --accept-loss any`);
+    });
 });
 
 describe("rehearsal stack (postgres:rehearse)", () => {
@@ -284,11 +295,6 @@ describe("rehearsal stack (postgres:rehearse)", () => {
         assert.equal(r.inputs.create, `${RUNNER} rehearse --container synapse-pg15 --to 17 --image postgres:17-alpine --login-user synapse --login-database synapse --method pg_upgrade --json`);
         assert.deepEqual(r.inputs.triggers, [1]);
         assert.equal(unwrapSecrets(r.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
-    });
-
-    it("passes any, for a newer cluster whose events cannot be counted", async () => {
-        const d = await declare({ version: "15", revertAcceptLoss: "any" });
-        assert.equal(d.byName("pg15-serve").inputs.create, `${RUNNER} serve --container synapse-pg15 --network synapse --alias db --database synapse --accept-loss any`);
     });
 });
 
@@ -427,7 +433,7 @@ describe("published port and image options", () => {
     it("declares the old container unchanged when upgradeFrom names the minor it ran (17.6 to 18)", async () => {
         const serving = await declare({ version: "17.6" });
         const upgrading = await declare({ version: "18", upgradeFrom: "17.6", backupDir: BACKUPS });
-        assert.deepEqual(upgrading.byName("pg17-container").inputs, serving.byName("pg17-container").inputs);
+        assert.deepEqual(replacing(upgrading.byName("pg17-container").inputs), replacing(serving.byName("pg17-container").inputs));
         assert.equal(plain(upgrading, "pg17-container").image, "postgres:17.6-alpine");
     });
 
@@ -475,9 +481,17 @@ describe("postgres:settings: tuning as declared config, for the serving cluster 
         assert.deepEqual(plain(d, "pg17-container").command, ["postgres", "-c", "max_connections=200", "-c", "shared_buffers=1GB", "-c", "work_mem=16MB"]);
         assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create,
             `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging --settings '{"max_connections":"200","shared_buffers":"1GB","work_mem":"16MB"}'`);
-        assert.deepEqual(d.byName("pg15-container").ignoreChanges.sort(), ["command", "image", "shmSize"]);
+        assert.deepEqual(d.byName("pg15-container").ignoreChanges.sort(), ["command", "envs", "image", "labels", "name", "networksAdvanced", "ports", "shmSize", "volumes"]);
         assert.deepEqual(d.byName("pg17-container").ignoreChanges, []);
         assert.equal(d.find("pg15-check-settings"), undefined);
+    });
+
+    it("the source cluster is not must-run and is created stopped: a refresh or a re-creation never starts it beside the new one", async () => {
+        const d = await declare(UPGRADE_17);
+        assert.deepEqual([plain(d, "pg15-container").mustRun, plain(d, "pg15-container").start], [false, false]);
+        assert.deepEqual([plain(d, "pg17-container").mustRun, plain(d, "pg17-container").start], [true, true]);
+        const serving = await declare({ version: "15" });
+        assert.deepEqual([plain(serving, "pg15-container").mustRun, plain(serving, "pg15-container").start], [true, true]);
     });
 });
 
