@@ -4,8 +4,8 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { checkBackupSpace, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
-import { inspectContainer, query, requireContainer, superuserOf, whenAccepting } from "./docker";
-import { DataLocation, formatDataLocation } from "./layout";
+import { inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
+import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
 
@@ -34,32 +34,62 @@ export interface PreflightResult {
     md5Roles: string[];
 }
 
-/** The new cluster holds the restored databases plus the WAL and temporary files of the load. */
+/** The new cluster holds the databases plus the indexes rebuilt and the temporary files of the load. */
 const NEW_CLUSTER_MARGIN = 1.2;
+/** The restore runs with max_wal_size 16GB (RESTORE_ONLY_SETTINGS): its WAL grows with the data up to that. */
+const RESTORE_WAL_CAP = 16 * 1024 ** 3;
+/** Left free for the running server and the system: a full disk would stop the live old cluster too. */
+export const LIVE_MARGIN = 1024 ** 3;
+
+export interface SpaceNeeds {
+    /** The dump methods restore with pg_restore, whose WAL stays until a checkpoint. */
+    restoreWal?: boolean;
+    /** An earlier new cluster in a volume, copied into another volume before it is emptied (setAside). */
+    setAsideBytes?: number;
+}
+
+/** What the new data location's file system needs, in parts, so a refusal can say what it counted. */
+export function newClusterNeeds(databasesBytes: number, needs: SpaceNeeds, backupOnSameDisk: boolean): [string, number][] {
+    const parts: [string, number][] = [["the new cluster", Math.ceil(databasesBytes * NEW_CLUSTER_MARGIN)]];
+    if (needs.restoreWal) parts.push(["the restore's WAL", Math.min(databasesBytes, RESTORE_WAL_CAP)]);
+    if (needs.setAsideBytes) parts.push(["the earlier new cluster set aside", needs.setAsideBytes]);
+    if (backupOnSameDisk) parts.push(["the dump on the same disk", databasesBytes]);
+    parts.push(["room left for the running server", LIVE_MARGIN]);
+    return parts;
+}
 
 /**
  * Free space for the dump (backupDir) and for the new cluster (Docker's data root for a volume, the host folder's
- * file system otherwise), each against the databases' size; summed when both are on one file system. Also asked
- * by pg_upgrade's prepare before its standby copy, which is written while Synapse still serves.
+ * file system otherwise): the databases' size with the restore's WAL, a set-aside copy and the dump when they share
+ * that disk, and a margin for the live server. Also asked by pg_upgrade's prepare before its standby copy, which is
+ * written while Synapse still serves, and by the rehearsal before its own copy.
  */
-export async function checkSpace(input: Pick<PreflightInput, "targetData" | "backupDir">, databasesBytes: number): Promise<void> {
+export async function checkSpace(input: Pick<PreflightInput, "targetData" | "backupDir">, databasesBytes: number, needs: SpaceNeeds = {}): Promise<void> {
     const newDir = input.targetData.kind === "volume"
         ? (await run("docker", ["info", "--format", "{{.DockerRootDir}}"])).stdout.trim()
         : await nearestExisting(input.targetData.path);
-    const newNeed = Math.ceil(databasesBytes * NEW_CLUSTER_MARGIN);
     const newFs = await fs.stat(newDir);
-    let backupNeed = 0;
+    let backupOnSameDisk = false;
     if (input.backupDir) {
         await checkBackupSpace(input.backupDir, databasesBytes);
-        if ((await fs.stat(input.backupDir)).dev === newFs.dev) backupNeed = databasesBytes;
+        backupOnSameDisk = (await fs.stat(input.backupDir)).dev === newFs.dev;
     }
+    const parts = newClusterNeeds(databasesBytes, needs, backupOnSameDisk);
+    const need = parts.reduce((sum, [, n]) => sum + n, 0);
     const free = await freeBytes(newDir);
-    if (free < newNeed + backupNeed) {
-        const both = backupNeed ? ` plus ${formatBytes(backupNeed)} for the dump on the same disk` : "";
+    if (free < need) {
+        const counted = parts.map(([what, n]) => `${formatBytes(n)} for ${what}`).join(", ");
         throw new StepError(
-            `The new cluster's data location ${formatDataLocation(input.targetData)} (on the file system of ${newDir}) has ${formatBytes(free)} free but needs about ${formatBytes(newNeed)}${both}; free ${formatBytes(newNeed + backupNeed - free)} there or choose another postgres:dataRoot.`,
+            `The new cluster's data location ${formatDataLocation(input.targetData)} (on the file system of ${newDir}) has ${formatBytes(free)} free but needs about ${formatBytes(need)} (${counted}); free ${formatBytes(need - free)} there or choose another postgres:dataRoot.`,
         );
     }
+}
+
+/** Bytes a data location holds, read with du in a helper container (its files belong to the image's user). */
+async function dataBytes(data: DataLocation, major: number, image: string): Promise<number> {
+    const { mountTarget } = dataLayout(major);
+    const out = await runWithData(image, [{ data, target: mountTarget }], ["du", "-sb", mountTarget]);
+    return Number(out.trim().split(/\s/)[0]) || 0;
 }
 
 async function nearestExisting(dir: string): Promise<string> {
@@ -101,7 +131,9 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
         throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
     }
-    await checkSpace(input, databasesBytes);
+    const setAsideBytes = target.marker && hasServed(target.marker) && input.targetData.kind === "volume"
+        ? await dataBytes(input.targetData, input.targetMajor, input.targetImage) : 0;
+    await checkSpace(input, databasesBytes, { restoreWal: input.backupDir !== undefined, setAsideBytes });
 
     let state: PreflightResult["target"] = "empty";
     if (target.marker) {

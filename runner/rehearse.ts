@@ -12,6 +12,7 @@ import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pg
 import { ProcessError, run, runPiped } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
+import { checkSpace } from "./preflight";
 import { removeStandby, standbyContainerName } from "./standby";
 import { StepError } from "./step-error";
 import { readMarkerIn, readTargetState } from "./target";
@@ -81,6 +82,12 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     const work = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-rehearsal-"));
     await fs.chmod(work, 0o700);
     await removeRehearsal(name, volume);
+    // Its own copy needs room like the real upgrade's: refused before anything is written, not a full disk later.
+    await checkSpace({ targetData: { kind: "volume", name: volume }, backupDir: input.physical ? undefined : work }, databasesBytes, { restoreWal: !input.physical })
+        .catch(async (err) => {
+            await fs.rm(work, { recursive: true, force: true });
+            throw err;
+        });
     await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
 
     const timings: Record<string, number> = {};

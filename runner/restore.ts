@@ -7,12 +7,12 @@ import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { containerLogTail, dbConninfo, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, startContainer, waitUntilAccepting } from "./docker";
-import { DataLocation, dataLayout, mountArgument } from "./layout";
+import { containerLogTail, dbConninfo, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
-import { advanceMarker, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
+import { advanceMarker, emptyTarget, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
 
 export interface RestoreInput {
     /** Name of the staging container to restore into (created here). */
@@ -65,9 +65,24 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
     }
 }
 
-/** A failure with the staging server gone (killed, out of memory) says so, whatever call noticed it first. */
+/**
+ * A failure with the staging server gone (killed, out of memory) says so, whatever call noticed it first. A full
+ * disk gives its space back at once: the partial copy is ours (the marker says restoring), the old cluster may
+ * share that disk and Synapse is about to be started on it again.
+ */
 async function explainFailure(input: RestoreInput, err: unknown): Promise<unknown> {
     const info = await inspectContainer(input.container).catch(() => undefined);
+    const log = info ? await containerLogTail(input.container, 3).catch(() => "") : "";
+    if (/No space left on device|could not extend file/.test(`${(err as Error)?.message ?? ""}\n${log}`)) {
+        await removeContainer(input.container).catch(() => undefined);
+        // Only what this restore made: its own marker (or none yet, on the location makeRoomForStaging emptied).
+        const state = await readTargetState(input.data, input.major, input.image).catch(() => undefined);
+        const ours = state !== undefined && (!state.marker || state.marker.state === "restoring");
+        const emptied = ours && (await emptyTarget(input.data, input.major, input.image).then(() => true, () => false));
+        return new StepError(
+            `The new cluster's disk (${formatDataLocation(input.data)}) filled up during the restore; ${emptied ? "the partial copy was removed to give the space back" : "the partial copy could not be removed, free the space by hand"}, the old cluster is unchanged, and the next run starts the restore again once there is room (${log || (err as Error).message}).`,
+        );
+    }
     if (info && !info.running) {
         return new StepError(
             `The new PostgreSQL in "${input.container}" stopped during the restore (killed, or out of memory or disk); the old cluster is unchanged and the next run starts the restore again (log: ${await containerLogTail(input.container, 3)}).`,

@@ -107,7 +107,7 @@ describe("faults: the old data always survives, and a re-run completes", functio
             assert.deepEqual(await fs.readdir(small), [], "nothing was written");
             // And for the new cluster: a host folder on a 2 MB file system.
             await rejects(runShell(`npx --no-install synapse-pg preflight --container ${OLD} --target-major 17 --target-image ${base.image.replace("{version}", "17")} --target-data ${small}/pgsql17 --backup-dir ${backups}`, {}),
-                new RegExp(`synapse-pg preflight: The new cluster's data location ${small}/pgsql17 \\(on the file system of ${small}(/pgsql17)?\\) has 2\\.1 MB free but needs about [0-9.]+ MB; free [0-9.]+ MB there or choose another postgres:dataRoot\\.`));
+                new RegExp(`synapse-pg preflight: The new cluster's data location ${small}/pgsql17 \\(on the file system of ${small}(/pgsql17)?\\) has 2\\.1 MB free but needs about [0-9.]+ [MG]B \\([0-9.]+ [MG]B for the new cluster, [0-9.]+ [MG]B for the restore's WAL, [0-9.]+ [MG]B for room left for the running server\\); free [0-9.]+ [MG]B there or choose another postgres:dataRoot\\.`));
         } finally {
             await run("umount", [small]);
             await fs.rm(small, { recursive: true, force: true });
@@ -115,6 +115,28 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await expectOldServingUnchanged();
         await expectUpgradeCompletes(upgrade());
         await resetTo15();
+    });
+
+    it("2b. the new cluster's disk fills up during the restore: the partial copy is removed at once, the old cluster serves on", async () => {
+        // A host folder on a 64 MB file system: room for initdb, not for the 40 MB of data and its WAL. The steps run
+        // by hand, as preflight (rightly) refuses this disk.
+        const small = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-tmpfs-"));
+        await run("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", small]);
+        try {
+            const d = await declare(upgrade({ dataRoot: small }), PASSWORD);
+            await runShell(stepOf(d, "dump").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
+            await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+                new RegExp(`synapse-pg restore: The new cluster's disk \\(${small}/pgsql17\\) filled up during the restore; the partial copy was removed to give the space back, the old cluster is unchanged, and the next run starts the restore again once there is room`));
+            assert.equal(await containerState(STAGING), "absent", "the staging container is gone");
+            assert.deepEqual(await fs.readdir(path.join(small, "pgsql17")), [], "the partial copy is gone");
+        } finally {
+            await run("docker", ["rm", "-f", STAGING]).catch(() => undefined);
+            await run("umount", [small]);
+            await fs.rm(small, { recursive: true, force: true });
+        }
+        await expectOldServingUnchanged();
+        await fs.rm(backups, { recursive: true, force: true });
+        await fs.mkdir(backups, { mode: 0o700 });
     });
 
     it("3. the dump killed half-way: the partial dump is never used, and a re-run completes", async () => {
