@@ -17,6 +17,8 @@ export interface ContainerInfo {
     cmd: string[];
     env: Record<string, string>;
     labels: Record<string, string>;
+    /** Docker's restart policy: no, always, unless-stopped or on-failure. */
+    restartPolicy: string;
     mounts: { type: string; name?: string; source: string; destination: string }[];
     networks: Record<string, { aliases: string[]; ip: string }>;
 }
@@ -52,6 +54,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
         cmd: raw.Config.Cmd ?? [],
         env,
         labels: raw.Config.Labels ?? {},
+        restartPolicy: raw.HostConfig?.RestartPolicy?.Name || "no",
         mounts: (raw.Mounts ?? []).map((m: any) => ({
             type: m.Type,
             name: m.Name,

@@ -25,7 +25,7 @@ import { DataLocation, dataLayout } from "./layout";
 import { run, runPiped, ProcessError, TRACE } from "./process";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
-import { checkSpace } from "./preflight";
+import { checkSpace, requireSafeRestartPolicy } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
@@ -103,6 +103,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     const withStandby = opts.standby !== false;
     const old = await requireContainer(input.container, "old");
     if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
+    requireSafeRestartPolicy(old);
     const superuser = superuserOf(old);
     const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);

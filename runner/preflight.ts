@@ -4,7 +4,7 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { checkBackupSpace, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
-import { inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
+import { ContainerInfo, inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
@@ -99,6 +99,18 @@ async function nearestExisting(dir: string): Promise<string> {
     }
 }
 
+/**
+ * The old container must stay stopped once the new cluster serves. With `restart: always` (some compose files
+ * have it) a reboot or a Docker daemon restart starts it again beside the new cluster, and two servers answer
+ * to Synapse's host name; `unless-stopped` keeps a container we stopped stopped.
+ */
+export function requireSafeRestartPolicy(old: ContainerInfo): void {
+    if (old.restartPolicy !== "always") return;
+    throw new StepError(
+        `The old container "${old.name}" has restart policy "always": after a reboot or a Docker daemon restart it would start again beside the new cluster, and two servers would answer to Synapse; change it first with \`docker update --restart unless-stopped ${old.name}\` (and \`restart: unless-stopped\` in its compose file, so the next docker compose up keeps it), and run pulumi up again.`,
+    );
+}
+
 /** Current Synapse releases refuse PostgreSQL older than 14. */
 export const MIN_SYNAPSE_MAJOR = 14;
 
@@ -107,6 +119,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_SYNAPSE_MAJOR} or newer); choose a newer target.`);
     }
     const [old, staging] = await Promise.all([requireContainer(input.container, "old"), input.staging ? inspectContainer(input.staging) : undefined]);
+    requireSafeRestartPolicy(old);
     const user = superuserOf(old);
     // Side by side: the new location's marker, and (when it runs) what the old server says.
     const [target, facts] = await Promise.all([

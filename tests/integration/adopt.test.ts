@@ -65,6 +65,16 @@ describe("adopting a compose-managed database: upgrade by config, revert by conf
         await fs.rm(root, { recursive: true, force: true });
     });
 
+    it("refuses an old container with restart: always, which a reboot would start beside the new one, saying what to change", async () => {
+        await run("docker", ["update", "--restart", "always", DB]);
+        await assert.rejects(up({ version: "17" }), (err: Error) => {
+            assert.match(err.message, /synapse-pg (prepare|preflight): The old container "sptest-adopt-db-1" has restart policy "always": after a reboot or a Docker daemon restart it would start again beside the new cluster, and two servers would answer to Synapse; change it first with `docker update --restart unless-stopped sptest-adopt-db-1` \(and `restart: unless-stopped` in its compose file, so the next docker compose up keeps it\), and run pulumi up again\./);
+            return true;
+        });
+        assert.equal(await asSynapse("SELECT current_setting('server_version_num')::int / 10000"), "15", "15 serves on, untouched");
+        await run("docker", ["update", "--restart", "unless-stopped", DB]);
+    });
+
     it("refuses while a client is connected, naming it; once it is gone, upgrades to 17 reachable as db", async () => {
         // An idle connection, as Synapse's pool holds: psql waiting on its input.
         await run("docker", ["run", "-d", "--name", `${PREFIX}synapse`, "--network", NETWORK, "-e", "PGPASSWORD", "-e", "PGAPPNAME=synapse_main",
