@@ -105,10 +105,9 @@ export class Cluster extends pulumi.ComponentResource {
         if (args.serving && args.synapseContainers?.length) {
             // Replacing the container under a running Synapse breaks it (runner/before-replace.ts): Synapse is
             // stopped first, after the settings were accepted; the serve step after the new container starts it.
-            const serverArgs = serverCommand(settings);
             this.beforeReplace = new command.local.Command(`${name}-before-replace`, {
                 create: stepCommand("before-replace", {
-                    container: args.containerName, image: args.image, ...(serverArgs ? { command: JSON.stringify(serverArgs) } : {}),
+                    container: args.containerName, image: args.image, command: JSON.stringify(serverCommand(settings)),
                     synapse: args.synapseContainers.join(","),
                 }),
                 triggers: [args.image, JSON.stringify(settings)],

@@ -299,15 +299,21 @@ export function sizeInBytes(text: string): number | undefined {
 
 /**
  * The container's /dev/shm in MB: Docker's 64 MB default is too small for the parallel workers' shared memory
- * on a tuned server, so it follows shared_buffers (never below the default). Undefined keeps Docker's default.
+ * on a tuned server, so it follows shared_buffers (never below the default). Always a number: the provider keeps
+ * a container's value for an absent input, so taking shared_buffers out would otherwise change nothing.
  */
-export function shmSizeFor(settings: Record<string, string>): number | undefined {
-    if (settings.shared_buffers === undefined) return undefined;
-    return Math.max(64, Math.ceil(sizeInBytes(settings.shared_buffers)! / 1024 ** 2));
+export function shmSizeFor(settings: Record<string, string>): number {
+    if (settings.shared_buffers === undefined) return DOCKER_SHM_MB;
+    return Math.max(DOCKER_SHM_MB, Math.ceil(sizeInBytes(settings.shared_buffers)! / 1024 ** 2));
 }
 
-/** The server's command line with the declared settings, as the official image takes it (`postgres -c k=v`). */
-export function serverCommand(settings: Record<string, string>): string[] | undefined {
-    const entries = Object.entries(settings);
-    return entries.length === 0 ? undefined : ["postgres", ...entries.flatMap(([k, v]) => ["-c", `${k}=${v}`])];
+const DOCKER_SHM_MB = 64;
+
+/**
+ * The server's command line with the declared settings, as the official image takes it (`postgres -c k=v`);
+ * without settings the image's own `postgres`, declared all the same: the provider keeps a container's command
+ * for an absent input, so removing the last setting would never reach the server.
+ */
+export function serverCommand(settings: Record<string, string>): string[] {
+    return ["postgres", ...Object.entries(settings).flatMap(([k, v]) => ["-c", `${k}=${v}`])];
 }

@@ -13,7 +13,7 @@ export interface BeforeReplaceInput {
     /** The serving container and what the stack now declares for it. */
     container: string;
     image: string;
-    /** The declared server command (postgres:settings); undefined: the image's own, not compared. */
+    /** The declared server command (`postgres` and postgres:settings as -c options); undefined: not compared. */
     command?: string[];
     synapse: string[];
 }

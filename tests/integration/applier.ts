@@ -14,12 +14,18 @@
 // command, entrypoint, shmSize, and most others. Updated in place: restart, resource limits, destroyGraceSeconds, wait,
 // waitTimeout, removeVolumes, mustRun, start. Without `pulumi refresh` nothing is read back: a container stopped by
 // a step stays stopped until something declares a change. A container declared with `start: false` is created, not
-// started.
+// started. An optional and computed input that becomes absent (command, shmSize, envs, labels, ...) keeps the
+// container's value: no diff, as in the provider.
 import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { run } from "../../runner/process";
 import { Declared, DeclaredResource, unwrapSecrets } from "../fixtures/pulumi-graph";
 
+/**
+ * Optional and computed in the provider: an input that becomes absent keeps the value the container has (no diff,
+ * no replacement), so taking it out of the program changes nothing on the server.
+ */
+const KEPT_WHEN_ABSENT = ["command", "entrypoints", "envs", "labels", "healthcheck", "stopSignal", "shmSize", "logDriver", "hostname", "init"];
 const IN_PLACE_CONTAINER_INPUTS = new Set(["restart", "destroyGraceSeconds", "wait", "waitTimeout", "removeVolumes", "mustRun", "start"]);
 export const REPO = path.resolve(__dirname, "../..");
 
@@ -94,6 +100,7 @@ export class Applier {
         if (prior) {
             // ignoreChanges: the engine diffs (and stores) the old value of an ignored input in place of the new one.
             for (const k of r.ignoreChanges) if (k in prior.inputs) r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
+            for (const k of KEPT_WHEN_ABSENT) if (r.inputs[k] === undefined && prior.inputs[k] !== undefined) r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
             const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !same(prior.inputs[k], r.inputs[k]));
             if (changed.every((k) => IN_PLACE_CONTAINER_INPUTS.has(k))) return this.remember(r);
             await this.delete(r.name, prior); // deleteBeforeReplace

@@ -100,6 +100,17 @@ describe("upgrade traps on real containers", function () {
         id15 = await containerId(`${PREFIX}pg15`);
     });
 
+    it("postgres:settings: taking the last setting out reaches the server, as putting them back does", async () => {
+        // The provider keeps a container's command and /dev/shm for an absent input: the program declares both.
+        const { settings: _tuned, ...untuned } = base;
+        await applier.up(await declare({ ...untuned, version: "15" }, PASSWORD));
+        assert.deepEqual(await sql("SELECT current_setting('shared_buffers') AS sb, current_setting('work_mem') AS wm"), [{ sb: "128MB", wm: "4MB" }]);
+        assert.equal(await shmBytes(`${PREFIX}pg15`), 64 * 1024 * 1024, "Docker's default /dev/shm again");
+        await up({ version: "15" });
+        assert.deepEqual(await sql("SELECT current_setting('shared_buffers') AS sb, current_setting('work_mem') AS wm"), [{ sb: "192MB", wm: "12MB" }]);
+        id15 = await containerId(`${PREFIX}pg15`);
+    });
+
     it("md5 password hashes and access rules: carried; a rule the new server rejects stops the upgrade, named, until dropped with consent", async () => {
         // A cluster first created before PostgreSQL 14: md5 hashes behind an md5 host rule, and a reject rule for the
         // reporting role above it. Then a line the old server's reload turned down (it runs on without it).
