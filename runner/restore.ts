@@ -72,15 +72,17 @@ export async function restoreCluster(input: RestoreInput): Promise<RestoreResult
  */
 async function explainFailure(input: RestoreInput, err: unknown): Promise<unknown> {
     const info = await inspectContainer(input.container).catch(() => undefined);
-    const log = info ? await containerLogTail(input.container, 3).catch(() => "") : "";
-    if (/No space left on device|could not extend file/.test(`${(err as Error)?.message ?? ""}\n${log}`)) {
+    // The server's line that says so comes before its shutdown lines: read enough of the log to find it.
+    const log = info ? await containerLogTail(input.container, 40).catch(() => "") : "";
+    const full = `${(err as Error)?.message ?? ""}\n${log}`.split(/\n| \| /).find((l) => /No space left on device|could not extend file/.test(l));
+    if (full) {
         await removeContainer(input.container).catch(() => undefined);
         // Only what this restore made: its own marker (or none yet, on the location makeRoomForStaging emptied).
         const state = await readTargetState(input.data, input.major, input.image).catch(() => undefined);
         const ours = state !== undefined && (!state.marker || state.marker.state === "restoring");
         const emptied = ours && (await emptyTarget(input.data, input.major, input.image).then(() => true, () => false));
         return new StepError(
-            `The new cluster's disk (${formatDataLocation(input.data)}) filled up during the restore; ${emptied ? "the partial copy was removed to give the space back" : "the partial copy could not be removed, free the space by hand"}, the old cluster is unchanged, and the next run starts the restore again once there is room (${log || (err as Error).message}).`,
+            `The new cluster's disk (${formatDataLocation(input.data)}) filled up during the restore; ${emptied ? "the partial copy was removed to give the space back" : "the partial copy could not be removed, free the space by hand"}, the old cluster is unchanged, and the next run starts the restore again once there is room (${full.trim()}).`,
         );
     }
     if (info && !info.running) {

@@ -133,10 +133,10 @@ describe("faults: the old data always survives, and a re-run completes", functio
             await run("docker", ["rm", "-f", STAGING]).catch(() => undefined);
             await run("umount", [small]);
             await fs.rm(small, { recursive: true, force: true });
+            await fs.rm(backups, { recursive: true, force: true });
+            await fs.mkdir(backups, { mode: 0o700 });
         }
         await expectOldServingUnchanged();
-        await fs.rm(backups, { recursive: true, force: true });
-        await fs.mkdir(backups, { mode: 0o700 });
     });
 
     it("3. the dump killed half-way: the partial dump is never used, and a re-run completes", async () => {
