@@ -19,7 +19,7 @@ import { stopSynapseBeforeReplace } from "./before-replace";
 import { StepError } from "./step-error";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
-import { requireContainer, superuserOf } from "./docker";
+import { requireContainer, resumeStaging, superuserOf } from "./docker";
 import { removeStandby, standbyContainerName } from "./standby";
 import { parseContainerList, requireCopyAfterSynapse, startSynapse, stopSynapse } from "./synapse";
 
@@ -367,8 +367,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "json!": "print the report as JSON",
         },
         async run(f, out) {
-            // The marker is read beside the comparison (Synapse is down); it advances only when verify passed.
-            const markerRead = requireContainer(str(f, "new"), "new")
+            // The marker is read beside the comparison (Synapse is down); it advances only when verify passed. Both
+            // start a staging container a daemon restart stopped (a second docker start of it does nothing).
+            const markerRead = requireContainer(str(f, "new"), "new").then(resumeStaging)
                 .then(async (info) => ({ user: superuserOf(info), marker: await readMarkerIn(info.name, superuserOf(info)) }))
                 .catch((err: Error) => err);
             const report = await verifyClusters({
