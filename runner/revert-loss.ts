@@ -2,9 +2,9 @@
 // revert is a newer cluster that crashed or was stopped, so it is counted whether it runs or not: a stopped one in
 // a throwaway container on its data, with no network. A count that cannot be made refuses the revert; it is never
 // taken as zero.
-import { ContainerInfo, copyFileOut, MANAGED_LABEL, pgdataOf, query, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { ContainerInfo, MANAGED_LABEL, pgdataOf, query, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { run } from "./process";
-import { Marker, MARKER_FILE, readMarkerIn } from "./target";
+import { Marker, readMarkerIn, readMarkerInData } from "./target";
 
 export interface RevertLoss {
     /** Whether a cluster being left served Synapse after an upgrade (then one-time keys are cleared). */
@@ -45,9 +45,7 @@ export async function eventsWrittenSinceSwitch(peers: ContainerInfo[]): Promise<
 
 /** The marker in the cluster's data, read through its server when it runs, from its file system when not. */
 async function readMarker(peer: ContainerInfo): Promise<Marker | undefined> {
-    if (peer.running) return readMarkerIn(peer.name, superuserOf(peer));
-    const text = await copyFileOut(peer.name, `${pgdataOf(peer)}/${MARKER_FILE}`);
-    return text === undefined ? undefined : JSON.parse(text.toString("utf8"));
+    return peer.running ? readMarkerIn(peer.name, superuserOf(peer)) : readMarkerInData(peer.name, pgdataOf(peer));
 }
 
 /**

@@ -72,7 +72,12 @@ export async function readTargetStateThrough(container: string, major: number): 
 
 /** The marker of a major's data, read through a container that mounts it, running or stopped (docker cp). */
 export async function readMarkerThrough(container: string, major: number): Promise<Marker | undefined> {
-    const text = await copyFileOut(container, markerPath(major));
+    return readMarkerInData(container, dataLayout(major).pgdata);
+}
+
+/** The marker in the data directory `pgdata` of a container, running or stopped (docker cp). */
+export async function readMarkerInData(container: string, pgdata: string): Promise<Marker | undefined> {
+    const text = await copyFileOut(container, `${pgdata}/${MARKER_FILE}`);
     return text === undefined ? undefined : JSON.parse(text.toString("utf8"));
 }
 
