@@ -54,7 +54,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     if (refusal) {
         // Refused: this cluster must not answer to the alias (Pulumi starts a replaced container before serve
         // runs), and Synapse goes back to what it had.
-        if (info.running || (await inspectContainer(input.container))?.running) await stopContainer(input.container);
+        if (info.running) await stopContainer(input.container);
         await startSynapse(input.synapse ?? []);
         throw new StepError(refusal);
     }
