@@ -20,7 +20,9 @@ export interface ContainerInfo {
     /** Docker's restart policy: no, always, unless-stopped or on-failure. */
     restartPolicy: string;
     mounts: { type: string; name?: string; source: string; destination: string }[];
-    networks: Record<string, { aliases: string[]; ip: string }>;
+    networks: Record<string, { aliases: string[]; ip: string; staticIp?: string }>;
+    /** Docker's network mode: a network's name, "host", "none" or "container:<id>". */
+    networkMode: string;
 }
 
 /** Label on every container and volume this program creates; only those are ever stopped or removed by us. */
@@ -42,7 +44,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     }
     const networks: ContainerInfo["networks"] = {};
     for (const [net, n] of Object.entries<any>(raw.NetworkSettings?.Networks ?? {})) {
-        networks[net] = { aliases: n.Aliases ?? [], ip: n.IPAddress ?? "" };
+        networks[net] = { aliases: n.Aliases ?? [], ip: n.IPAddress ?? "", staticIp: n.IPAMConfig?.IPv4Address || undefined };
     }
     return {
         name: String(raw.Name).replace(/^\//, ""),
@@ -62,6 +64,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
             destination: m.Destination,
         })),
         networks,
+        networkMode: raw.HostConfig?.NetworkMode ?? "default",
     };
 }
 
@@ -131,18 +134,18 @@ export async function query(container: string, user: string, sql: string, databa
     return text.split(RECORD).map((r) => r.replace(/^\n/, "").split(FIELD));
 }
 
-/**
- * Like query, for a script of several statements (and psql meta-commands) read from stdin: all their rows, and
- * psql's last stderr lines. psql ends each result with a newline instead of the record separator, so a newline
- * also ends a record here: for values without newlines (names, numbers, settings). A nested psql gets the same
- * separators with \pset fieldsep '\x1f' and recordsep '\x1e'.
- */
 /** One query in every database that accepts connections, side by side: each database's rows. */
 export async function queryEachDatabase(container: string, user: string, sql: string, socketDir?: string): Promise<{ database: string; rows: string[][] }[]> {
     const databases = (await query(container, user, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1", "postgres", socketDir)).map(([d]) => d);
     return Promise.all(databases.map(async (database) => ({ database, rows: await query(container, user, sql, database, socketDir) })));
 }
 
+/**
+ * Like query, for a script of several statements (and psql meta-commands) read from stdin: all their rows, and
+ * psql's last stderr lines. psql ends each result with a newline instead of the record separator, so a newline
+ * also ends a record here: for values without newlines (names, numbers, settings). A nested psql gets the same
+ * separators with \pset fieldsep '\x1f' and recordsep '\x1e'.
+ */
 export async function queryScript(container: string, user: string, script: string, database = "postgres"): Promise<{ rows: string[][]; stderr: string }> {
     const { stdout, stderr } = await run("docker", [
         "exec", "-i", container,
