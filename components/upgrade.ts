@@ -97,7 +97,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             restore: {
                 create: stepCommand("restore", {
                     container: args.stagingContainer, image: args.toImage, data, major: args.toMajor, in: this.backupFile ?? "",
-                    "login-user": args.loginUser,
+                    "login-user": args.loginUser, old: args.fromContainer,
                 }),
                 environment: secretEnv,
             },

@@ -17,6 +17,7 @@ import { describeCarried } from "./not-replicated";
 import { checkSettings } from "./settings";
 import { stopSynapseBeforeReplace } from "./before-replace";
 import { StepError } from "./step-error";
+import { describeFence, Fence, liftFence } from "./fence";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
 import { requireContainer, resumeStaging, superuserOf } from "./docker";
@@ -31,6 +32,8 @@ interface Subcommand {
     summary: string;
     /** Takes --synapse: stop those containers first; before the switch, start them again if the step fails. */
     stopsSynapse?: "before" | "around";
+    /** The flag naming the old cluster's container: a failure lifts its write fence (fence.ts) before Synapse starts. */
+    oldCluster?: string;
     /** flag name -> description; a name ending in "?" is optional, "!" is a boolean switch. */
     flags: Record<string, string>;
     run(flags: Flags, out: (line: string) => void): Promise<void>;
@@ -201,6 +204,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     upgrade: {
         stopsSynapse: "before",
+        oldCluster: "container",
         summary: "pg_upgrade method: pg_upgrade --link on the prepared standby (or, without one, --copy of the stopped old cluster) into the new cluster.",
         flags: {
             container: "the old cluster's container",
@@ -212,6 +216,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
         async run(f, out) {
             const r = await runPgUpgrade(pgUpgradeInput(f));
+            if (r.fence) out(fenceLine("upgrade", str(f, "container"), r.fence));
             if (r.rehashed) out(`upgrade: the role ${r.rehashed} had an md5 password hash; it was re-set as scram-sha-256 from the configured password.`);
             if (r.carried) out(`upgrade: ${describeCarried(r.carried)}.`);
             out(r.alreadyDone
@@ -223,6 +228,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     preflight: {
         stopsSynapse: "before",
+        oldCluster: "container",
         summary: "Check, changing nothing, that the old cluster can be upgraded now.",
         flags: {
             container: "the old cluster's container",
@@ -252,6 +258,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     dump: {
         stopsSynapse: "before",
+        oldCluster: "container",
         summary: "Dump every database, roles and password hashes included, into a 0600 file with a manifest.",
         flags: {
             container: "the old cluster's container",
@@ -270,7 +277,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 method,
                 toolImage: f["tool-image"] as string | undefined,
                 password: password(false),
+                fence: true,
             });
+            if (r.fence) out(fenceLine("dump", str(f, "container"), r.fence));
             out(`dump: ${formatBytes(r.manifest.bytes)} from PostgreSQL ${r.manifest.source.version}, sha256 ${r.manifest.sha256}`);
             if (r.manifest.source.pinned) out(`dump: the old cluster runs image ${r.manifest.source.pinned}; a revert is checked to run exactly this one.`);
             out(r.path);
@@ -278,6 +287,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     restore: {
         stopsSynapse: "before",
+        oldCluster: "old",
         summary: "Load a dump into a staging container of the new major on the new data location.",
         flags: {
             container: "the staging container to create",
@@ -285,6 +295,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             data: "the new cluster's volume name or absolute host folder",
             major: "the new major",
             in: "the dump written by the dump step (<name>.sql or the <name> folder)",
+            "old?": "the old cluster's container, fenced since the dump: if the restore fails it takes connections again",
             "login-user?": "the role Synapse logs in as (default synapse): re-set as scram-sha-256 if its hash is md5",
         },
         async run(f, out) {
@@ -345,6 +356,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     "copy-config": {
         stopsSynapse: "before",
+        oldCluster: "from",
         summary: "Copy postgresql.conf, postgresql.auto.conf, pg_hba.conf and pg_ident.conf into the new cluster and restart it.",
         flags: {
             from: "the old cluster's container",
@@ -358,6 +370,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     verify: {
         stopsSynapse: "before",
+        oldCluster: "old",
         summary: "Compare old and new: databases, roles, row counts, sequences, and a password login.",
         flags: {
             old: "the old cluster's container",
@@ -392,6 +405,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
     },
     cutover: {
         stopsSynapse: "before",
+        oldCluster: "old",
         summary: "Switch: stop and remove the verified staging container, stop the old one (its data stays).",
         flags: {
             old: "the old cluster's container",
@@ -411,7 +425,10 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 major: int(f, "major"),
                 synapse: parseContainerList(f.synapse as string | undefined),
             });
-            out(r.alreadyDone ? "cutover: already switched; nothing to do." : `cutover: stopped ${r.stopped.map((s) => `"${s}"`).join(" and ")}.`);
+            if (r.fence) out(fenceLine("cutover", str(f, "old"), r.fence));
+            if (r.alreadyDone) return out("cutover: already switched; nothing to do.");
+            out(`cutover: "${str(f, "old")}" took no writes since the copy was taken; stopped ${r.stopped.map((s) => `"${s}"`).join(" and ") || "nothing more"}.`);
+            if (r.reconnected?.length) out(`cutover: the stopped "${str(f, "old")}" is back on ${listed(r.reconnected)}, so a revert starts it as it was.`);
         },
     },
     serve: {
@@ -432,6 +449,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.eventsLost !== undefined) out(`serve: reverted; ${r.eventsLost === "uncounted" ? "an uncounted number of" : r.eventsLost} event(s) written since the switch stay only in the newer cluster; cleared ${r.oneTimeKeysCleared ?? 0} one-time keys so clients upload fresh ones.`);
             const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
             out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
+            if (r.fenceLifted) out(`serve: "${str(f, "container")}" is back on ${listed(r.fenceLifted) || "its networks"}, which an upgrade that never switched had taken it off.`);
             if (r.standbysRemoved.length) out(`serve: removed the standby ${r.standbysRemoved.join(", ")} that an upgrade which never switched left following "${str(f, "container")}".`);
             if (r.synapseStarted.length) out(`serve: started Synapse (${r.synapseStarted.join(", ")}).`);
         },
@@ -479,6 +497,28 @@ function help(name?: string): string {
         ...Object.entries(SUBCOMMANDS).map(([n, s]) => `  ${n.padEnd(12)} ${s.summary}`)].join("\n");
 }
 
+/** "<step>: fenced "old": took it off the network net, ended 1 client session(s); ..." */
+function fenceLine(step: string, old: string, fence: Fence): string {
+    const done = describeFence(fence);
+    return done
+        ? `${step}: fenced "${old}" until the switch: ${done}; nothing can write to it now (our steps reach it with docker exec).`
+        : `${step}: "${old}" was already fenced; no client session was left to end.`;
+}
+
+/** After a failure before the switch: the old cluster's fence lifted, Synapse started; what happened, as a sentence. */
+async function backToOldCluster(old: string | undefined, synapse: string[]): Promise<string> {
+    let lifted: string[] | undefined;
+    try {
+        lifted = old ? await liftFence(old) : undefined;
+    } catch (err) {
+        return ` ${(err as Error).message} Synapse was left stopped.`;
+    }
+    const started = synapse.length ? await startSynapse(synapse).catch(() => [] as string[]) : [];
+    const back = lifted ? `"${old}" takes connections again (back on ${listed(lifted) || "its networks"})` : "";
+    const synapseBack = started.length ? `Synapse (${started.join(", ")}) was started again on the old cluster` : "";
+    return back || synapseBack ? ` ${[back, synapseBack].filter(Boolean).join(" and ")}.` : "";
+}
+
 export async function main(argv: string[]): Promise<void> {
     // For the benchmark: the step runner's own peak memory (children such as docker are not counted).
     if (process.env.SYNAPSE_PG_REPORT_RSS) {
@@ -501,9 +541,10 @@ export async function main(argv: string[]): Promise<void> {
     }
     const out = (line: string) => console.log(line);
     let synapse: string[] = [];
+    let flags: Flags = {};
     try {
         const spec = sub.stopsSynapse ? { ...sub.flags, [SYNAPSE_FLAG]: SYNAPSE_FLAG_HELP } : sub.flags;
-        const flags = parseFlags(spec, rest);
+        flags = parseFlags(spec, rest);
         synapse = parseContainerList(flags.synapse as string | undefined);
         if (sub.stopsSynapse === "before" && synapse.length) {
             const stopped = await stopSynapse(synapse);
@@ -512,11 +553,9 @@ export async function main(argv: string[]): Promise<void> {
         await sub.run(flags, out);
     } catch (err) {
         let message = err instanceof StepError || err instanceof ProcessError ? err.message : `unexpected failure: ${(err as Error).stack}`;
-        // Before the switch the old cluster is untouched and still the one Synapse is configured for.
-        if (sub.stopsSynapse === "before" && synapse.length) {
-            const started = await startSynapse(synapse).catch(() => [] as string[]);
-            if (started.length) message += ` Synapse (${started.join(", ")}) was started again on the old cluster.`;
-        }
+        // Before the switch the old cluster is untouched and still the one Synapse is configured for: its fence
+        // comes down first, so Synapse finds it.
+        if (sub.stopsSynapse === "before") message += await backToOldCluster(flags[sub.oldCluster ?? ""] as string | undefined, synapse);
         console.error(`synapse-pg ${name}: ${message}`);
         process.exitCode = 1;
     }

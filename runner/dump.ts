@@ -13,6 +13,7 @@ import * as os from "node:os";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { dbConninfo, MANAGED_LABEL, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
+import { CopyPoint, Fence, takeCopyPoint } from "./fence";
 import { run } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
@@ -34,6 +35,8 @@ export interface DumpInput {
     password?: string;
     /** Parallel jobs for pg_dump -j (directory method). */
     jobs?: number;
+    /** The upgrade's dump: the old cluster is fenced (fence.ts) before the dump starts. The rehearsal's is not. */
+    fence?: boolean;
 }
 
 export interface DatabaseLocale {
@@ -69,11 +72,14 @@ export interface DumpManifest {
     databaseDirs?: Record<string, string>;
     /** template1's locale: the new cluster is initialised with it so postgres and template1 match too. */
     template1: DatabaseLocale;
+    /** The old cluster's write horizon under the fence, just before the dump began (the upgrade's dump). */
+    copyPoint?: CopyPoint;
 }
 
 export interface DumpResult {
     path: string;
     manifest: DumpManifest;
+    fence?: Fence;
 }
 
 /** pg_dumpall writes this as its last comment; without it the dump stopped early. */
@@ -134,6 +140,7 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
     if (!info.running) throw new StepError(`The old container "${input.container}" is not running, so there is nothing to dump from; start it first.`);
     const method = input.method ?? "directory";
     const superuser = superuserOf(info);
+    const { fence, copyPoint } = input.fence ? await takeCopyPoint(info, superuser) : { fence: undefined, copyPoint: undefined };
     const version = await serverVersion(input.container, superuser);
     const databases = await listDatabases(input.container, superuser);
     const outDir = path.resolve(input.outDir);
@@ -190,9 +197,10 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
         databasesBytes,
         databaseDirs,
         template1: databases.find((d) => d.name === "template1")!,
+        copyPoint,
     };
     await writeFileAtomic(manifestPathOf(finalPath), JSON.stringify(manifest, null, 2) + "\n");
-    return { path: finalPath, manifest };
+    return { path: finalPath, manifest, fence };
 }
 
 interface DumpTool {

@@ -30,6 +30,7 @@ import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { countAttver } from "./pg-attver";
+import { Fence, raiseFence, readWriteHorizon, requireFenceable } from "./fence";
 import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
 import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
 
@@ -92,6 +93,8 @@ export interface UpgradeResult {
     /** With --link: what a standby does not hold as the old cluster does, carried across (not-replicated.ts). */
     carried?: Carried;
     seconds: number;
+    /** The write fence raised on the old cluster at the copy point (fence.ts). */
+    fence?: Fence;
 }
 
 /**
@@ -104,6 +107,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     const old = await requireContainer(input.container, "old");
     if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
     requireSafeRestartPolicy(old);
+    requireFenceable(old);
     const superuser = superuserOf(old);
     const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);
@@ -204,20 +208,24 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     ]);
     const superuser = superuserOf(old);
     const standby = standbyContainerName(input.staging);
-    // Read side by side: the marker, pg_upgrade's leftovers, the standby, and where the old server's last write
-    // ends (needed only with a standby; a failure to read it counts only then).
-    const [marker, leftover, streaming, lastWrite] = staging
+    // The copy point: from here to the switch the old cluster takes no writes from anyone (fence.ts), so the
+    // horizon and the last write position read below are final.
+    const fence = await raiseFence(old, superuser);
+    // Read side by side: the marker, pg_upgrade's leftovers, the standby, the write horizon, and where the old
+    // server's last write ends (needed only with a standby; a failure to read it counts only then).
+    const [marker, leftover, streaming, lastWrite, horizon] = staging
         ? await Promise.all([
             readMarkerThrough(input.staging, input.major),
             hasPgUpgradeLeftovers(input.staging, input.major),
             old.running ? isStreaming(standby, superuser) : Promise.resolve(false),
             old.running ? lastWritePosition(input.container, superuser).catch((err: Error) => err) : Promise.resolve(undefined),
+            old.running ? readWriteHorizon(input.container, superuser) : Promise.resolve(undefined),
         ])
-        : [undefined, false, false, undefined];
+        : [undefined, false, false, undefined, undefined];
     if (staging && (marker?.state === "restored" || marker?.state === "verified")) {
         if (!staging.running) await startContainer(input.staging);
         await waitUntilAccepting(input.staging, superuser);
-        return { alreadyDone: true, seconds: 0 };
+        return { alreadyDone: true, seconds: 0, fence };
     }
     // A new cluster that pg_upgrade already worked on (or that prepare never made) must be made again.
     const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId && !leftover;
@@ -230,9 +238,10 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
+    const copied: CopiedAt = { copiedAt: new Date(started).toISOString(), copyPoint: { at: new Date(started).toISOString(), horizon: horizon ?? await readWriteHorizon(input.container, superuser) } };
     if (clean && streaming && lastWrite !== undefined) {
         if (lastWrite instanceof Error) throw lastWrite;
-        return linkStandby(input, old, superuser, prepared, standby, lastWrite, phases, started);
+        return { ...await linkStandby(input, old, superuser, prepared, standby, lastWrite, phases, copied), fence };
     }
     await removeStandby(standby);
     if (await existsIn(input.staging, standbyDatadirFor(input.major))) {
@@ -265,15 +274,19 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
-    await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), copiedAt: new Date(started).toISOString() });
-    return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000 };
+    await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), ...copied });
+    return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000, fence };
 }
 
 /**
  * The downtime with a standby: it replays the old server's last writes, is promoted and stopped, and pg_upgrade
  * --link makes the new cluster of its files. The old server is never stopped (copy-config and verify read it).
  */
-async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, started: number): Promise<UpgradeResult> {
+/** When the copy was taken: the downtime's start, and the old cluster's write horizon under the fence. */
+type CopiedAt = Pick<Marker, "copiedAt" | "copyPoint">;
+
+async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, copied: CopiedAt): Promise<UpgradeResult> {
+    const started = Date.parse(copied.copiedAt!);
     let relations;
     try {
         // What the standby will not hold as the old server does, read once writes have stopped, beside the catch-up.
@@ -300,7 +313,7 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
     // Last, once the data is durable: the marker that says the new cluster is complete.
-    await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), copiedAt: new Date(started).toISOString() });
+    await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), ...copied });
     return { alreadyDone: false, via: "link", rehashed, carried, seconds: (Date.now() - started) / 1000 };
 }
 

@@ -6,6 +6,7 @@ import { checkBackupSpace, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
 import { ContainerInfo, inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
+import { requireFenceable } from "./fence";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
 
@@ -120,6 +121,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     }
     const [old, staging] = await Promise.all([requireContainer(input.container, "old"), input.staging ? inspectContainer(input.staging) : undefined]);
     requireSafeRestartPolicy(old);
+    requireFenceable(old);
     const user = superuserOf(old);
     // Side by side: the new location's marker, and (when it runs) what the old server says.
     const [target, facts] = await Promise.all([

@@ -107,8 +107,9 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
         method: manifest.method,
         source: { container: manifest.source.container, version: manifest.source.version, imageId: manifest.source.imageId, pinned: manifest.source.pinned },
         dump: { path: input.dumpPath, sha256: manifest.sha256 },
-        // The dump step held Synapse stopped from before the dump started until after its manifest was written.
-        copiedAt: manifest.createdAt,
+        // The copy point is where the dump step fenced the old cluster, just before the dump began.
+        copiedAt: manifest.copyPoint?.at ?? manifest.createdAt,
+        copyPoint: manifest.copyPoint,
         history: [{ state: "restoring", at: now }],
     };
     await writeMarkerIn(input.container, superuser, marker);

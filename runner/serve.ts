@@ -3,6 +3,7 @@
 // that answers to the alias is stopped cleanly first, so Synapse never sees two servers under one name.
 import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
+import { liftFence } from "./fence";
 import { eventsWrittenSinceSwitch, RevertLoss } from "./revert-loss";
 import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
@@ -32,11 +33,16 @@ export interface ServeResult {
     eventsLost?: number | "uncounted";
     /** Standbys an upgrade that never switched left following this cluster (method pg_upgrade), now removed. */
     standbysRemoved: string[];
+    /** The networks given back to this cluster, fenced by an upgrade that never switched (fence.ts). */
+    fenceLifted?: string[];
 }
 
 export async function serveCluster(input: ServeInput): Promise<ServeResult> {
-    const info = await inspectContainer(input.container);
+    let info = await inspectContainer(input.container);
     if (!info) throw new StepError(`The container "${input.container}" does not exist; run pulumi up to create it.`);
+    // An upgrade given up (or killed) before its switch may have left this cluster fenced: its networks come back.
+    const fenceLifted = await liftFence(input.container);
+    if (fenceLifted !== undefined) info = (await inspectContainer(input.container))!;
     if (!info.networks[input.network]?.aliases.includes(input.alias)) {
         throw new StepError(`The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`);
     }
@@ -99,7 +105,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         oneTimeKeysCleared = Number(rows[0][0]);
     }
     const synapseStarted = [...new Set([...startedEarly, ...(await startSynapse(input.synapse ?? []))])];
-    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost, standbysRemoved };
+    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost, standbysRemoved, fenceLifted };
 }
 
 /**

@@ -4,6 +4,7 @@
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { ContainerInfo, containersUsing, copyFileOut, MANAGED_LABEL, ourContainer, query, removeContainer, runWithData, writeFileIn } from "./docker";
+import { CopyPoint } from "./fence";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
 
@@ -29,6 +30,8 @@ export interface Marker {
      * a Synapse started again on the old cluster after it may have written what the copy lacks (synapse.ts).
      */
     copiedAt?: string;
+    /** The old cluster's write horizon at the copy point: cutover refuses when it moved (fence.ts). */
+    copyPoint?: CopyPoint;
     history: { state: MarkerState; at: string }[];
     /** The old cluster's last event (Synapse's events.stream_ordering) when the switch happened. */
     switchedAt?: { database: string; eventsStreamOrdering: number; at: string };

@@ -268,7 +268,8 @@ describe("faults: the old data always survives, and a re-run completes", functio
             afterStep = async () => undefined;
         }
         const cut = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-cutover").pop()!.stdout;
-        assert.match(cut, /^cutover: stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m);
+        assert.match(cut, /^cutover: "sptest-fault-pg15" took no writes since the copy was taken; stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m);
+        assert.match(cut, /^cutover: the stopped "sptest-fault-pg15" is back on sptest-fault-net, so a revert starts it as it was\.$/m);
         assert.equal(await containerState(STAGING), "absent");
         assert.equal(await containerState(OLD), "stopped");
         await resetTo15();

@@ -204,9 +204,11 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         await sql("DROP TABLE public.synapse_pg_unlogged_rows, public.synapse_pg_unlogged_empty; DROP SEQUENCE public.synapse_pg_unlogged_seq, public.synapse_pg_logged_seq");
     });
 
-    it("a write to the old cluster after the upgrade step (a client that connected after preflight): verify finds it and refuses the switch", async () => {
+    it("a write to the old cluster after the upgrade step: refused over the network (the fence); from inside its container, verify finds it and refuses the switch", async () => {
+        let refused: Error | undefined;
         between["upgrade-15-to-17-upgrade"] = async () => {
-            await sql("INSERT INTO public.synapse_pg_late_write (id) VALUES (1)");
+            refused = await sql("INSERT INTO public.synapse_pg_late_write (id) VALUES (2)").then(() => undefined, (err: Error) => err);
+            await runShell(`docker exec ${PREFIX}pg15 psql -U synapse -d synapse -c "INSERT INTO public.synapse_pg_late_write (id) VALUES (1)"`, {});
         };
         await sql("CREATE TABLE public.synapse_pg_late_write (id int)");
         try {
@@ -217,7 +219,9 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         } finally {
             delete between["upgrade-15-to-17-upgrade"];
         }
+        assert.match(String(refused?.message), /ECONNREFUSED|Connection terminated|ECONNRESET/, "the published port no longer reached the fenced old cluster");
         assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster serves on");
+        assert.deepEqual(await sql("SELECT id FROM public.synapse_pg_late_write"), [{ id: 1 }], "back on its network, it holds the write from inside only");
         await sql("DROP TABLE public.synapse_pg_late_write");
         await up({ version: "15" });
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));

@@ -194,7 +194,7 @@ describe("a real Synapse through upgrades and reverts (pg_upgrade 15 -> 17, reve
         const first = applier.commandRuns.length;
         try {
             await assert.rejects(up(upgrade), (err: Error) => {
-                assert.match(err.message, /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\).* Synapse \(sptest-syn-synapse\) was started again on the old cluster\./);
+                assert.match(err.message, /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\).* "sptest-syn-pg15" takes connections again \(back on sptest-syn-net\) and Synapse \(sptest-syn-synapse\) was started again on the old cluster\./);
                 return true;
             });
         } finally {

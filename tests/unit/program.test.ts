@@ -138,7 +138,7 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
         assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS}`);
         assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --method directory --tool-image postgres:17-alpine`);
-        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17 --login-user synapse`);
+        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17 --login-user synapse --old synapse-pg15`);
         assert.equal(cmd("copy-config"), `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging`);
         assert.equal(cmd("verify"), `${RUNNER} verify --old synapse-pg15 --new synapse-pg17-staging --login-user synapse --login-database synapse`);
         assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17 --database synapse`);
@@ -345,7 +345,7 @@ describe("dump method", () => {
     it("uses the guide's single pg_dumpall script with postgres:method dumpall", async () => {
         const d = await declare({ ...UPGRADE_17, method: "dumpall" });
         assert.match(d.byName("upgrade-15-to-17-dump").inputs.create, / --method dumpall /);
-        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --in \/srv\/backups\/upgrade-15-to-17\.sql --login-user synapse$/);
+        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --in \/srv\/backups\/upgrade-15-to-17\.sql --login-user synapse --old synapse-pg15$/);
         assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
     });
 });
