@@ -102,15 +102,17 @@ export class Cluster extends pulumi.ComponentResource {
             }, { parent: this });
         }
         const checked = this.checkSettings ? [this.checkSettings] : [];
-        if (args.serving && args.synapseContainers?.length) {
-            // Replacing the container under a running Synapse breaks it (runner/before-replace.ts): Synapse is
-            // stopped first, after the settings were accepted; the serve step after the new container starts it.
+        if (args.serving) {
+            // Before the serving container is replaced (runner/before-replace.ts): a new data location that is
+            // empty is refused, and a running Synapse is stopped, after the settings were accepted; the serve step
+            // after the new container starts it.
             this.beforeReplace = new command.local.Command(`${name}-before-replace`, {
                 create: stepCommand("before-replace", {
                     container: args.containerName, image: args.image, command: JSON.stringify(serverCommand(settings)),
-                    synapse: args.synapseContainers.join(","),
+                    data: this.dataLocation, major: args.major,
+                    ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
                 }),
-                triggers: [args.image, JSON.stringify(settings)],
+                triggers: [args.image, JSON.stringify(settings), this.dataLocation],
             }, { parent: this, dependsOn: checked });
         }
         const beforeContainer = [...checked, ...(this.beforeReplace ? [this.beforeReplace] : [])];

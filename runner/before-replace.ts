@@ -1,13 +1,21 @@
-// before-replace: Synapse is stopped before Pulumi replaces the serving container (a minor update, new settings),
-// and the serve step that follows the new container starts it again.
+// before-replace: runs before Pulumi replaces the serving container (a minor update, new settings, a new data
+// location), and refuses a replacement that would serve an empty database.
 //
-// Replacing the container under a running Synapse cuts its database connections mid-transaction. Seen with a
-// real Synapse 1.160 on a minor update: after the new server came up, every message send failed with HTTP 500
-// (`duplicate key value violates unique constraint "state_groups_persisting_pkey"`) until Synapse was restarted.
-// The step only stops Synapse when the running container is about to be replaced (its image or its settings
-// differ from what is declared); run at any other time it changes nothing, so Synapse is never left stopped.
-import { inspectContainer } from "./docker";
+// - Synapse is stopped first. Replacing the container under a running Synapse cuts its database connections
+//   mid-transaction. Seen with a real Synapse 1.160 on a minor update: after the new server came up, every message
+//   send failed with HTTP 500 (`duplicate key value violates unique constraint "state_groups_persisting_pkey"`)
+//   until Synapse was restarted. The serve step that follows the new container starts it again.
+// - A changed postgres:dataRoot moves the container onto another volume or folder. Onto an empty one, the image
+//   would initialise a fresh cluster and Synapse would create a fresh schema in it, with the real data left
+//   behind: refused before anything changes. A location that already holds a cluster (the user moved the data
+//   there) is accepted.
+//
+// Run at any other time the step changes nothing, so Synapse is never left stopped.
+import { ContainerInfo, inspectContainer, mountsHoldingPgdata } from "./docker";
+import { DataLocation, formatDataLocation } from "./layout";
+import { StepError } from "./step-error";
 import { stopSynapse } from "./synapse";
+import { locationExists, readTargetState } from "./target";
 
 export interface BeforeReplaceInput {
     /** The serving container and what the stack now declares for it. */
@@ -15,6 +23,9 @@ export interface BeforeReplaceInput {
     image: string;
     /** The declared server command (`postgres` and postgres:settings as -c options); undefined: not compared. */
     command?: string[];
+    /** The declared data location and the major (where the image keeps it); undefined: not compared. */
+    data?: DataLocation;
+    major?: number;
     synapse: string[];
 }
 
@@ -26,10 +37,24 @@ export interface BeforeReplaceResult {
 
 export async function stopSynapseBeforeReplace(input: BeforeReplaceInput): Promise<BeforeReplaceResult> {
     const info = await inspectContainer(input.container);
-    if (!info?.running) return { stopped: [] };
-    const replacing = info.image !== input.image
-        ? `its image changes from ${info.image} to ${input.image}`
-        : input.command && JSON.stringify(info.cmd) !== JSON.stringify(input.command) ? "its settings change" : undefined;
+    if (!info) return { stopped: [] };
+    const moving = input.data && input.major !== undefined && !mountsHoldingPgdata(info).some((m) => isLocation(m, input.data!));
+    if (moving) await requireDataAt(info, input.data!, input.major!, input.image);
+    if (!info.running) return { stopped: [] };
+    const replacing = moving ? `its data location changes to ${formatDataLocation(input.data!)}`
+        : info.image !== input.image ? `its image changes from ${info.image} to ${input.image}`
+            : input.command && JSON.stringify(info.cmd) !== JSON.stringify(input.command) ? "its settings change" : undefined;
     if (!replacing) return { stopped: [] };
     return { replacing, stopped: await stopSynapse(input.synapse) };
+}
+
+function isLocation(mount: ContainerInfo["mounts"][number], data: DataLocation): boolean {
+    return data.kind === "volume" ? mount.type === "volume" && mount.name === data.name : mount.type === "bind" && mount.source === data.path;
+}
+
+async function requireDataAt(info: ContainerInfo, data: DataLocation, major: number, image: string): Promise<void> {
+    const empty = !(await locationExists(data)) || (await readTargetState(data, major, image)).isEmpty;
+    if (!empty) return;
+    const from = mountsHoldingPgdata(info).map((m) => m.name ?? m.source).join(", ") || "its current data";
+    throw new StepError(`postgres:dataRoot would move "${info.name}" from ${from} to ${formatDataLocation(data)}, which is empty: the new container would serve an empty database and Synapse would start a fresh one there; to move the data, stop "${info.name}", copy its data there yourself (keep the original) and run pulumi up again, or set postgres:dataRoot back.`);
 }

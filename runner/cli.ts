@@ -319,12 +319,14 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         },
     },
     "before-replace": {
-        summary: "Before Pulumi replaces the serving container (minor update, new settings): stop Synapse; serve starts it again.",
+        summary: "Before Pulumi replaces the serving container (minor update, new settings, new data location): refuse an empty data location; stop Synapse, serve starts it again.",
         flags: {
             container: "the serving container",
             image: "the image the stack now declares for it",
             "command?": "the server command the stack now declares (JSON list), when postgres:settings are set",
-            synapse: "Synapse's containers, comma-separated",
+            "data?": "the data location the stack now declares (volume name or absolute host folder); an empty one is refused",
+            "major?": "the cluster's major (where its image keeps the data), with --data",
+            "synapse?": "Synapse's containers, comma-separated",
         },
         async run(f, out) {
             let command: string[] | undefined;
@@ -335,9 +337,12 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                     throw new StepError(`--command must be a JSON list like ["postgres","-c","work_mem=16MB"], not "${f.command}".`);
                 }
             }
-            const r = await stopSynapseBeforeReplace({ container: str(f, "container"), image: str(f, "image"), command, synapse: parseContainerList(str(f, "synapse")) });
+            const r = await stopSynapseBeforeReplace({
+                container: str(f, "container"), image: str(f, "image"), command, synapse: parseContainerList(f.synapse as string | undefined),
+                data: f.data === undefined ? undefined : parseDataLocation(str(f, "data")), major: f.major === undefined ? undefined : int(f, "major"),
+            });
             out(r.replacing
-                ? `before-replace: "${str(f, "container")}" will be replaced (${r.replacing}); stopped Synapse (${r.stopped.join(", ") || "already stopped"}) first, and serve starts it again.`
+                ? `before-replace: "${str(f, "container")}" will be replaced (${r.replacing}); ${r.stopped.length ? `stopped Synapse (${r.stopped.join(", ")}) first, and serve starts it again` : "Synapse was not running here"}.`
                 : `before-replace: "${str(f, "container")}" is not being replaced while it serves; nothing to do.`);
         },
     },

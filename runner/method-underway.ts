@@ -9,8 +9,7 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { DumpMethod } from "./dump";
 import { DataLocation } from "./layout";
-import { run } from "./process";
-import { readTargetState } from "./target";
+import { locationExists, readTargetState } from "./target";
 
 export type UpgradeMethod = DumpMethod | "pg_upgrade";
 
@@ -45,10 +44,4 @@ export async function methodUnderway(input: MethodUnderwayInput): Promise<Method
         }
     }
     return { method: null, why: "no upgrade under way: no marker in the new data location and no dump" };
-}
-
-async function locationExists(data: DataLocation): Promise<boolean> {
-    return data.kind === "volume"
-        ? run("docker", ["volume", "inspect", data.name]).then(() => true, () => false)
-        : fs.stat(data.path).then(() => true, () => false);
 }

@@ -50,6 +50,13 @@ export function markerPath(major: number): string {
     return `${dataLayout(major).pgdata}/${MARKER_FILE}`;
 }
 
+/** Whether the volume or host folder exists; asked without a helper container, whose mount would create it. */
+export async function locationExists(data: DataLocation): Promise<boolean> {
+    return data.kind === "volume"
+        ? run("docker", ["volume", "inspect", data.name]).then(() => true, () => false)
+        : fs.stat(data.path).then(() => true, () => false);
+}
+
 export async function readTargetState(data: DataLocation, major: number, image: string): Promise<TargetState> {
     const { mountTarget } = dataLayout(major);
     const mounts = [{ data, target: mountTarget }];

@@ -25,10 +25,10 @@ describe("first deploy of 15", () => {
     let d: Declared;
     before(async () => (d = await declare(DEPLOY_15)));
 
-    it("declares one cluster: its volume, its container and its serve step, nothing else", () => {
-        assert.deepEqual(d.names(), ["pg15", "pg15-container", "pg15-data", "pg15-serve"]);
+    it("declares one cluster: its volume, its container, the check before it is replaced and its serve step, nothing else", () => {
+        assert.deepEqual(d.names(), ["pg15", "pg15-before-replace", "pg15-container", "pg15-data", "pg15-serve"]);
         assert.equal(d.byName("pg15").type, "synapse-postgres:index:Cluster");
-        for (const child of ["pg15-container", "pg15-data", "pg15-serve"]) {
+        for (const child of ["pg15-before-replace", "pg15-container", "pg15-data", "pg15-serve"]) {
             assert.equal(d.byName(child).parent, d.byName("pg15").urn, `${child} is parented to its cluster`);
         }
     });
@@ -102,7 +102,7 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
     it("declares both clusters and the six upgrade steps", () => {
         assert.deepEqual(d.names(), [
             "pg15", "pg15-container", "pg15-data",
-            "pg17", "pg17-container", "pg17-data", "pg17-serve",
+            "pg17", "pg17-before-replace", "pg17-container", "pg17-data", "pg17-serve",
             "upgrade-15-to-17", "upgrade-15-to-17-copy-config", "upgrade-15-to-17-cutover", "upgrade-15-to-17-dump",
             "upgrade-15-to-17-preflight", "upgrade-15-to-17-restore", "upgrade-15-to-17-verify",
         ]);
@@ -221,7 +221,7 @@ describe("retire 15 after a good upgrade (version 17, no upgradeFrom)", () => {
     it("keeps 17's container and serve step unchanged and drops 15's container and the steps", async () => {
         const upgrading = await declare(UPGRADE_17);
         const retired = await declare({ version: "17", backupDir: BACKUPS });
-        assert.deepEqual(retired.names(), ["pg17", "pg17-container", "pg17-data", "pg17-serve"]);
+        assert.deepEqual(retired.names(), ["pg17", "pg17-before-replace", "pg17-container", "pg17-data", "pg17-serve"]);
         for (const name of retired.names()) assert.deepEqual(retired.byName(name).inputs, upgrading.byName(name).inputs, name);
         assert.equal(upgrading.byName("pg15-data").retainOnDelete, true, "15's volume stays in Docker");
     });
@@ -298,19 +298,20 @@ describe("rehearsal stack (postgres:rehearse)", () => {
     });
 });
 
-describe("a serving container replaced under Synapse (a minor update, new settings)", () => {
-    it("stops Synapse first (before-replace, after check-settings), triggered by the image and the settings; serve starts it again", async () => {
+describe("a serving container replaced (a minor update, new settings, a new data location)", () => {
+    it("stops Synapse first (before-replace, after check-settings), triggered by the image, the settings and the data location; serve starts it again", async () => {
         const d = await declare({ version: "17.6", synapseContainers: "synapse,synapse-worker1", settings: '{"work_mem":"16MB"}' });
         const before = d.byName("pg17-before-replace");
         assert.equal(before.inputs.create,
-            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres","-c","work_mem=16MB"]' --synapse synapse,synapse-worker1`);
-        assert.deepEqual(before.inputs.triggers, ["postgres:17.6-alpine", '{"work_mem":"16MB"}']);
+            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres","-c","work_mem=16MB"]' --data synapse-pgsql17 --major 17 --synapse synapse,synapse-worker1`);
+        assert.deepEqual(before.inputs.triggers, ["postgres:17.6-alpine", '{"work_mem":"16MB"}', "synapse-pgsql17"]);
         assert.deepEqual(short(before.dependencies), ["pg17-check-settings"]);
         assert.ok(short(d.byName("pg17-container").dependencies).includes("pg17-before-replace"));
         assert.match(d.byName("pg17-serve").inputs.create, / --synapse synapse,synapse-worker1$/);
     });
-    it("is not declared without Synapse's containers, nor for an upgrade's old cluster", async () => {
-        assert.equal((await declare({ version: "17.6" })).find("pg17-before-replace"), undefined);
+    it("checks the data location without Synapse's containers, and is not declared for an upgrade's old cluster", async () => {
+        assert.equal((await declare({ version: "17.6", dataRoot: "/srv/matrix" })).byName("pg17-before-replace").inputs.create,
+            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres"]' --data /srv/matrix/pgsql17 --major 17`);
         const d = await declare({ ...UPGRADE_17, synapseContainers: "synapse" });
         assert.equal(d.find("pg15-before-replace"), undefined);
         assert.ok(d.find("pg17-before-replace"));
