@@ -250,6 +250,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             });
             if (f.json) return out(JSON.stringify(r, null, 2));
             if (r.alreadyUpgraded) return out(`preflight: "${str(f, "container")}" was already switched to ${str(f, "target-major")}; nothing to check.`);
+            if (r.createdBackupDir) out(`preflight: created the backup folder ${str(f, "backup-dir")} (mode 0700: the dump holds every role's password hash).`);
             out(`preflight: "${str(f, "container")}" runs PostgreSQL ${r.sourceVersion}, ${formatBytes(r.databasesBytes)} of databases, no other clients; new data location: ${r.target}. Ready.`);
             if (r.md5Roles.length) {
                 out(`preflight: warning: ${r.md5Roles.join(", ")} ha${r.md5Roles.length === 1 ? "s" : "ve"} an md5 password hash, which a scram-sha-256 access rule refuses and PostgreSQL 18 deprecates; the Synapse role is re-set as scram-sha-256 after the restore; for any other, run \\password <name> in psql on the new cluster (psql sends the server only the scram hash).`);

@@ -123,6 +123,19 @@ export function formatBytes(n: number): string {
     return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
+/**
+ * Creates backupDir (mode 0700: the dump holds every role's password hash) when it does not exist, and says
+ * whether it did. A path that exists but is not a folder is refused.
+ */
+export async function ensureBackupDir(outDir: string): Promise<boolean> {
+    const stat = await fs.stat(outDir).catch(() => undefined);
+    if (stat && !stat.isDirectory()) throw new StepError(`postgres:backupDir ${outDir} is not a folder; set it to a folder for the dump.`);
+    if (stat) return false;
+    await fs.mkdir(outDir, { recursive: true, mode: 0o700 });
+    await fs.chmod(outDir, 0o700);
+    return true;
+}
+
 /** Refuses before writing anything when backupDir is missing or too small for the dump. */
 export async function checkBackupSpace(outDir: string, needed: number): Promise<void> {
     const stat = await fs.stat(outDir).catch(() => undefined);
@@ -146,6 +159,7 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
     const outDir = path.resolve(input.outDir);
     // A dump holds no indexes, so the databases' on-disk size is a safe upper estimate of its size.
     const databasesBytes = await databasesSize(input.container, superuser);
+    await ensureBackupDir(outDir);
     await checkBackupSpace(outDir, databasesBytes);
 
     const name = input.name ?? input.container;

@@ -1,8 +1,8 @@
-// preflight: everything that can be known before Synapse's database is touched. It changes nothing; each problem
-// is one sentence saying what is wrong and what to do.
+// preflight: everything that can be known before Synapse's database is touched. It changes nothing but creating
+// postgres:backupDir when that is missing; each problem is one sentence saying what is wrong and what to do.
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
-import { checkBackupSpace, formatBytes, freeBytes } from "./dump";
+import { checkBackupSpace, ensureBackupDir, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
 import { ContainerInfo, inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
@@ -33,6 +33,8 @@ export interface PreflightResult {
     alreadyUpgraded: boolean;
     /** Roles whose password is an md5 hash: they cannot log in through the new cluster's scram-sha-256 rule. */
     md5Roles: string[];
+    /** postgres:backupDir did not exist and was created (mode 0700). */
+    createdBackupDir?: boolean;
 }
 
 /** The new cluster holds the databases plus the indexes rebuilt and the temporary files of the load. */
@@ -146,6 +148,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
         throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
     }
+    const createdBackupDir = input.backupDir ? await ensureBackupDir(input.backupDir) : undefined;
     const setAsideBytes = target.marker && hasServed(target.marker) && input.targetData.kind === "volume"
         ? await dataBytes(input.targetData, input.targetMajor, input.targetImage) : 0;
     await checkSpace(input, databasesBytes, { restoreWal: input.backupDir !== undefined, setAsideBytes });
@@ -157,7 +160,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     } else if (!target.isEmpty) {
         throw foreignDataError(input.targetData, target);
     }
-    return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles };
+    return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles, createdBackupDir };
 }
 
 /**
