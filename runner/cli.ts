@@ -96,6 +96,7 @@ function reportConfig(step: string, r: CopyConfigResult, out: (line: string) => 
     out(r.copied.length === 0
         ? `${step}: ${listed(r.unchanged)} already in place; nothing to do.`
         : `${step}: copied ${listed(r.copied)}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
+    if (r.archivesAfterSwitch) out(`${step}: the old cluster archives WAL (archive_mode=${r.archivesAfterSwitch}); the copies made for the upgrade archive nothing, but after the switch the new cluster archives with the same archive_command: a new major needs an archive of its own (a new pgBackRest stanza, another folder), so point it elsewhere with postgres:settings before the switch.`);
     if (r.declared) out(`${step}: the new server accepts postgres:settings (${Object.entries(r.declared).map(([k, v]) => `${k}=${v}`).join(", ")}); its container starts with them after the switch.`);
 }
 

@@ -47,6 +47,8 @@ export interface CopyConfigResult {
     declared?: Record<string, string>;
     /** Rejected lines left out of the new cluster's copy, as postgres:dropSettings or postgres:dropAccessRules allowed. */
     dropped: RejectedSetting[];
+    /** archive_mode as the new cluster will run with it after the switch, when it archives (on or always). */
+    archivesAfterSwitch?: string;
 }
 
 const FILES = ["postgresql.conf", "postgresql.auto.conf", "pg_hba.conf", "pg_ident.conf"] as const;
@@ -71,11 +73,22 @@ export const REMOVED_PARAMETERS: Record<string, string> = {
 };
 
 export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResult> {
-    const result = await copyFiles(input);
-    if (!input.settings || Object.keys(input.settings).length === 0) return result;
-    // After the files: the declared settings are checked against what the new cluster will really read.
-    const checked = await checkSettings(input.to, input.settings, "old cluster");
-    return { ...result, declared: checked.settings };
+    const [result, archiveMode] = await Promise.all([copyFiles(input), filesArchiveMode(input.from)]);
+    const declared = input.settings && Object.keys(input.settings).length > 0
+        // After the files: the declared settings are checked against what the new cluster will really read.
+        ? (await checkSettings(input.to, input.settings, "old cluster")).settings : undefined;
+    const after = declared?.archive_mode ?? archiveMode;
+    return { ...result, declared, archivesAfterSwitch: after === "on" || after === "always" ? after : undefined };
+}
+
+/**
+ * archive_mode as the old cluster's files (and command line) set it: what the new cluster, which gets those files,
+ * runs with once it serves. Our copies run with archiving off until then (standby.ts, NO_ARCHIVING).
+ */
+async function filesArchiveMode(container: string): Promise<string> {
+    const info = await requireContainer(container, "old");
+    const [[mode]] = await query(container, superuserOf(info), "SELECT current_setting('archive_mode')");
+    return mode;
 }
 
 async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {

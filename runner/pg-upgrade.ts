@@ -28,7 +28,7 @@ import { databasesSize } from "./dump";
 import { checkSpace, requireSafeRestartPolicy } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
-import { catchUpAndPromote, isStreaming, lastWritePosition, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
+import { catchUpAndPromote, isStreaming, lastWritePosition, NO_ARCHIVING, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { countAttver } from "./pg-attver";
 import { Fence, raiseFence, readWriteHorizon, requireFenceable } from "./fence";
 import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
@@ -416,6 +416,9 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
         // a container's PID 1, pg_upgrade also inherits the postmasters its pg_ctl starts, and its waitpid(-1)
         // for "a worker finished" can reap one of those instead and go on too early.
         "--jobs", String(Math.min(os.availableParallelism(), 8)),
+        // The servers pg_upgrade starts archive no WAL, except the real old cluster's (--copy), whose archive is
+        // its own: a promoted standby's or the new cluster's WAL does not belong there (standby.ts, NO_ARCHIVING).
+        `--new-options=${NO_ARCHIVING.join(" ")}`, ...(from === "standby" ? [`--old-options=${NO_ARCHIVING.join(" ")}`] : []),
     ];
     const exited = await run("docker", args, { stdout: log }).then(() => undefined, (err: Error) => err);
     if (exited && !(exited instanceof ProcessError)) throw exited;

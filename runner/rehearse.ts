@@ -13,7 +13,7 @@ import { ProcessError, run, runPiped } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
 import { checkSpace } from "./preflight";
-import { removeStandby, standbyContainerName } from "./standby";
+import { NO_ARCHIVING, removeStandby, standbyContainerName } from "./standby";
 import { StepError } from "./step-error";
 import { readMarkerIn, readTargetState } from "./target";
 import { verifyClusters } from "./verify";
@@ -226,7 +226,7 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string): Pro
     await run("docker", [
         "run", "-d", "--name", copy, "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal",
         "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "--stop-signal", "SIGINT",
-        "-v", `${volume}:${mount.destination}`, old.imageId,
+        "-v", `${volume}:${mount.destination}`, old.imageId, "postgres", ...NO_ARCHIVING,
     ]);
     await waitUntilAccepting(copy, user);
 }

@@ -11,6 +11,7 @@ import { containerLogTail, dbConninfo, inspectContainer, MANAGED_LABEL, query, q
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { Progress } from "./progress";
+import { NO_ARCHIVING } from "./standby";
 import { StepError } from "./step-error";
 import { advanceMarker, emptyTarget, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
 
@@ -248,7 +249,8 @@ export async function startStagingContainer(spec: StagingSpec): Promise<void> {
             "--stop-signal", "SIGINT",
             "-v", mountArgument(spec.data, spec.major),
             ...(spec.mounts ?? []).flatMap((m) => ["-v", m]),
-            spec.image,
+            // A copy until the switch: it archives no WAL (standby.ts, NO_ARCHIVING), whatever the copied files say.
+            spec.image, "postgres", ...NO_ARCHIVING,
         ],
         { env: { POSTGRES_PASSWORD: randomBytes(24).toString("base64url") } },
     );

@@ -81,12 +81,20 @@ export async function startStandby(old: ContainerInfo, superuser: string, name: 
         "--label", `${MANAGED_LABEL}=true`, "--label", STANDBY_ROLE_LABEL, "--label", `${STANDBY_OF}=${old.name}`, "--stop-signal", "SIGINT",
         "--entrypoint", "postgres", old.imageId, "-D", folder,
         // The old container's own -c options first (a hot standby needs max_connections and the like at least as
-        // high as its primary's), then ours: no TCP listener beside the old server, and small shared memory.
+        // high as its primary's), then ours: no TCP listener beside the old server, small shared memory, and no
+        // WAL archiving (promoted, it would push its WAL and timeline history into the old cluster's archive).
         ...serverOptions(old), "-c", "listen_addresses=", "-c", `unix_socket_directories=${STANDBY_SOCKET}`,
-        "-c", "shared_buffers=128MB", "-c", "hot_standby=on", "-c", "max_wal_size=1GB",
+        "-c", "shared_buffers=128MB", "-c", "hot_standby=on", "-c", "max_wal_size=1GB", ...NO_ARCHIVING,
     ]);
     await waitStreaming(name, superuser, 60);
 }
+
+/**
+ * For every copy of the old cluster we run (standby, staging, rehearsal): WAL archiving off. With the old
+ * cluster's archive_command a copy would push its WAL and timeline history files into the old cluster's archive,
+ * or fail to archive forever and fill its disk. The new cluster archives as configured once it serves.
+ */
+export const NO_ARCHIVING = ["-c", "archive_mode=off"];
 
 /** The `-c name=value` options the old container's server was started with (postgres:settings, compose's command). */
 function serverOptions(old: ContainerInfo): string[] {
