@@ -18,6 +18,7 @@ import { checkSettings } from "./settings";
 import { stopSynapseBeforeReplace } from "./before-replace";
 import { StepError } from "./step-error";
 import { describeFence, Fence, liftFence } from "./fence";
+import { describeUpdates } from "./extensions";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
 import { formatReport, verifyClusters } from "./verify";
 import { requireContainer, resumeStaging, superuserOf } from "./docker";
@@ -183,6 +184,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
         async run(f, out) {
             const r = await preparePgUpgrade(pgUpgradeInput(f));
             if (r.config) reportConfig("prepare", r.config, out);
+            if (r.extensionUpdates.length) out(`prepare: pg_upgrade keeps each extension's version; serve updates these once the new cluster serves: ${describeUpdates(r.extensionUpdates)}.`);
             if (r.setAsideTo) out(`prepare: the earlier ${str(f, "major")} cluster, which served Synapse before a revert, was kept at ${r.setAsideTo}`);
             out(`prepare: ${r.binaries.version} runs inside ${str(f, "image")} from ${r.binaries.volume}; ${r.reused ? "the new cluster was already prepared" : "new cluster initialised"} in "${str(f, "staging")}" (stopped).`);
             out(r.standby
@@ -456,6 +458,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             if (r.eventsLost !== undefined) out(`serve: reverted; ${r.eventsLost === "uncounted" ? "an uncounted number of" : r.eventsLost} event(s) written since the switch stay only in the newer cluster; cleared ${r.oneTimeKeysCleared ?? 0} one-time keys so clients upload fresh ones.`);
             const stopped = r.stoppedOthers.length ? ` (stopped ${r.stoppedOthers.join(", ")})` : "";
             out(`serve: "${str(f, "container")}" answers as "${str(f, "alias")}" on "${str(f, "network")}" with PostgreSQL ${r.version}${stopped}${r.started ? "" : "; it was already running"}.`);
+            if (r.extensions?.updated.length) out(`serve: updated the extensions pg_upgrade kept at their old versions: ${r.extensions.updated.map((u) => `${u.name} ${u.version} -> ${u.to} in ${u.database}`).join(", ")}.`);
+            if (r.extensions?.failed.length) out(`serve: warning: could not update ${r.extensions.failed.join(", ")}; it works at its old version, run ALTER EXTENSION ... UPDATE by hand.`);
+            if (r.passwordSet) out(`serve: the role ${r.passwordSet} did not log in with postgres:password; its password was set to it (as a scram-sha-256 verifier), and it logs in over TCP now.`);
             if (r.fenceLifted) out(`serve: "${str(f, "container")}" is back on ${listed(r.fenceLifted) || "its networks"}, which an upgrade that never switched had taken it off.`);
             if (r.standbysRemoved.length) out(`serve: removed the standby ${r.standbysRemoved.join(", ")} that an upgrade which never switched left following "${str(f, "container")}".`);
             if (r.synapseStarted.length) out(`serve: started Synapse (${r.synapseStarted.join(", ")}).`);

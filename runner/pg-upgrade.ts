@@ -30,6 +30,7 @@ import { copyConfig, CopyConfigResult } from "./copy-config";
 import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, NO_ARCHIVING, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { countAttver } from "./pg-attver";
+import { checkExtensions, ExtensionUpdate } from "./extensions";
 import { Fence, raiseFence, readWriteHorizon, requireFenceable } from "./fence";
 import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
 import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
@@ -83,6 +84,8 @@ export interface PrepareResult {
     unlogged?: string;
     /** The old configuration carried into the new cluster and accepted by its server (unless config is false). */
     config?: CopyConfigResult;
+    /** Extensions the new image has in a newer version: pg_upgrade keeps the old one, serve updates them. */
+    extensionUpdates: ExtensionUpdate[];
 }
 
 export interface UpgradeResult {
@@ -111,7 +114,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     const superuser = superuserOf(old);
     const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);
-    await requireSameOwner(old, input.image);
+    const [extensionUpdates] = await Promise.all([checkExtensions(old.name, superuser, input.image), requireSameOwner(old, input.image)]);
 
     const standbyName = standbyContainerName(input.staging);
     await removeLeftoverPgUpgrade(input.staging);
@@ -129,8 +132,8 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
             config = await carryConfig(input);
             await stopContainer(input.staging);
         }
-        if (!withStandby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, config, standby: withStandby ? standbyName : undefined };
-        return { binaries, reused: true, config, ...(await prepareStandby(old, superuser, input)) };
+        if (!withStandby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, config, standby: withStandby ? standbyName : undefined, extensionUpdates };
+        return { binaries, reused: true, config, extensionUpdates, ...(await prepareStandby(old, superuser, input)) };
     }
     // The standby mounts the new location: it goes first, so nothing of ours holds the location being made again.
     await removeStandby(standbyName);
@@ -155,7 +158,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     };
     await writeMarkerAt(input.staging, input.major, marker);
     await stopContainer(input.staging);
-    return { binaries, reused: false, setAsideTo, config, ...(withStandby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
+    return { binaries, reused: false, setAsideTo, config, extensionUpdates, ...(withStandby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
 }
 
 /**

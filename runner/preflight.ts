@@ -7,6 +7,7 @@ import { run } from "./process";
 import { ContainerInfo, inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { requireFenceable } from "./fence";
+import { checkExtensions } from "./extensions";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
 
@@ -148,6 +149,8 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
         throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
     }
+    // A dump's restore creates each extension anew: the new image must have it (method pg_upgrade: prepare checks).
+    if (!input.staging) await checkExtensions(input.container, user, input.targetImage);
     const createdBackupDir = input.backupDir ? await ensureBackupDir(input.backupDir) : undefined;
     const setAsideBytes = target.marker && hasServed(target.marker) && input.targetData.kind === "volume"
         ? await dataBytes(input.targetData, input.targetMajor, input.targetImage) : 0;

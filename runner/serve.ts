@@ -4,6 +4,8 @@
 import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
 import { liftFence } from "./fence";
+import { applyDeclaredPassword } from "./password";
+import { ExtensionUpdate, updateExtensions } from "./extensions";
 import { eventsWrittenSinceSwitch, RevertLoss } from "./revert-loss";
 import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
@@ -35,6 +37,10 @@ export interface ServeResult {
     standbysRemoved: string[];
     /** The networks given back to this cluster, fenced by an upgrade that never switched (fence.ts). */
     fenceLifted?: string[];
+    /** The role whose password was set to postgres:password, which it did not log in with (password.ts). */
+    passwordSet?: string;
+    /** After pg_upgrade: extensions updated to the new image's versions, and those that could not be. */
+    extensions?: { updated: ExtensionUpdate[]; failed: string[] };
 }
 
 export async function serveCluster(input: ServeInput): Promise<ServeResult> {
@@ -79,13 +85,17 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     const startedEarly = clearKeys ? [] : await startSynapse(input.synapse ?? []);
     await waitUntilAccepting(input.container, user);
     // Side by side (at a switch Synapse is down until the end of this step).
-    const [marker, { text: version }, standbysRemoved] = await Promise.all([
+    const [marker, { text: version }, standbysRemoved, passwordSet] = await Promise.all([
         readMarkerIn(input.container, user),
         serverVersion(input.container, user),
         removeStandbysOf(input.container),
+        applyDeclaredPassword(input.container, input.database ?? "synapse"),
     ]);
+    let extensions: ServeResult["extensions"];
     if (marker && marker.state === "cutover") {
-        await Promise.all([
+        [extensions] = await Promise.all([
+            // pg_upgrade keeps each extension's old version: updated now, on the cluster that serves.
+            marker.method === "pg_upgrade" ? updateExtensions(input.container, user) : undefined,
             writeMarkerIn(input.container, user, advanceMarker(marker, "serving")),
             // pg_upgrade before 18 carries no statistics; the upgrade gathered a quick first stage. The full
             // ANALYZE runs now, in the background, while Synapse works (pg_upgrade's own advice).
@@ -105,7 +115,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         oneTimeKeysCleared = Number(rows[0][0]);
     }
     const synapseStarted = [...new Set([...startedEarly, ...(await startSynapse(input.synapse ?? []))])];
-    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost, standbysRemoved, fenceLifted };
+    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost, standbysRemoved, fenceLifted, passwordSet, extensions };
 }
 
 /**
