@@ -31,6 +31,7 @@ import { StepError } from "./step-error";
 import { catchUpAndPromote, isStreaming, lastWritePosition, NO_ARCHIVING, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
 import { countAttver } from "./pg-attver";
 import { checkExtensions, ExtensionUpdate } from "./extensions";
+import { requireSameCollationRules } from "./collation";
 import { Fence, raiseFence, readWriteHorizon, requireFenceable } from "./fence";
 import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
 import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
@@ -114,7 +115,9 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     const superuser = superuserOf(old);
     const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);
-    const [extensionUpdates] = await Promise.all([checkExtensions(old.name, superuser, input.image), requireSameOwner(old, input.image)]);
+    const [extensionUpdates] = await Promise.all([
+        checkExtensions(old.name, superuser, input.image), requireSameOwner(old, input.image), requireSameCollationRules(old.name, superuser, input.image),
+    ]);
 
     const standbyName = standbyContainerName(input.staging);
     await removeLeftoverPgUpgrade(input.staging);
