@@ -134,10 +134,20 @@ export async function query(container: string, user: string, sql: string, databa
     return text.split(RECORD).map((r) => r.replace(/^\n/, "").split(FIELD));
 }
 
-/** One query in every database that accepts connections, side by side: each database's rows. */
+/**
+ * One query in every database that accepts connections, side by side: each database's rows. A database the
+ * superuser cannot reach over the socket (a pg_hba.conf rule of the user's) is named in one sentence: the upgrade
+ * reads every database so (the write horizon, verify), so it cannot go on without it.
+ */
 export async function queryEachDatabase(container: string, user: string, sql: string, socketDir?: string): Promise<{ database: string; rows: string[][] }[]> {
     const databases = (await query(container, user, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1", "postgres", socketDir)).map(([d]) => d);
-    return Promise.all(databases.map(async (database) => ({ database, rows: await query(container, user, sql, database, socketDir) })));
+    const read = await Promise.allSettled(databases.map((database) => query(container, user, sql, database, socketDir)));
+    const unread = databases.filter((_, i) => read[i].status === "rejected");
+    if (unread.length > 0) {
+        const reason = ((read.find((r) => r.status === "rejected") as PromiseRejectedResult).reason as Error).message.trim().split("\n").pop();
+        throw new StepError(`"${container}" refuses its superuser ${user} a local connection to the database(s) ${unread.join(", ")} (${reason}), and the upgrade reads every database so: allow it there in pg_hba.conf and run pulumi up again.`);
+    }
+    return databases.map((database, i) => ({ database, rows: (read[i] as PromiseFulfilledResult<string[][]>).value }));
 }
 
 /**

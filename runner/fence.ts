@@ -9,7 +9,7 @@
 // the networks back. A step that fails before the switch lifts the fence and says so; cutover checks, with the
 // fence up again, that the old cluster took no write since the copy point (its write horizon, below), and puts the
 // networks back on the stopped old container so a revert finds it as it was.
-import { ContainerInfo, MANAGED_LABEL, queryEachDatabase, query, inspectContainer, sleep } from "./docker";
+import { ContainerInfo, MANAGED_LABEL, query, queryEachDatabase, inspectContainer, sleep } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
 
@@ -141,6 +141,7 @@ SELECT coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0),
   FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
  WHERE s.schemaname NOT LIKE 'pg\\_temp\\_%'`;
 
+/** Every database's horizon; one that cannot be read refuses (queryEachDatabase), since its writes could not be told. */
 export async function readWriteHorizon(container: string, superuser: string): Promise<WriteHorizon> {
     const horizon: WriteHorizon = {};
     for (const { database, rows: [[rows, tables, sequences]] } of await queryEachDatabase(container, superuser, HORIZON_SQL)) {

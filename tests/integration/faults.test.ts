@@ -223,21 +223,36 @@ describe("faults: the old data always survives, and a re-run completes", functio
         await resetTo15();
     });
 
-    it("6b. verify cannot read a database of the old cluster (a pg_hba.conf rule refuses it): no switch, it says which and why; with the rule gone, a re-run completes", async () => {
+    it("6b. a database of the old cluster its superuser cannot read locally (a pg_hba.conf rule): refused by preflight; a rule made after the copy point, by verify, which says which and why; with the rule gone, a re-run completes", async () => {
         // A rule a user added for one database refuses local connections there: the dump (over 127.0.0.1) and the
-        // restore are not affected, verify's reading of the old cluster over its socket is.
+        // restore are not affected; preflight's reading of every database, the write horizon and verify are.
         const hba = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/pg_hba.conf"'])).stdout;
+        const setHba = async (text: string) => {
+            await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], { stdin: text });
+            await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "SELECT pg_reload_conf()"]);
+        };
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "CREATE DATABASE sideline"]);
         const withSideline = await snapshotCluster(login);
-        await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], { stdin: `local sideline all reject\n${hba}` });
-        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "SELECT pg_reload_conf()"]);
+        await setHba(`local sideline all reject\n${hba}`);
+        try {
+            await rejects(up(upgrade()),
+                /synapse-pg preflight: "sptest-fault-pg15" refuses its superuser synapse a local connection to the database\(s\) sideline \(.*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline".*\), and the upgrade reads every database so: allow it there in pg_hba\.conf and run pulumi up again\./);
+            assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
+        } finally {
+            await setHba(hba);
+        }
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withSideline), "the old cluster is unchanged");
+        // The same rule made after the copy point: copy-config carries it, verify names the old cluster first.
+        afterStep = async (name) => {
+            if (name === "upgrade-15-to-17-dump") await setHba(`local sideline all reject\n${hba}`);
+        };
         try {
             await rejects(up(upgrade()),
                 /synapse-pg verify: verify could not read the database\(s\) sideline(, \w+)* in "sptest-fault-pg15", so it cannot compare them: .*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline"/);
             assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
         } finally {
-            await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], { stdin: hba });
-            await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "SELECT pg_reload_conf()"]);
+            afterStep = async () => undefined;
+            await setHba(hba);
         }
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withSideline), "the old cluster is unchanged");
         // The rule gone from the old cluster, the new one still has it: copy-config carried it before verify ran.
