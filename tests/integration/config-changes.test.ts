@@ -1,0 +1,130 @@
+// Config changes on a serving stack, on real containers: each does what it says, or is refused before anything
+// changes. A changed postgres:password really logs in (and the old one no longer does); postgres:dataRoot set on a
+// stack whose cluster has data is refused, with the server serving on; a postgres:backupDir that does not exist
+// yet is created (0700) and the upgrade completes into it; an old cluster that archives WAL has copies that do
+// not. Settings (set, changed, removed) are in traps.test.ts.
+import { strict as assert } from "node:assert";
+import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { run } from "../../runner/process";
+import { declare } from "../fixtures/pulumi-graph";
+import { seedSynapse } from "../fixtures/seed";
+import { connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
+import { Applier } from "./applier";
+import { containerState, endSuite, startSuite, Suite } from "./docker-env";
+
+const PREFIX = "sptest-cfg-";
+const PORT = 25439;
+const OLD = `${PREFIX}pg15`;
+const FIRST_PASSWORD = "config-Pässword-1";
+const SECOND_PASSWORD = "config-Pässword-2 with spaces";
+
+describe("config changes on a serving stack: done for real, or refused before anything changes", function () {
+    this.timeout(15 * 60 * 1000);
+    let suite: Suite | undefined;
+    let base: Record<string, string>;
+    let password = FIRST_PASSWORD;
+    let scratch: string;
+    let afterStep: (name: string) => Promise<void> = async () => undefined;
+    const applier = new Applier((r) => afterStep(r.name));
+    const up = async (cfg: Record<string, string>) => applier.up(await declare({ ...base, ...cfg }, password));
+    const loginWith = async (pw: string) => {
+        const c = await connect({ port: PORT, user: "synapse", password: pw }, "synapse");
+        try {
+            return (await c.query("SELECT current_setting('server_version_num')::int / 10000 AS v")).rows[0].v as number;
+        } finally {
+            await c.end();
+        }
+    };
+    const containerId = async (name: string) => (await run("docker", ["inspect", "-f", "{{.Id}}", name])).stdout.trim();
+    const show = async (container: string, setting: string, socket: string[] = []) =>
+        (await run("docker", ["exec", "-u", "postgres", container, "psql", ...socket, "-U", "synapse", "-d", "postgres", "-XAtc", `SHOW ${setting}`])).stdout.trim();
+    const untilAccepting = async () => {
+        for (let i = 0; i < 60 && (await loginWith(password).then(() => false, () => true)); i++) await new Promise((r) => setTimeout(r, 500));
+    };
+
+    before(async () => {
+        suite = await startSuite(PREFIX, PORT, [15, 17]);
+        base = suite.base;
+        scratch = await fs.mkdtemp(path.join(os.tmpdir(), `${PREFIX}scratch-`));
+        await up({ version: "15" });
+        await seedSynapse(OLD, "synapse", { sizeMB: 4, seed: 9 });
+    });
+    after(async () => {
+        await endSuite(PREFIX, suite);
+        if (scratch) await fs.rm(scratch, { recursive: true, force: true });
+    });
+
+    it("postgres:password changed: the new password logs in over TCP and the old one is refused", async () => {
+        const mark = applier.commandRuns.length;
+        password = SECOND_PASSWORD;
+        await up({ version: "15" });
+        const serve = applier.commandRuns.slice(mark).find((c) => c.name === "pg15-serve")!.stdout;
+        assert.match(serve, /^serve: the role synapse did not log in with postgres:password; its password was set to it \(as a scram-sha-256 verifier\), and it logs in over TCP now\.$/m);
+        assert.equal(await loginWith(SECOND_PASSWORD), 15);
+        await assert.rejects(loginWith(FIRST_PASSWORD), /password authentication failed for user "synapse"/);
+        // Again, unchanged: nothing runs, nothing is set.
+        const again = applier.commandRuns.length;
+        await up({ version: "15" });
+        assert.deepEqual(applier.commandRuns.slice(again).map((c) => c.name), []);
+    });
+
+    it("postgres:dataRoot set on a serving stack: refused before anything changes; the cluster serves on from its volume", async () => {
+        const before = await snapshotCluster({ port: PORT, user: "synapse", password });
+        const id = await containerId(OLD);
+        const root = path.join(scratch, "data");
+        await assert.rejects(up({ version: "15", dataRoot: root }), (err: Error) => {
+            assert.ok(err.message.includes(`synapse-pg before-replace: postgres:dataRoot would move "${OLD}" from ${PREFIX}pgsql15 to ${root}/pgsql15, which is empty: the new container would serve an empty database and Synapse would start a fresh one there; to move the data, stop "${OLD}", copy its data there yourself (keep the original) and run pulumi up again, or set postgres:dataRoot back.`), err.message);
+            return true;
+        });
+        assert.equal(await containerId(OLD), id, "the serving container was not replaced");
+        assert.equal(await containerState(OLD), "running");
+        assert.deepEqual(logicalContent(await snapshotCluster({ port: PORT, user: "synapse", password })), logicalContent(before), "it serves the same data");
+        await assert.rejects(fs.stat(path.join(root, "pgsql15")), /ENOENT/, "the new location was not created");
+        // Set back, the stack is as it was.
+        await up({ version: "15" });
+        assert.equal(await containerId(OLD), id);
+    });
+
+    it("WAL archiving on in the old cluster: the standby and the staging copy archive nothing; the output says the new cluster archives after the switch", async () => {
+        const archive = "/var/lib/postgresql/archive";
+        await run("docker", ["exec", "-u", "postgres", OLD, "mkdir", "-p", archive]);
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET archive_mode = on",
+            "-c", `ALTER SYSTEM SET archive_command = 'test ! -f ${archive}/%f && cp %p ${archive}/%f'`]);
+        await run("docker", ["restart", OLD]);
+        await untilAccepting();
+        assert.equal(await show(OLD, "archive_mode"), "on");
+        const seen: Record<string, string> = {};
+        afterStep = async (name) => {
+            if (name.endsWith("-prepare")) seen.standby = await show(`${PREFIX}pg17-staging-standby`, "archive_mode", ["-h", "/tmp"]);
+            if (name.endsWith("-copy-config")) seen.staging = await show(`${PREFIX}pg17-staging`, "archive_mode");
+        };
+        const mark = applier.commandRuns.length;
+        try {
+            await up({ version: "17", upgradeFrom: "15", method: "pg_upgrade" });
+        } finally {
+            afterStep = async () => undefined;
+        }
+        assert.deepEqual(seen, { standby: "off", staging: "off" }, "no copy of the old cluster archived");
+        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-prepare")!.stdout,
+            /^prepare: the old cluster archives WAL \(archive_mode=on\); the copies made for the upgrade archive nothing, but after the switch the new cluster archives with the same archive_command: a new major needs an archive of its own \(a new pgBackRest stanza, another folder\), so point it elsewhere with postgres:settings before the switch\.$/m);
+        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-upgrade")!.stdout, /pg_upgrade --link on the standby/);
+        assert.equal(await show(`${PREFIX}pg17`, "archive_mode"), "on", "serving, 17 archives as the old cluster's files say");
+        // Back to 15, and 17's data out of the way, for the next test's dump.
+        await up({ version: "15" });
+        for (const v of [`${PREFIX}pgsql17`]) await run("docker", ["volume", "rm", "-f", v]);
+        applier.state.delete("pg17-data");
+    });
+
+    it("postgres:backupDir that does not exist yet: preflight creates it (mode 0700) and the upgrade dumps into it", async () => {
+        const backups = path.join(scratch, "not", "yet", "backups");
+        const mark = applier.commandRuns.length;
+        await up({ version: "17", upgradeFrom: "15", backupDir: backups });
+        const preflight = applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-preflight")!.stdout;
+        assert.match(preflight, new RegExp(`^preflight: created the backup folder ${backups} \\(mode 0700: the dump holds every role's password hash\\)\\.$`, "m"));
+        assert.equal((await fs.stat(backups)).mode & 0o777, 0o700);
+        assert.ok((await fs.readdir(backups)).includes("upgrade-15-to-17.json"), "the dump's manifest is there");
+        assert.equal(await loginWith(password), 17, "17 serves, and the changed password logs in to it");
+    });
+});
