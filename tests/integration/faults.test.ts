@@ -21,6 +21,16 @@ const PORT = 25433;
 const OLD = `${PREFIX}pg15`;
 const STAGING = `${PREFIX}pg17-staging`;
 
+/** Stops dockerd as a host shutdown or a package upgrade does (its containers stopped with their stop signal) and starts it again. */
+async function restartDockerDaemon(): Promise<void> {
+    const pid = (await fs.readFile("/var/run/docker.pid", "utf8")).trim();
+    process.kill(Number(pid), "SIGTERM");
+    for (let i = 0; i < 120 && (await fs.stat(`/proc/${pid}`).then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 500));
+    await run("bash", [path.join(REPO, "scripts/docker-up.sh")]);
+    // Containers with a restart policy come back shortly after the daemon answers.
+    for (let i = 0; i < 60 && (await containerState(OLD)) !== "running"; i++) await new Promise((r) => setTimeout(r, 500));
+}
+
 describe("faults: the old data always survives, and a re-run completes", function () {
     this.timeout(20 * 60 * 1000);
     const login = { port: PORT, user: "synapse", password: PASSWORD };
@@ -308,6 +318,28 @@ describe("faults: the old data always survives, and a re-run completes", functio
         assert.deepEqual(stoppedAfter, ["restore", "copy-config", "verify"]);
         const verify = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-verify").pop()!.stdout;
         assert.match(verify, /difference\(s\)/);
+        await resetTo15();
+        await expectOldServingUnchanged();
+    });
+
+    it("6e. a real Docker daemon restart after restore and again after verify: the old cluster comes back fenced, the staging container is started again, and the upgrade completes", async () => {
+        const networksOf = async (name: string) => Object.keys(JSON.parse((await run("docker", ["inspect", "-f", "{{json .NetworkSettings.Networks}}", name])).stdout));
+        const seen: string[] = [];
+        afterStep = async (name) => {
+            if (!/-(restore|verify)$/.test(name)) return;
+            await restartDockerDaemon();
+            // unless-stopped brings the old cluster back; its fence (no network) holds across the restart.
+            seen.push(`${name.replace("upgrade-15-to-17-", "")}: old ${await containerState(OLD)} on [${(await networksOf(OLD)).join(",")}], staging ${await containerState(STAGING)}`);
+        };
+        try {
+            await expectUpgradeCompletes(upgrade());
+        } finally {
+            afterStep = async () => undefined;
+        }
+        assert.deepEqual(seen, ["restore: old running on [], staging stopped", "verify: old running on [], staging stopped"]);
+        const cut = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-cutover").pop()!.stdout;
+        assert.match(cut, /^cutover: "sptest-fault-pg15" took no writes since the copy was taken; stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m);
+        assert.deepEqual(await networksOf(OLD), [`${PREFIX}net`], "stopped, the old container is back on its network for a revert");
         await resetTo15();
         await expectOldServingUnchanged();
     });
