@@ -109,10 +109,14 @@ export class Cluster extends pulumi.ComponentResource {
             this.beforeReplace = new command.local.Command(`${name}-before-replace`, {
                 create: stepCommand("before-replace", {
                     container: args.containerName, image: args.image, command: JSON.stringify(serverCommand(settings)),
-                    data: this.dataLocation, major: args.major,
+                    data: this.dataLocation, major: args.major, port: pulumi.output(args.port).apply((p) => (p === undefined ? "" : String(p))),
+                    network: args.network, alias: args.hostAlias, user: args.user, database: args.database,
                     ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
                 }),
-                triggers: [args.image, JSON.stringify(settings), this.dataLocation],
+                // Every input that replaces the container; the password as a secret (compared in the step's env).
+                environment: { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) },
+                triggers: [args.image, JSON.stringify(settings), this.dataLocation, pulumi.output(args.port).apply((p) => (p === undefined ? "" : String(p))),
+                    args.network, args.hostAlias, args.user, args.database, pulumi.secret(args.password)],
             }, { parent: this, dependsOn: checked });
         }
         const beforeContainer = [...checked, ...(this.beforeReplace ? [this.beforeReplace] : [])];

@@ -26,6 +26,13 @@ export interface BeforeReplaceInput {
     /** The declared data location and the major (where the image keeps it); undefined: not compared. */
     data?: DataLocation;
     major?: number;
+    /** The declared published port, network, alias, bootstrap user, database and password; undefined: not compared. */
+    port?: string;
+    network?: string;
+    alias?: string;
+    user?: string;
+    database?: string;
+    password?: string;
     synapse: string[];
 }
 
@@ -41,11 +48,21 @@ export async function stopSynapseBeforeReplace(input: BeforeReplaceInput): Promi
     const moving = input.data && input.major !== undefined && !mountsHoldingPgdata(info).some((m) => isLocation(m, input.data!));
     if (moving) await requireDataAt(info, input.data!, input.major!, input.image);
     if (!info.running) return { stopped: [] };
-    const replacing = moving ? `its data location changes to ${formatDataLocation(input.data!)}`
-        : info.image !== input.image ? `its image changes from ${info.image} to ${input.image}`
-            : input.command && JSON.stringify(info.cmd) !== JSON.stringify(input.command) ? "its settings change" : undefined;
+    const replacing = moving ? `its data location changes to ${formatDataLocation(input.data!)}` : whyReplaced(info, input);
     if (!replacing) return { stopped: [] };
     return { replacing, stopped: await stopSynapse(input.synapse) };
+}
+
+/** Why the declared container differs from the running one in an input that replaces it; undefined when it does not. */
+function whyReplaced(info: ContainerInfo, input: BeforeReplaceInput): string | undefined {
+    const differs = (declared: string | undefined, running: string | undefined) => declared !== undefined && declared !== (running ?? "");
+    if (info.image !== input.image) return `its image changes from ${info.image} to ${input.image}`;
+    if (input.command && JSON.stringify(info.cmd) !== JSON.stringify(input.command)) return "its settings change";
+    if (differs(input.port, info.publishedPort)) return "its published port changes";
+    if (input.network !== undefined && input.alias !== undefined && !info.networks[input.network]?.aliases.includes(input.alias)) return "its network or host name changes";
+    if (differs(input.user, info.env.POSTGRES_USER) || differs(input.database, info.env.POSTGRES_DB)) return "its bootstrap user or database changes";
+    if (differs(input.password, info.env.POSTGRES_PASSWORD)) return "its password changes";
+    return undefined;
 }
 
 function isLocation(mount: ContainerInfo["mounts"][number], data: DataLocation): boolean {

@@ -330,6 +330,9 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "command?": "the server command the stack now declares (JSON list), when postgres:settings are set",
             "data?": "the data location the stack now declares (volume name or absolute host folder); an empty one is refused",
             "major?": "the cluster's major (where its image keeps the data), with --data",
+            "port?": "the host port the stack now publishes 5432 on (empty: none)",
+            "network?": "the Docker network the stack now declares", "alias?": "the host name on it",
+            "user?": "the bootstrap superuser the stack now declares", "database?": "the database the stack now declares",
             "synapse?": "Synapse's containers, comma-separated",
         },
         async run(f, out) {
@@ -344,6 +347,8 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             const r = await stopSynapseBeforeReplace({
                 container: str(f, "container"), image: str(f, "image"), command, synapse: parseContainerList(f.synapse as string | undefined),
                 data: f.data === undefined ? undefined : parseDataLocation(str(f, "data")), major: f.major === undefined ? undefined : int(f, "major"),
+                port: f.port as string | undefined, network: f.network as string | undefined, alias: f.alias as string | undefined,
+                user: f.user as string | undefined, database: f.database as string | undefined, password: password(false),
             });
             out(r.replacing
                 ? `before-replace: "${str(f, "container")}" will be replaced (${r.replacing}); ${r.stopped.length ? `stopped Synapse (${r.stopped.join(", ")}) first, and serve starts it again` : "Synapse was not running here"}.`

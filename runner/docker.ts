@@ -23,6 +23,8 @@ export interface ContainerInfo {
     networks: Record<string, { aliases: string[]; ip: string; staticIp?: string }>;
     /** Docker's network mode: a network's name, "host", "none" or "container:<id>". */
     networkMode: string;
+    /** The host port 5432 is published on, if it is. */
+    publishedPort?: string;
 }
 
 /** Label on every container and volume this program creates; only those are ever stopped or removed by us. */
@@ -65,6 +67,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
         })),
         networks,
         networkMode: raw.HostConfig?.NetworkMode ?? "default",
+        publishedPort: raw.HostConfig?.PortBindings?.["5432/tcp"]?.[0]?.HostPort || undefined,
     };
 }
 

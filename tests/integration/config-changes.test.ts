@@ -60,6 +60,8 @@ describe("config changes on a serving stack: done for real, or refused before an
         const mark = applier.commandRuns.length;
         password = SECOND_PASSWORD;
         await up({ version: "15" });
+        const before = applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout;
+        assert.match(before, /^before-replace: "sptest-cfg-pg15" will be replaced \(its password changes\); Synapse was not running here\.$/m);
         const serve = applier.commandRuns.slice(mark).find((c) => c.name === "pg15-serve")!.stdout;
         assert.match(serve, /^serve: the role synapse did not log in with postgres:password; its password was set to it \(as a scram-sha-256 verifier\), and it logs in over TCP now\.$/m);
         assert.equal(await loginWith(SECOND_PASSWORD), 15);
@@ -68,6 +70,17 @@ describe("config changes on a serving stack: done for real, or refused before an
         const again = applier.commandRuns.length;
         await up({ version: "15" });
         assert.deepEqual(applier.commandRuns.slice(again).map((c) => c.name), []);
+    });
+
+    it("postgres:port changed: before-replace sees the replacement coming; the server answers on the new port only", async () => {
+        const mark = applier.commandRuns.length;
+        await up({ version: "15", port: String(PORT + 100) });
+        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout, /will be replaced \(its published port changes\)/);
+        const c = await connect({ port: PORT + 100, user: "synapse", password }, "synapse");
+        await c.end();
+        await assert.rejects(loginWith(password), /ECONNREFUSED/);
+        await up({ version: "15" });
+        assert.equal(await loginWith(password), 15);
     });
 
     it("postgres:dataRoot set on a serving stack: refused before anything changes; the cluster serves on from its volume", async () => {

@@ -56,12 +56,16 @@ describe("first deploy of 15", () => {
         assert.deepEqual(c.ports, []);
     });
 
-    it("passes the password only inside the secret env of the container", () => {
+    it("passes the password only inside the secret env of the container, and of before-replace, which compares it", () => {
         const c = d.byName("pg15-container");
         assert.ok(isSecret(c.inputs.envs), "envs is a secret");
         assert.ok(plain(d, "pg15-container").envs.includes("POSTGRES_PASSWORD=synapse-secret"));
+        const before = d.byName("pg15-before-replace");
+        assert.ok(isSecret(before.inputs.environment) || isSecret(before.inputs.environment.SYNAPSE_PG_PASSWORD), "its env is a secret");
+        assert.ok(isSecret(before.inputs.triggers) || isSecret(before.inputs.triggers[8]), "its triggers are a secret");
+        assert.ok(!String(before.inputs.create).includes("synapse-secret"));
         for (const r of d.resources) {
-            if (r.name === "pg15-container") continue;
+            if (r.name === "pg15-container" || r.name === "pg15-before-replace") continue;
             assert.ok(!JSON.stringify(unwrapSecrets(r.inputs)).includes("synapse-secret"), `${r.name} does not carry the password`);
         }
     });
@@ -303,15 +307,15 @@ describe("a serving container replaced (a minor update, new settings, a new data
         const d = await declare({ version: "17.6", synapseContainers: "synapse,synapse-worker1", settings: '{"work_mem":"16MB"}' });
         const before = d.byName("pg17-before-replace");
         assert.equal(before.inputs.create,
-            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres","-c","work_mem=16MB"]' --data synapse-pgsql17 --major 17 --synapse synapse,synapse-worker1`);
-        assert.deepEqual(before.inputs.triggers, ["postgres:17.6-alpine", '{"work_mem":"16MB"}', "synapse-pgsql17"]);
+            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres","-c","work_mem=16MB"]' --data synapse-pgsql17 --major 17 --port '' --network synapse --alias db --user synapse --database synapse --synapse synapse,synapse-worker1`);
+        assert.deepEqual(unwrapSecrets(before.inputs.triggers), ["postgres:17.6-alpine", '{"work_mem":"16MB"}', "synapse-pgsql17", "", "synapse", "db", "synapse", "synapse", "synapse-secret"]);
         assert.deepEqual(short(before.dependencies), ["pg17-check-settings"]);
         assert.ok(short(d.byName("pg17-container").dependencies).includes("pg17-before-replace"));
         assert.match(d.byName("pg17-serve").inputs.create, / --synapse synapse,synapse-worker1$/);
     });
     it("checks the data location without Synapse's containers, and is not declared for an upgrade's old cluster", async () => {
         assert.equal((await declare({ version: "17.6", dataRoot: "/srv/matrix" })).byName("pg17-before-replace").inputs.create,
-            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres"]' --data /srv/matrix/pgsql17 --major 17`);
+            `${RUNNER} before-replace --container synapse-pg17 --image postgres:17.6-alpine --command '["postgres"]' --data /srv/matrix/pgsql17 --major 17 --port '' --network synapse --alias db --user synapse --database synapse`);
         const d = await declare({ ...UPGRADE_17, synapseContainers: "synapse" });
         assert.equal(d.find("pg15-before-replace"), undefined);
         assert.ok(d.find("pg17-before-replace"));
