@@ -11,7 +11,8 @@
 //   there) is accepted.
 //
 // Run at any other time the step changes nothing, so Synapse is never left stopped.
-import { ContainerInfo, inspectContainer, mountsHoldingPgdata } from "./docker";
+import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata } from "./docker";
+import { run } from "./process";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
 import { stopSynapse } from "./synapse";
@@ -44,7 +45,13 @@ export interface BeforeReplaceResult {
 
 export async function stopSynapseBeforeReplace(input: BeforeReplaceInput): Promise<BeforeReplaceResult> {
     const info = await inspectContainer(input.container);
-    if (!info) return { stopped: [] };
+    if (!info) {
+        if (input.major !== undefined && input.network !== undefined && input.alias !== undefined) {
+            await requireNoOtherServingContainer(input.container, input.major, input.network, input.alias);
+        }
+        return { stopped: [] };
+    }
+    requireSameBootstrap(info, input);
     const moving = input.data && input.major !== undefined && !mountsHoldingPgdata(info).some((m) => isLocation(m, input.data!));
     if (moving) await requireDataAt(info, input.data!, input.major!, input.image);
     if (!info.running) return { stopped: [] };
@@ -60,9 +67,33 @@ function whyReplaced(info: ContainerInfo, input: BeforeReplaceInput): string | u
     if (input.command && JSON.stringify(info.cmd) !== JSON.stringify(input.command)) return "its settings change";
     if (differs(input.port, info.publishedPort)) return "its published port changes";
     if (input.network !== undefined && input.alias !== undefined && !info.networks[input.network]?.aliases.includes(input.alias)) return "its network or host name changes";
-    if (differs(input.user, info.env.POSTGRES_USER) || differs(input.database, info.env.POSTGRES_DB)) return "its bootstrap user or database changes";
     if (differs(input.password, info.env.POSTGRES_PASSWORD)) return "its password changes";
     return undefined;
+}
+
+/**
+ * The image applies POSTGRES_USER and POSTGRES_DB only when it initialises an empty folder: on a cluster with data a
+ * change would replace the container and leave the role and database as they are, and Synapse's login failing.
+ */
+function requireSameBootstrap(info: ContainerInfo, input: BeforeReplaceInput): void {
+    for (const [key, declared, running] of [["user", input.user, info.env.POSTGRES_USER], ["database", input.database, info.env.POSTGRES_DB]] as const) {
+        if (declared === undefined || running === undefined || declared === running) continue;
+        throw new StepError(`postgres:${key} changes from ${running} to ${declared}, but the image applies it only to an empty data folder, so "${info.name}" would keep ${running}; set postgres:${key} back, or create the ${key === "user" ? "role" : "database"} ${declared} yourself (psql) and then change postgres:${key}.`);
+    }
+}
+
+/**
+ * A first deploy has no container for this major; a cluster container of ours of this major under another name,
+ * answering to the same alias on the same network, means the name changed (postgres:containerPrefix), and with it
+ * the data location, onto an empty one. Another stack's (another network or alias) is not this one's.
+ */
+async function requireNoOtherServingContainer(container: string, major: number, network: string, alias: string): Promise<void> {
+    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${MANAGED_LABEL}=true`, "--filter", `label=synapse-postgres.cluster=${major}`, "--format", '{{.Names}}\t{{.Label "synapse-postgres.role"}}']);
+    for (const [name, role] of stdout.split("\n").filter(Boolean).map((l) => l.split("\t"))) {
+        if (role || name === container) continue;
+        if (!(await inspectContainer(name))?.networks[network]?.aliases.includes(alias)) continue;
+        throw new StepError(`"${name}" already serves PostgreSQL ${major} as "${alias}" on "${network}"; a new name (postgres:containerPrefix) would start "${container}" beside it on other, empty data; set postgres:containerPrefix back.`);
+    }
 }
 
 function isLocation(mount: ContainerInfo["mounts"][number], data: DataLocation): boolean {

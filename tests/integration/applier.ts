@@ -1,6 +1,8 @@
 // Applies what the program declares (recorded under mocks) to the real Docker engine the way `pulumi up` would,
 // because no Pulumi engine or provider can run on this machine. It keeps a small state of what it created and:
 // - creates declared resources in dependency order, and stops at the first failure (nothing after it runs);
+// - a volume whose name or labels changed is replaced, the new one created first (one with retainOnDelete is
+//   only forgotten);
 // - for a container whose replacement-forcing inputs changed, deletes the old one first (deleteBeforeReplace)
 //   and creates the new one; a command whose triggers changed is replaced (its create runs again, and the old
 //   one's delete before it with deleteBeforeReplace, after it without); a command
@@ -89,10 +91,12 @@ export class Applier {
 
     private async volume(r: DeclaredResource, prior?: Applied): Promise<void> {
         if (prior && same(prior.inputs, r.inputs)) return this.remember(r);
-        if (prior) throw new Error(`volume ${r.name} would be replaced; the program never does that`);
+        // A changed name or labels replace the volume, the new one created first; with retainOnDelete the old one
+        // is only forgotten (its data stays in Docker), as the provider does.
         const args = ["volume", "create"];
         for (const l of r.inputs.labels ?? []) args.push("--label", `${l.label}=${l.value}`);
         await run("docker", [...args, r.inputs.name]);
+        if (prior && !prior.retainOnDelete && prior.inputs.name !== r.inputs.name) await run("docker", ["volume", "rm", "--force", prior.inputs.name]);
         this.remember(r);
     }
 

@@ -83,6 +83,21 @@ describe("config changes on a serving stack: done for real, or refused before an
         assert.equal(await loginWith(password), 15);
     });
 
+    it("postgres:user or postgres:containerPrefix changed on a cluster with data: refused before anything changes", async () => {
+        const id = await containerId(OLD);
+        await assert.rejects(up({ version: "15", user: "matrix" }), (err: Error) => {
+            assert.ok(err.message.includes(`synapse-pg before-replace: postgres:user changes from synapse to matrix, but the image applies it only to an empty data folder, so "${OLD}" would keep synapse; set postgres:user back, or create the role matrix yourself (psql) and then change postgres:user.`), err.message);
+            return true;
+        });
+        await assert.rejects(up({ version: "15", containerPrefix: `${PREFIX}db` }), (err: Error) => {
+            assert.ok(err.message.includes(`synapse-pg before-replace: "${OLD}" already serves PostgreSQL 15 as "db" on "${PREFIX}net"; a new name (postgres:containerPrefix) would start "${PREFIX}db15" beside it on other, empty data; set postgres:containerPrefix back.`), err.message);
+            return true;
+        });
+        assert.equal(await containerId(OLD), id, "the serving container was not replaced");
+        assert.equal(await loginWith(password), 15);
+        await up({ version: "15" });
+    });
+
     it("postgres:dataRoot set on a serving stack: refused before anything changes; the cluster serves on from its volume", async () => {
         const before = await snapshotCluster({ port: PORT, user: "synapse", password });
         const id = await containerId(OLD);
