@@ -140,8 +140,9 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         } finally {
             secretSightings.push(...(await ps.stop()));
         }
+        // before-replace of the new serving container first: it does not exist yet, so it only checks.
         assert.deepEqual(commandsRun(mark), [
-            "upgrade-15-to-17-preflight", "upgrade-15-to-17-dump", "upgrade-15-to-17-restore",
+            "pg17-before-replace", "upgrade-15-to-17-preflight", "upgrade-15-to-17-dump", "upgrade-15-to-17-restore",
             "upgrade-15-to-17-copy-config", "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve",
         ]);
         const after = await snapshotCluster(login);
@@ -204,7 +205,8 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
     it("a minor update 17.5 -> 17.6 replaces only the container, on the same data, with no dump", async () => {
         const mark = applier.commandRuns.length;
         await up({ version: "17.6", upgradeFrom: "15" });
-        assert.deepEqual(commandsRun(mark), ["pg17-serve"]);
+        assert.deepEqual(commandsRun(mark), ["pg17-before-replace", "pg17-serve"]);
+        assert.match(applier.commandRuns[mark].stdout, /^before-replace: "sptest-life-pg17" will be replaced \(its image changes from \S+:17\.5 to \S+:17\.6\); Synapse was not running here\.$/m);
         const { stdout } = await run("docker", ["inspect", "-f", "{{.Config.Image}}", `${PREFIX}pg17`]);
         assert.equal(stdout.trim(), `${TEST_IMAGE}:17.6`);
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));

@@ -67,7 +67,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
             assert.match(err.message, /synapse-pg upgrade: pg_upgrade stopped before the switch, the old cluster is unchanged and running: .*reg\* data types in user tables/);
             return true;
         });
-        assert.deepEqual(commandsRun(mark), ["upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight"], "prepare and preflight ran; upgrade failed");
+        assert.deepEqual(commandsRun(mark), ["pg17-before-replace", "upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight"], "the new container's check, prepare and preflight ran; upgrade failed");
         assert.match(applier.commandRuns[mark].stdout, /prepare: postgres \(PostgreSQL\) 15\.\S+ .*runs inside synapse-pg-test\/postgres:17 from synapse-pg-binaries-\w+; new cluster initialised in "sptest-pgu-pg17-staging" \(stopped\)\./);
         assert.match(applier.commandRuns[mark].stdout, /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down\./);
         assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster is running");
@@ -238,7 +238,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         await up({ version: "18", upgradeFrom: "17", attempt: "4" });
         assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-17-to-18-upgrade")!.stderr, /upgrade: cleared PostgreSQL 17\.12's internal pg_attver marker from 2 column\(s\)/);
         assert.deepEqual(commandsRun(mark), [
-            "upgrade-17-to-18-prepare", "upgrade-17-to-18-preflight", "upgrade-17-to-18-upgrade",
+            "pg18-before-replace", "upgrade-17-to-18-prepare", "upgrade-17-to-18-preflight", "upgrade-17-to-18-upgrade",
             "upgrade-17-to-18-copy-config", "upgrade-17-to-18-verify", "upgrade-17-to-18-cutover", "pg18-serve",
         ]);
         assert.match(stdoutOf(mark, "upgrade-17-to-18-upgrade"), /upgrade: pg_upgrade --link on the standby of "sptest-pgu-pg17"/);
