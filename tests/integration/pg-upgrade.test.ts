@@ -68,8 +68,8 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
             return true;
         });
         assert.deepEqual(commandsRun(mark), ["pg17-before-replace", "upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight"], "the new container's check, prepare and preflight ran; upgrade failed");
-        assert.match(applier.commandRuns[mark].stdout, /prepare: postgres \(PostgreSQL\) 15\.\S+ .*runs inside synapse-pg-test\/postgres:17 from synapse-pg-binaries-\w+; new cluster initialised in "sptest-pgu-pg17-staging" \(stopped\)\./);
-        assert.match(applier.commandRuns[mark].stdout, /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down\./);
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"), /prepare: postgres \(PostgreSQL\) 15\.\S+ .*runs inside synapse-pg-test\/postgres:17 from synapse-pg-binaries-\w+; new cluster initialised in "sptest-pgu-pg17-staging" \(stopped\)\./);
+        assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"), /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down\./);
         assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster is running");
         assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent", "the promoted standby is gone");
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withTrap), "and holds exactly what it held");
