@@ -11,6 +11,7 @@ import { containerLogTail, dbConninfo, inspectContainer, MANAGED_LABEL, query, q
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { Progress } from "./progress";
+import { setPassword } from "./password";
 import { NO_ARCHIVING } from "./standby";
 import { StepError } from "./step-error";
 import { advanceMarker, emptyTarget, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
@@ -175,10 +176,7 @@ export async function rehashLoginRole(input: { container: string; password: stri
     if (/[\r\n]/.test(input.password)) {
         throw new StepError(`The role ${role} has an md5 password hash and postgres:password holds a line break, which psql's \\password cannot read; set the role's password by hand as scram-sha-256 and run pulumi up again.`);
     }
-    // \password asks twice; without a terminal psql reads both answers from stdin, after the script's lines.
-    await run("docker", ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", "postgres"], {
-        stdin: `SET password_encryption = 'scram-sha-256';\n\\password ${quoteIdent(role)}\n${input.password}\n${input.password}\n`,
-    });
+    await setPassword(input.container, superuser, role, input.password);
     const [[stored]] = await query(input.container, superuser, `SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`);
     if (stored !== "SCRAM-SHA-256$") throw new StepError(`psql's \\password did not re-set the role ${role} as scram-sha-256; set its password by hand and run pulumi up again.`);
     return role;

@@ -1,8 +1,8 @@
 // verify: compares the old and the new cluster before the switch. Databases with encoding and locale, roles with
 // attributes and password hashes, every table's row count, every sequence's value, and a password login as the
 // Synapse role over TCP (the new cluster's host rule, scram-sha-256, not the trusted socket).
-import { ContainerInfo, dbConninfo, queryScript, quoteLiteral, requireContainer, resumeStaging, superuserOf } from "./docker";
-import { run } from "./process";
+import { ContainerInfo, queryScript, quoteLiteral, requireContainer, resumeStaging, superuserOf } from "./docker";
+import { tcpLoginError } from "./password";
 import { StepError } from "./step-error";
 
 export interface VerifyInput {
@@ -138,23 +138,11 @@ function compareRoles(a: Snapshot, b: Snapshot, loginUser: string): Comparison[]
     });
 }
 
-/** The new container's own address on a Docker network: a connection to it meets pg_hba's host rule. */
-function addressOf(info: ContainerInfo): string | undefined {
-    return Object.values(info.networks).map((n) => n.ip).find((ip) => ip !== "");
-}
-
 async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<VerifyReport["login"]> {
     const login = { user: input.loginUser, database: input.loginDatabase };
     if (!input.password) return { ...login, ok: false, error: "no password given (SYNAPSE_PG_PASSWORD)" };
-    const ip = addressOf(info);
-    if (!ip) return { ...login, ok: false, error: `"${info.name}" has no network address to test a TCP login on` };
-    try {
-        await run("docker", ["exec", "-e", "PGPASSWORD", info.name, "psql", "-X", "-h", ip, "-U", input.loginUser, "-d", dbConninfo(input.loginDatabase), "-Atc", "SELECT 1"],
-            { env: { PGPASSWORD: input.password } });
-        return { ...login, ok: true };
-    } catch (err) {
-        return { ...login, ok: false, error: (err as Error).message.replace(/^.*?: /, "") };
-    }
+    const error = await tcpLoginError(info, input.loginUser, input.password, input.loginDatabase);
+    return error === undefined ? { ...login, ok: true } : { ...login, ok: false, error: error.replace(/^.*?: /, "") };
 }
 
 export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> {
