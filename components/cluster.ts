@@ -5,7 +5,7 @@ import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/layout";
 import { stepCommand } from "./command-line";
-import { serverCommand, shmSizeFor } from "./config";
+import { serverCommand, shmSizeFor } from "../runner/server-command";
 
 export interface ClusterArgs {
     /**
