@@ -1,7 +1,7 @@
 // The ELF reader that finds the old postgres's dynamic loader (method pg_upgrade), on real programs of this machine.
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
-import { elfInterpreter } from "../../runner/pg-upgrade";
+import { elfInterpreter } from "../../runner/old-binaries";
 
 describe("elfInterpreter", () => {
     it("reads the loader a dynamically linked program names (PT_INTERP)", async () => {
