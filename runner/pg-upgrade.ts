@@ -19,10 +19,10 @@
 import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Writable } from "node:stream";
 import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
-import { run, ProcessError, TRACE } from "./process";
+import { run, ProcessError } from "./process";
+import { pgUpgradeFailure, TailWriter } from "./pg-upgrade-output";
 import { binariesVolume, OLD_ROOT, OldBinaries, oldBinaries, WRAPPERS } from "./old-binaries";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
@@ -419,22 +419,6 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
     }
 }
 
-/**
- * Why pg_upgrade failed, from its output, or undefined when it did not. A failure line fails it whatever the exit
- * status: a worker's failure (see --jobs above) was seen to end in "Upgrade Complete" and exit 0. pg_upgrade says
- * why from its first "fatal" (or "*failure*") line on, over several wrapped lines; a worker, in the line before
- * its "Failure, exiting".
- */
-export function pgUpgradeFailure(output: string[], exitedNonZero: boolean): string | undefined {
-    const lines = output.map((l) => l.trim()).filter((l) => l && !/^-+$/.test(l));
-    const workerFailed = lines.findIndex((l) => l === "Failure, exiting");
-    if (!exitedNonZero && workerFailed < 0 && !lines.includes("*failure*")) return undefined;
-    const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
-    const said = first >= 0 ? lines.slice(first, first + 10)
-        : workerFailed > 0 ? lines.slice(workerFailed - 1, workerFailed + 1)
-        : lines.slice(-4);
-    return said.join(" ").replace(/\s+/g, " ").slice(0, 700);
-}
 
 /** pg_upgrade names its log files in its failure message; the server's last lines usually say why. */
 async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: string): Promise<string> {
@@ -444,27 +428,6 @@ async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: stri
         .then((t) => t.trim().split("\n").join(" | "), () => "");
 }
 
-/** Prints pg_upgrade's lines as it goes (progress in `pulumi up`) and keeps the last ones for an error. */
-class TailWriter extends Writable {
-    readonly lines: string[] = [];
-    private partial = "";
-    private readonly started = Date.now();
-    constructor(private readonly prefix: string) {
-        super();
-    }
-    _write(chunk: Buffer, _enc: string, done: () => void): void {
-        const parts = (this.partial + chunk.toString("utf8")).split("\n");
-        this.partial = parts.pop()!;
-        for (const line of parts) {
-            // SYNAPSE_PG_TRACE=1 (see process.ts): with the time since pg_upgrade started.
-            if (line.trim()) process.stderr.write(`${this.prefix}${TRACE ? `+${Date.now() - this.started}ms ` : ""}${line}\n`);
-            // All of it (pg_upgrade prints about 60 lines): a failure line early on must not scroll away.
-            this.lines.push(line);
-            if (this.lines.length > 1000) this.lines.shift();
-        }
-        done();
-    }
-}
 
 /** The old data's owner must be the new image's postgres user, or pg_upgrade cannot read it (mode 0700). */
 async function requireSameOwner(old: ContainerInfo, image: string): Promise<void> {

@@ -4,7 +4,7 @@
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
 import * as path from "node:path";
-import { pgUpgradeFailure } from "../../runner/pg-upgrade";
+import { pgUpgradeFailure } from "../../runner/pg-upgrade-output";
 
 const fixture = async (name: string) => (await fs.readFile(path.join(__dirname, "../fixtures", name), "utf8")).split("\n");
 
