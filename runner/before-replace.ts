@@ -10,11 +10,15 @@
 //   behind: refused before anything changes. A location that already holds a cluster (the user moved the data
 //   there) is accepted.
 //
+// - The replacement's server is started first, for real, in a throw-away container (start-check.ts): a setting
+//   or an image it cannot start with is refused while the current server still serves.
+//
 // Run at any other time the step changes nothing, so Synapse is never left stopped.
 import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata } from "./docker";
 import { run } from "./process";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
+import { requireServerStarts } from "./start-check";
 import { stopSynapse } from "./synapse";
 import { locationExists, readTargetState } from "./target";
 
@@ -40,6 +44,8 @@ export interface BeforeReplaceInput {
 export interface BeforeReplaceResult {
     /** Why the container will be replaced, when it will be. */
     replacing?: string;
+    /** The replacement's server was started for real first (start-check.ts). */
+    startChecked?: boolean;
     stopped: string[];
 }
 
@@ -57,7 +63,11 @@ export async function stopSynapseBeforeReplace(input: BeforeReplaceInput): Promi
     if (!info.running) return { stopped: [] };
     const replacing = moving ? `its data location changes to ${formatDataLocation(input.data!)}` : whyReplaced(info, input);
     if (!replacing) return { stopped: [] };
-    return { replacing, stopped: await stopSynapse(input.synapse) };
+    // The replacement's server, started for real on this cluster's files while this one still serves (a moved
+    // cluster's files are another cluster's: its own start says).
+    const startChecked = !moving && input.command !== undefined;
+    if (startChecked) await requireServerStarts({ from: info.name, image: input.image, command: input.command! }, "running cluster");
+    return { replacing, startChecked, stopped: await stopSynapse(input.synapse) };
 }
 
 /** Why the declared container differs from the running one in an input that replaces it; undefined when it does not. */

@@ -98,6 +98,7 @@ function reportConfig(step: string, r: CopyConfigResult, out: (line: string) => 
         ? `${step}: ${listed(r.unchanged)} already in place; nothing to do.`
         : `${step}: copied ${listed(r.copied)}; the new server accepted every setting${r.restarted ? " and restarted with them" : " (applied by reload, no restart needed)"}.`);
     if (r.archivesAfterSwitch) out(`${step}: the old cluster archives WAL (archive_mode=${r.archivesAfterSwitch}); the copies made for the upgrade archive nothing, but after the switch the new cluster archives with the same archive_command: a new major needs an archive of its own (a new pgBackRest stanza, another folder), so point it elsewhere with postgres:settings before the switch.`);
+    out(`${step}: the server the switch will create (the new image, this configuration, postgres:settings) started and stopped cleanly in a throw-away container.`);
     if (r.declared) out(`${step}: the new server accepts postgres:settings (${Object.entries(r.declared).map(([k, v]) => `${k}=${v}`).join(", ")}); its container starts with them after the switch.`);
 }
 
@@ -350,6 +351,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
                 port: f.port as string | undefined, network: f.network as string | undefined, alias: f.alias as string | undefined,
                 user: f.user as string | undefined, database: f.database as string | undefined, password: password(false),
             });
+            if (r.startChecked) out(`before-replace: the replacement's server (${str(f, "image")}, the declared settings, this cluster's configuration files) started and stopped cleanly in a throw-away container.`);
             out(r.replacing
                 ? `before-replace: "${str(f, "container")}" will be replaced (${r.replacing}); ${r.stopped.length ? `stopped Synapse (${r.stopped.join(", ")}) first, and serve starts it again` : "Synapse was not running here"}.`
                 : `before-replace: "${str(f, "container")}" is not being replaced while it serves; nothing to do.`);

@@ -8,6 +8,8 @@
 // back and the step stops, while Synapse is still on the old cluster.
 import { containerLogTail, query, requireContainer, resumeStaging, startContainer, stopContainer, superuserOf, waitUntilAccepting, writeFileIn } from "./docker";
 import { checkSettings } from "./settings";
+import { serverCommand } from "./server-command";
+import { requireServerStarts } from "./start-check";
 import { StepError } from "./step-error";
 
 export interface CopyConfigInput {
@@ -74,9 +76,17 @@ export const REMOVED_PARAMETERS: Record<string, string> = {
 
 export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResult> {
     const [result, archiveMode] = await Promise.all([copyFiles(input), filesArchiveMode(input.from)]);
-    const declared = input.settings && Object.keys(input.settings).length > 0
-        // After the files: the declared settings are checked against what the new cluster will really read.
-        ? (await checkSettings(input.to, input.settings, "old cluster")).settings : undefined;
+    // After the files, against what the new cluster will really read: the declared settings by the server's parser,
+    // and a real start of the server the switch will create (start-check.ts), side by side. The parser's refusal,
+    // which names the setting, is the one reported when both refuse.
+    const settings = input.settings ?? {};
+    const [parsed, started] = await Promise.allSettled([
+        Object.keys(settings).length > 0 ? checkSettings(input.to, settings, "old cluster").then((r) => r.settings) : Promise.resolve(undefined),
+        requireServerStarts({ from: input.to, command: serverCommand(settings) }, "old cluster"),
+    ]);
+    if (parsed.status === "rejected") throw parsed.reason;
+    if (started.status === "rejected") throw started.reason;
+    const declared = parsed.value;
     const after = declared?.archive_mode ?? archiveMode;
     return { ...result, declared, archivesAfterSwitch: after === "on" || after === "always" ? after : undefined };
 }

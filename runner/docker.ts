@@ -86,7 +86,7 @@ export function mountsHoldingPgdata(info: ContainerInfo): ContainerInfo["mounts"
  * The container by this name, if any, when it is ours in this role (its synapse-postgres.role label); one we did
  * not create is never ours to replace or remove.
  */
-export async function ourContainer(name: string, role: "staging" | "standby"): Promise<ContainerInfo | undefined> {
+export async function ourContainer(name: string, role: "staging" | "standby" | "start-check"): Promise<ContainerInfo | undefined> {
     const existing = await inspectContainer(name);
     if (existing && existing.labels["synapse-postgres.role"] !== role) {
         throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);

@@ -207,6 +207,7 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         await up({ version: "17.6", upgradeFrom: "15" });
         assert.deepEqual(commandsRun(mark), ["pg17-before-replace", "pg17-serve"]);
         assert.match(applier.commandRuns[mark].stdout, /^before-replace: "sptest-life-pg17" will be replaced \(its image changes from \S+:17\.5 to \S+:17\.6\); Synapse was not running here\.$/m);
+        assert.match(applier.commandRuns[mark].stdout, /^before-replace: the replacement's server \(\S+:17\.6, the declared settings, this cluster's configuration files\) started and stopped cleanly in a throw-away container\.$/m);
         const { stdout } = await run("docker", ["inspect", "-f", "{{.Config.Image}}", `${PREFIX}pg17`]);
         assert.equal(stdout.trim(), `${TEST_IMAGE}:17.6`);
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));

@@ -79,7 +79,7 @@ describe("upgrade traps on real containers", function () {
 
     after(() => endSuite(PREFIX, suite));
 
-    it("postgres:settings: a bad value is refused by the server's binary before the serving container changes", async () => {
+    it("postgres:settings: a bad value, or one the server cannot start with, is refused before the serving container changes", async () => {
         const before = await containerId(`${PREFIX}pg15`);
         const mark = applier.commandRuns.length;
         await assert.rejects(up({ version: "15", settings: JSON.stringify({ work_mem: "lots", shared_buffers: "192MB" }) }), (err: Error) => {
@@ -89,6 +89,17 @@ describe("upgrade traps on real containers", function () {
         assert.deepEqual(applier.commandRuns.slice(mark).map((r) => r.name), [], "nothing ran after the refused check");
         await assert.rejects(up({ version: "15", settings: JSON.stringify({ wal_level: "minimal" }) }),
             /PostgreSQL would not start with postgres:settings: wal_level is minimal while max_wal_senders is 10; set max_wal_senders to 0 or wal_level to replica \(the running cluster was not changed\)\./);
+        // What postgres -C accepts but a start does not: a library to load, SSL without its files. The replacement's
+        // server, started for real beside the serving one, refuses them.
+        for (const [settings, why] of [
+            [{ shared_preload_libraries: "synapse_pg_no_such_library" }, 'could not access file "synapse_pg_no_such_library": No such file or directory'],
+            [{ ssl: "on" }, 'could not load server certificate file "server.crt": No such file or directory'],
+        ] as const) {
+            await assert.rejects(up({ version: "15", settings: JSON.stringify(settings) }), (err: Error) => {
+                assert.ok(err.message.includes(`synapse-pg before-replace: ${TEST_IMAGE}:15 would not start with postgres:settings and the configuration files of "${PREFIX}pg15": ${why}; fix the setting or the file and run pulumi up again (the running cluster was not changed).`), err.message);
+                return true;
+            });
+        }
         assert.equal(await containerId(`${PREFIX}pg15`), before, "the serving container was not replaced");
         assert.equal(await containerState(`${PREFIX}pg15`), "running");
 
@@ -168,6 +179,7 @@ describe("upgrade traps on real containers", function () {
         assert.equal(await containerId(`${PREFIX}pg15`), id15, "the old container was not recreated for the new settings");
         const copy = applier.commandRuns.find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
         assert.match(copy, /copy-config: the new server accepts postgres:settings \(shared_buffers=160MB, work_mem=32MB\); its container starts with them after the switch\./);
+        assert.match(copy, /^copy-config: the server the switch will create \(the new image, this configuration, postgres:settings\) started and stopped cleanly in a throw-away container\.$/m);
     });
 
     it("a revert after Synapse wrote to the new cluster says how many events it would lose and needs a confirmation", async () => {
