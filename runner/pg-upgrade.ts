@@ -23,6 +23,7 @@ import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHolding
 import { DataLocation, dataLayout } from "./layout";
 import { run, ProcessError } from "./process";
 import { pgUpgradeFailure, TailWriter } from "./pg-upgrade-output";
+import { OLD_DATA, requirePgUpgradeCompatible } from "./pg-upgrade-check";
 import { binariesVolume, OLD_ROOT, OldBinaries, oldBinaries, WRAPPERS } from "./old-binaries";
 import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
@@ -58,8 +59,6 @@ export interface PgUpgradeInput {
 
 
 
-/** Where the old cluster's data is mounted for pg_upgrade (beside the new one, which may use the same path). */
-const OLD_DATA = "/synapse-pg-old-data";
 
 export interface PrepareResult {
     binaries: OldBinaries;
@@ -94,7 +93,7 @@ export interface UpgradeResult {
  * (unless `config` is false) and stopped, and (unless `standby` is false) a standby of the old cluster streaming
  * into the new location.
  */
-export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: boolean; config?: boolean } = {}): Promise<PrepareResult> {
+export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: boolean; config?: boolean; check?: boolean } = {}): Promise<PrepareResult> {
     const withStandby = opts.standby !== false;
     const old = await requireContainer(input.container, "old");
     if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
@@ -123,6 +122,8 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
             config = await carryConfig(input);
             await stopContainer(input.staging);
         }
+        // Again too: the old cluster may have changed since (a new column, a new extension).
+        if (opts.check !== false) await requirePgUpgradeCompatible({ ...input, old, superuser, binaries: binaries.volume });
         if (!withStandby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, config, standby: withStandby ? standbyName : undefined, extensionUpdates };
         return { binaries, reused: true, config, extensionUpdates, ...(await prepareStandby(old, superuser, input)) };
     }
@@ -149,6 +150,8 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     };
     await writeMarkerAt(input.staging, input.major, marker);
     await stopContainer(input.staging);
+    // On the stopped new cluster as pg_upgrade will find it, before a standby is made for nothing.
+    if (opts.check !== false) await requirePgUpgradeCompatible({ ...input, old, superuser, binaries: binaries.volume });
     return { binaries, reused: false, setAsideTo, config, extensionUpdates, ...(withStandby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
 }
 
@@ -226,9 +229,9 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
         // Synapse is down: no new standby now (its copy would take as long as --copy does; prepare removes the old
-        // one before it makes the new cluster again), and the configuration is left to copy-config, the next step,
-        // which has the user's dropSettings.
-        const again = await preparePgUpgrade(input, { standby: false, config: false });
+        // one before it makes the new cluster again), the configuration is left to copy-config, the next step,
+        // which has the user's dropSettings, and no --check (pg_upgrade checks again as it runs).
+        const again = await preparePgUpgrade(input, { standby: false, config: false, check: false });
         phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;

@@ -1,7 +1,9 @@
 // What is checked before the downtime, on real containers: an extension the new image does not ship stops prepare
 // (method pg_upgrade) and preflight (a dump method) by name, with the old cluster serving on; text indexes in a
 // C-library collation stop pg_upgrade across the images' glibc change; an extension the new image has in a newer
-// version is kept at its version by pg_upgrade and updated by serve once the new cluster serves.
+// version is kept at its version by pg_upgrade and updated by serve once the new cluster serves; pg_upgrade --check
+// of the new image refuses a reg* column at prepare; a library the new server cannot load, which postgres -C
+// accepts, is refused by the real start of the new server at prepare.
 import { strict as assert } from "node:assert";
 import { run } from "../../runner/process";
 import { declare } from "../fixtures/pulumi-graph";
@@ -70,6 +72,36 @@ describe("checked before the downtime: extensions and collations", function () {
         } finally {
             await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "DROP DATABASE archive_en"]);
         }
+    });
+
+    it("a reg* column: pg_upgrade --check of the new image refuses at prepare, naming the column; the old cluster serves on, untouched", async () => {
+        await sql("CREATE TABLE reg_probe (f regproc); INSERT INTO reg_probe VALUES ('now')");
+        try {
+            const mark = applier.commandRuns.length;
+            await assert.rejects(up({ version: "17", upgradeFrom: "15", method: "pg_upgrade" }), (err: Error) => {
+                assert.match(err.message, new RegExp(`synapse-pg prepare: pg_upgrade --check of ${TEST_IMAGE}:17 refuses the old cluster before the downtime, with Synapse serving on: .*Checking for reg\\* data types in user tables .*Your installation contains one of the reg\\* data types in user tables\\. .*A list of the problem columns: public\\.reg_probe\\.f \\(database synapse\\); fix it in the old cluster and run pulumi up again, or set postgres:method to directory\\.`));
+                return true;
+            });
+            assert.deepEqual(applier.commandRuns.slice(mark).map((c) => c.name).filter((n) => /stop-synapse|upgrade-15-to-17-upgrade/.test(n)), [], "nothing of the downtime ran");
+            assert.equal(await containerState(OLD), "running", "the old cluster serves on");
+            assert.deepEqual(await sql("SELECT f::text FROM reg_probe"), [{ f: "now" }]);
+            const leftovers = await run("docker", ["run", "--rm", "-v", `${PREFIX}pgsql17:/d`, "--entrypoint", "ls", `${TEST_IMAGE}:17`, "-A", "/d"]);
+            assert.doesNotMatch(leftovers.stdout, /pg_upgrade_output\.d/, "the check's output folder is gone, so the prepared cluster is reused");
+        } finally {
+            await sql("DROP TABLE reg_probe");
+        }
+        await up({ version: "15" });
+    });
+
+    it("a library the new server cannot load (postgres -C accepts it): the real start in prepare refuses, before the downtime", async () => {
+        const mark = applier.commandRuns.length;
+        await assert.rejects(up({ version: "17", upgradeFrom: "15", method: "pg_upgrade", settings: JSON.stringify({ shared_preload_libraries: "synapse_pg_no_such_library" }) }), (err: Error) => {
+            assert.ok(err.message.includes(`synapse-pg prepare: ${TEST_IMAGE}:17 would not start with postgres:settings and the configuration files of "${PREFIX}pg17-staging": could not access file "synapse_pg_no_such_library": No such file or directory; fix the setting or the file and run pulumi up again (the old cluster was not changed).`), err.message);
+            return true;
+        });
+        assert.deepEqual(applier.commandRuns.slice(mark).map((c) => c.name).filter((n) => /stop-synapse|upgrade-15-to-17-upgrade/.test(n)), [], "nothing of the downtime ran");
+        assert.equal(await containerState(OLD), "running", "the old cluster serves on");
+        await up({ version: "15" });
     });
 
     it("an extension the new image has newer: pg_upgrade keeps its version, serve updates it once the new cluster serves", async () => {
