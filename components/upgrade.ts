@@ -131,15 +131,16 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             steps[step] = new command.local.Command(`${name}-${step}`, {
                 ...line,
                 create: stopsSynapse ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse!)}` : line.create,
+                // A step that succeeded is history: a later change of its inputs (a new minor version, a password)
+                // is recorded and runs nothing, and its output stays what the step said. Not ignoreChanges: the
+                // engine keeps an ignored input's old value through a replacement too, so a new attempt would run
+                // the command lines of the first one, without the config changed since.
+                update: finishedStep(step),
                 triggers: [args.attempt],
             }, {
                 parent: this,
                 // Each step starts only after the one before it succeeded: a failure stops the chain there.
                 dependsOn: previous,
-                // A step that succeeded is history: a later change of its inputs (a new minor version, another
-                // image digest) must not run a dump or restore again on a cluster that already serves. "delete"
-                // too: a stack made before prepare had one must not run prepare again to store it.
-                ignoreChanges: ["create", "delete", "environment"],
                 // A new attempt (triggers) replaces prepare: the old one's delete, which removes the standby, runs
                 // first, so it never removes the standby the new one made.
                 deleteBeforeReplace: step === "prepare",
@@ -152,4 +153,12 @@ export class MajorUpgrade extends pulumi.ComponentResource {
 
         this.registerOutputs({ backupFile: this.backupFile, verified: this.verified });
     }
+}
+
+/**
+ * What a finished step runs when its inputs change: nothing but its stored output again (the provider passes it
+ * in PULUMI_COMMAND_STDOUT), and a line that says so.
+ */
+export function finishedStep(step: Step): string {
+    return `printf '%s\\n' "$PULUMI_COMMAND_STDOUT"; echo '${step}: done in an earlier pulumi up; its new inputs are recorded and nothing runs (bump postgres:attempt to run the upgrade again with them)' >&2`;
 }

@@ -5,8 +5,9 @@
 //   only forgotten);
 // - for a container whose replacement-forcing inputs changed, deletes the old one first (deleteBeforeReplace)
 //   and creates the new one; a command whose triggers changed is replaced (its create runs again, and the old
-//   one's delete before it with deleteBeforeReplace, after it without); a command
-//   whose other inputs changed runs create again unless those inputs are in ignoreChanges;
+//   one's delete before it with deleteBeforeReplace, after it without); a command whose other inputs changed
+//   runs its update (create again if it has none) with its last output in PULUMI_COMMAND_STDOUT; an input in
+//   ignoreChanges keeps its old value, through a replacement too;
 // - after that, deletes what the config no longer declares, dependents first: a container is stopped with its
 //   stop signal and grace period and removed (anonymous volumes kept, as removeVolumes=false), a volume with
 //   retainOnDelete is only forgotten, a command without a delete command runs nothing.
@@ -37,6 +38,13 @@ interface Applied {
     retainOnDelete: boolean;
     dependencies: string[];
     urn: string;
+    /** A command's stdout and stderr from its last create or update (its outputs in the state). */
+    output?: { stdout: string; stderr: string };
+}
+
+/** What the provider gives a command's update and delete of its last run. */
+function previousOutput(applied: Applied): Record<string, string> {
+    return { PULUMI_COMMAND_STDOUT: (applied.output?.stdout ?? "").replace(/\n$/, ""), PULUMI_COMMAND_STDERR: (applied.output?.stderr ?? "").replace(/\n$/, "") };
 }
 
 export interface CommandRun {
@@ -44,6 +52,8 @@ export interface CommandRun {
     command: string;
     stdout: string;
     stderr: string;
+    /** An update (an input other than triggers changed), not a create. */
+    update?: boolean;
 }
 
 export class Applier {
@@ -84,9 +94,9 @@ export class Applier {
         return JSON.parse(JSON.stringify(inputs), (_k, v) => (typeof v === "string" && this.realIds.has(v) ? this.realIds.get(v) : v));
     }
 
-    private remember(r: DeclaredResource): void {
+    private remember(r: DeclaredResource, output?: Applied["output"]): void {
         this.state.delete(r.name);
-        this.state.set(r.name, { type: r.type, inputs: r.inputs, retainOnDelete: r.retainOnDelete, dependencies: r.dependencies, urn: r.urn });
+        this.state.set(r.name, { type: r.type, inputs: r.inputs, retainOnDelete: r.retainOnDelete, dependencies: r.dependencies, urn: r.urn, output });
     }
 
     private async volume(r: DeclaredResource, prior?: Applied): Promise<void> {
@@ -147,17 +157,26 @@ export class Applier {
         // after the new create, as the engine does.
         let replaced: Applied | undefined;
         if (prior) {
-            const ignored = new Set(r.ignoreChanges);
+            // ignoreChanges: the engine puts an ignored input's old value in the goal state (gone if it had none),
+            // for an update and for a replacement alike.
+            for (const k of r.ignoreChanges) {
+                const { [k]: _declared, ...rest } = r.inputs;
+                r = { ...r, inputs: k in prior.inputs ? { ...rest, [k]: prior.inputs[k] } : rest };
+            }
             const triggersChanged = !same(prior.inputs.triggers, r.inputs.triggers);
-            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !ignored.has(k) && !same(prior.inputs[k], r.inputs[k]));
-            if (!triggersChanged && changed.length === 0) return this.remember(r);
+            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !same(prior.inputs[k], r.inputs[k]));
+            if (!triggersChanged && changed.length === 0) return this.remember(r, prior.output);
             if (triggersChanged) replaced = prior;
         }
         if (replaced && r.deleteBeforeReplace) await this.delete(r.name, replaced);
-        const env = r.inputs.environment ?? {};
-        const { stdout, stderr } = await runShell(r.inputs.create, env);
-        this.commandRuns.push({ name: r.name, command: r.inputs.create, stdout, stderr });
-        this.remember(r);
+        // Any other change is an update: `update` runs when there is one (else create again), with the stored
+        // output in PULUMI_COMMAND_STDOUT and PULUMI_COMMAND_STDERR, as the provider does.
+        const updating = prior !== undefined && replaced === undefined;
+        const line = updating && r.inputs.update ? r.inputs.update : r.inputs.create;
+        const env = { ...(r.inputs.environment ?? {}), ...(updating ? previousOutput(prior!) : {}) };
+        const { stdout, stderr } = await runShell(line, env);
+        this.commandRuns.push({ name: r.name, command: line, stdout, stderr, update: updating });
+        this.remember(r, { stdout, stderr });
         if (replaced && !r.deleteBeforeReplace) await this.delete(r.name, replaced);
         if (this.afterCommand) await this.afterCommand(r, env);
     }
@@ -171,7 +190,7 @@ export class Applier {
             if (!applied.retainOnDelete) await run("docker", ["volume", "rm", "--force", applied.inputs.name]);
         } else if (applied.type === "command:local:Command") {
             if (applied.inputs.delete) {
-                const { stdout, stderr } = await runShell(applied.inputs.delete, applied.inputs.environment ?? {});
+                const { stdout, stderr } = await runShell(applied.inputs.delete, { ...(applied.inputs.environment ?? {}), ...previousOutput(applied) });
                 this.deleteRuns.push({ name, command: applied.inputs.delete, stdout, stderr });
             }
         }

@@ -145,14 +145,29 @@ describe("config changes on a serving stack: done for real, or refused before an
         applier.state.delete("pg17-data");
     });
 
-    it("postgres:backupDir that does not exist yet: preflight creates it (mode 0700) and the upgrade dumps into it", async () => {
+    it("postgres:backupDir changed with a new attempt after a dump: the new attempt's steps run with the new folder (created, 0700); the first dump stays", async () => {
+        // Attempt 1 dumps into the suite's folder, then stops (as a failure after the dump would).
+        afterStep = async (name) => {
+            if (name === "upgrade-15-to-17-dump") throw new Error("stopped after the dump");
+        };
+        try {
+            await assert.rejects(up({ version: "17", upgradeFrom: "15" }), /stopped after the dump/);
+        } finally {
+            afterStep = async () => undefined;
+        }
+        const first = (await fs.readdir(base.backupDir)).sort();
+        assert.ok(first.includes("upgrade-15-to-17.json"), "attempt 1 dumped into the first folder");
+        // Attempt 2, with a folder that does not exist yet: every step runs with the config as it is now.
         const backups = path.join(scratch, "not", "yet", "backups");
         const mark = applier.commandRuns.length;
-        await up({ version: "17", upgradeFrom: "15", backupDir: backups });
-        const preflight = applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-preflight")!.stdout;
+        await up({ version: "17", upgradeFrom: "15", backupDir: backups, attempt: "2" });
+        const runs = applier.commandRuns.slice(mark);
+        const preflight = runs.find((c) => c.name === "upgrade-15-to-17-preflight")!.stdout;
         assert.match(preflight, new RegExp(`^preflight: created the backup folder ${backups} \\(mode 0700: the dump holds every role's password hash\\)\\.$`, "m"));
+        assert.ok(runs.find((c) => c.name === "upgrade-15-to-17-dump")!.command.includes(`--out ${backups} `), "attempt 2 dumps into the new folder");
         assert.equal((await fs.stat(backups)).mode & 0o777, 0o700);
         assert.ok((await fs.readdir(backups)).includes("upgrade-15-to-17.json"), "the dump's manifest is there");
+        assert.deepEqual((await fs.readdir(base.backupDir)).sort(), first, "attempt 1's dump is left as it was");
         assert.equal(await loginWith(password), 17, "17 serves, and the changed password logs in to it");
     });
 });

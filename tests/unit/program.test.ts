@@ -1,6 +1,8 @@
 // The declared graph for each stack config of the lifecycle, evaluated under Pulumi's mocks.
 import { strict as assert } from "node:assert";
+import { finishedStep } from "../../components/upgrade";
 import { declare, Declared, isSecret, unwrapSecrets } from "../fixtures/pulumi-graph";
+import { runShell } from "../integration/applier";
 
 const BACKUPS = "/srv/backups";
 const DEPLOY_15 = { version: "15" };
@@ -163,10 +165,17 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
         }
     });
 
-    it("never re-runs a step that succeeded when its inputs change later (ignoreChanges)", () => {
-        for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"]) {
-            assert.deepEqual(d.byName(`upgrade-15-to-17-${step}`).ignoreChanges, ["create", "delete", "environment"]);
+    it("never re-runs a step that succeeded when its inputs change later: its update prints its stored output, and nothing is ignored, so a new attempt runs the inputs declared now", async () => {
+        for (const step of ["preflight", "dump", "restore", "copy-config", "verify", "cutover"] as const) {
+            const declared = d.byName(`upgrade-15-to-17-${step}`);
+            assert.deepEqual(declared.ignoreChanges, [], "ignoreChanges would hold through a new attempt's replacement too");
+            assert.equal(declared.inputs.update, finishedStep(step));
         }
+        // Run as the provider runs an update: /bin/sh -c, the last output in PULUMI_COMMAND_STDOUT.
+        const said = "verify: 12 table(s) compared row for row.\nverify: sequences match.";
+        const { stdout, stderr } = await runShell(finishedStep("verify"), { PULUMI_COMMAND_STDOUT: said, PULUMI_COMMAND_STDERR: "" });
+        assert.equal(stdout, `${said}\n`, "the step's output stays what it said");
+        assert.equal(stderr, "verify: done in an earlier pulumi up; its new inputs are recorded and nothing runs (bump postgres:attempt to run the upgrade again with them)\n");
     });
 
     it("keeps both data volumes on delete", () => {
@@ -198,9 +207,10 @@ describe("minor update 17.5 to 17.6 while the old cluster is kept", () => {
         assert.deepEqual(at176.byName("pg17-data").inputs, at175.byName("pg17-data").inputs);
     });
 
-    it("declares no new step: the same upgrade steps, whose changed image is ignored, so no dump runs again", () => {
+    it("declares no new step: the same upgrade steps, whose changed image only updates them (their update runs nothing), so no dump runs again", () => {
         assert.deepEqual(at176.names(), at175.names());
-        assert.deepEqual(at176.byName("upgrade-15-to-17-dump").ignoreChanges, ["create", "delete", "environment"]);
+        assert.equal(at176.byName("upgrade-15-to-17-dump").inputs.update, finishedStep("dump"));
+        assert.deepEqual(at176.byName("upgrade-15-to-17-dump").inputs.triggers, at175.byName("upgrade-15-to-17-dump").inputs.triggers, "not replaced");
         assert.deepEqual(at176.byName("pg15-container").inputs, at175.byName("pg15-container").inputs);
     });
 });
@@ -400,12 +410,12 @@ describe("method pg_upgrade", () => {
         assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --staging synapse-pg17-staging --synapse synapse`);
         assert.equal(cmd("upgrade"), `${RUNNER} upgrade --container synapse-pg15 ${cluster} --login-user synapse --synapse synapse`);
         assert.match(cmd("verify"), / --synapse synapse$/);
-        for (const step of ["prepare", "upgrade"]) {
+        for (const step of ["prepare", "upgrade"] as const) {
             const s = d.byName(`upgrade-15-to-17-${step}`);
             assert.ok(isSecret(s.inputs.environment) || isSecret(s.inputs.environment.SYNAPSE_PG_PASSWORD), `${step} gets the password as a secret`);
             assert.equal(unwrapSecrets(s.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
             assert.ok(!s.inputs.create.includes("synapse-secret"));
-            assert.deepEqual(s.ignoreChanges, ["create", "delete", "environment"]);
+            assert.equal(s.inputs.update, finishedStep(step));
         }
     });
 
