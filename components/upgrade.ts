@@ -85,7 +85,9 @@ export class MajorUpgrade extends pulumi.ComponentResource {
                 create: stepCommand("preflight", {
                     container: args.fromContainer, "target-major": args.toMajor, "target-image": args.toImage,
                     "target-data": data, ...(physical ? { staging: args.stagingContainer } : args.backupDir ? { "backup-dir": args.backupDir } : {}),
+                    "login-user": args.loginUser, "login-database": args.loginDatabase,
                 }),
+                environment: secretEnv,
             },
             dump: {
                 // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.

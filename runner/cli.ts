@@ -241,10 +241,15 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "target-data": "the new cluster's volume name or absolute host folder",
             "backup-dir?": "where the dump will go, to check its free space",
             "staging?": "the staging container prepare made (method pg_upgrade), read instead of the data location",
+            "login-user?": "the role Synapse logs in as: with SYNAPSE_PG_PASSWORD set, its login to the old cluster is checked",
+            "login-database?": "the database Synapse logs in to (default synapse)",
             "json!": "print the result as JSON",
         },
         async run(f, out) {
+            const pw = password(false);
+            const login = pw && f["login-user"] !== undefined ? { user: str(f, "login-user"), database: (f["login-database"] as string) ?? "synapse", password: pw } : undefined;
             const r = await preflight({
+                login,
                 container: str(f, "container"),
                 targetMajor: int(f, "target-major"),
                 targetImage: str(f, "target-image"),

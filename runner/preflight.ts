@@ -4,10 +4,11 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { checkBackupSpace, ensureBackupDir, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
-import { ContainerInfo, inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
+import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { requireFenceable } from "./fence";
 import { checkExtensions } from "./extensions";
+import { tcpLoginError } from "./password";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
 
@@ -22,6 +23,8 @@ export interface PreflightInput {
     backupDir?: string;
     /** The staging container prepare made (method pg_upgrade): its marker is read through it, quickly. */
     staging?: string;
+    /** Synapse's login and postgres:password: the new cluster gets the old one's password hashes. */
+    login?: { user: string; database: string; password: string };
 }
 
 export interface PreflightResult {
@@ -149,6 +152,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
         throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
     }
+    if (input.login) await requireDeclaredPassword(old, input.login);
     // A dump's restore creates each extension anew: the new image must have it (method pg_upgrade: prepare checks).
     if (!input.staging) await checkExtensions(input.container, user, input.targetImage);
     const createdBackupDir = input.backupDir ? await ensureBackupDir(input.backupDir) : undefined;
@@ -164,6 +168,21 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         throw foreignDataError(input.targetData, target);
     }
     return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles, createdBackupDir };
+}
+
+/**
+ * The new cluster gets the old one's password hashes and verify logs in with postgres:password, so a password
+ * the old cluster refuses would stop the upgrade at verify, after the downtime: a typo, or a password changed
+ * with the upgrade (the old cluster is never changed, so it cannot take the new one). After the clients check,
+ * whose list this login must not join. A login that fails for another reason (an access rule) is verify's to say.
+ */
+async function requireDeclaredPassword(old: ContainerInfo, login: NonNullable<PreflightInput["login"]>): Promise<void> {
+    const refused = await tcpLoginError(old, login.user, login.password, login.database);
+    if (refused === undefined || !/password authentication failed/.test(refused)) return;
+    const before = old.labels[MANAGED_LABEL] === "true"
+        ? `set postgres:version back to ${old.labels["synapse-postgres.cluster"]} and pulumi up, which sets it`
+        : `psql's \\password ${login.user} in "${old.name}"`;
+    throw new StepError(`postgres:password does not log in to "${old.name}" as ${login.user} (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (${before}) or after it.`);
 }
 
 /**

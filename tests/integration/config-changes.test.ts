@@ -12,7 +12,7 @@ import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier } from "./applier";
-import { containerState, endSuite, startSuite, Suite } from "./docker-env";
+import { containerState, endSuite, startSuite, Suite, TEST_IMAGE } from "./docker-env";
 
 const PREFIX = "sptest-cfg-";
 const PORT = 25439;
@@ -83,6 +83,18 @@ describe("config changes on a serving stack: done for real, or refused before an
         assert.equal(await loginWith(password), 15);
     });
 
+    it("postgres:hostAlias changed: the container is replaced and answers to the new name only on the network", async () => {
+        const mark = applier.commandRuns.length;
+        const ready = (host: string) => run("docker", ["run", "--rm", "--network", `${PREFIX}net`, "--entrypoint", "pg_isready", `${TEST_IMAGE}:15`, "-h", host, "-t", "5"])
+            .then(() => true, () => false);
+        await up({ version: "15", hostAlias: "matrix-db" });
+        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout, /will be replaced \(its network or host name changes\)/);
+        assert.deepEqual([await ready("matrix-db"), await ready("db")], [true, false]);
+        await up({ version: "15" });
+        assert.deepEqual([await ready("matrix-db"), await ready("db")], [false, true]);
+        assert.equal(await loginWith(password), 15);
+    });
+
     it("postgres:user or postgres:containerPrefix changed on a cluster with data: refused before anything changes", async () => {
         const id = await containerId(OLD);
         await assert.rejects(up({ version: "15", user: "matrix" }), (err: Error) => {
@@ -143,6 +155,20 @@ describe("config changes on a serving stack: done for real, or refused before an
         await up({ version: "15" });
         for (const v of [`${PREFIX}pgsql17`]) await run("docker", ["volume", "rm", "-f", v]);
         applier.state.delete("pg17-data");
+    });
+
+    it("postgres:password changed together with an upgrade: preflight refuses before the downtime, saying how to change it; the old cluster serves on", async () => {
+        const declared = password;
+        password = "config-Pässword-3";
+        try {
+            await assert.rejects(up({ version: "17", upgradeFrom: "15" }), (err: Error) => {
+                assert.ok(err.message.includes(`synapse-pg preflight: postgres:password does not log in to "${OLD}" as synapse (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (set postgres:version back to 15 and pulumi up, which sets it) or after it.`), err.message);
+                return true;
+            });
+        } finally {
+            password = declared;
+        }
+        assert.equal(await loginWith(password), 15, "15 serves on with the password it had");
     });
 
     it("postgres:backupDir changed with a new attempt after a dump: the new attempt's steps run with the new folder (created, 0700); the first dump stays", async () => {

@@ -142,7 +142,7 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
 
     it("runs the exact step commands", () => {
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
-        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS}`);
+        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS} --login-user synapse --login-database synapse`);
         assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --method directory --tool-image postgres:17-alpine`);
         assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17 --login-user synapse --old synapse-pg15`);
         assert.equal(cmd("copy-config"), `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging`);
@@ -150,14 +150,14 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
         assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17 --database synapse`);
     });
 
-    it("gives the password to dump, restore and verify only as a secret environment variable", () => {
-        for (const step of ["dump", "restore", "verify"]) {
+    it("gives the password to preflight, dump, restore and verify only as a secret environment variable", () => {
+        for (const step of ["preflight", "dump", "restore", "verify"]) {
             const env = d.byName(`upgrade-15-to-17-${step}`).inputs.environment;
             // The SDK marks the whole environment map secret when a value in it is.
             assert.ok(isSecret(env) || isSecret(env.SYNAPSE_PG_PASSWORD), `${step}'s password is secret`);
             assert.equal(unwrapSecrets(env).SYNAPSE_PG_PASSWORD, "synapse-secret");
         }
-        for (const step of ["preflight", "copy-config", "cutover"]) {
+        for (const step of ["copy-config", "cutover"]) {
             assert.equal(d.byName(`upgrade-15-to-17-${step}`).inputs.environment, undefined);
         }
         for (const r of d.resources) {
@@ -407,7 +407,7 @@ describe("method pg_upgrade", () => {
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
         const cluster = "--staging synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17";
         assert.equal(cmd("prepare"), `${RUNNER} prepare --container synapse-pg15 ${cluster}`);
-        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --staging synapse-pg17-staging --synapse synapse`);
+        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --staging synapse-pg17-staging --login-user synapse --login-database synapse --synapse synapse`);
         assert.equal(cmd("upgrade"), `${RUNNER} upgrade --container synapse-pg15 ${cluster} --login-user synapse --synapse synapse`);
         assert.match(cmd("verify"), / --synapse synapse$/);
         for (const step of ["prepare", "upgrade"] as const) {
