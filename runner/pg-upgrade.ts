@@ -103,7 +103,7 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);
     const [extensionUpdates] = await Promise.all([
-        checkExtensions(old.name, superuser, input.image), requireSameOwner(old, input.image), requireSameCollationRules(old.name, superuser, input.image),
+        checkExtensions(old.name, superuser, input.image), requireSameOwner(old, input.image), requireSameCollationRules(old.name, superuser, input.image, version.major),
     ]);
 
     const standbyName = standbyContainerName(input.staging);

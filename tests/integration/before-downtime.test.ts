@@ -3,7 +3,8 @@
 // C-library collation stop pg_upgrade across the images' glibc change; an extension the new image has in a newer
 // version is kept at its version by pg_upgrade and updated by serve once the new cluster serves; pg_upgrade --check
 // of the new image refuses a reg* column at prepare; a library the new server cannot load, which postgres -C
-// accepts, is refused by the real start of the new server at prepare.
+// accepts, is refused by the real start of the new server at prepare; ICU-collated indexes across the images' ICU
+// change stop pg_upgrade as C-library ones do across a glibc change.
 import { strict as assert } from "node:assert";
 import { run } from "../../runner/process";
 import { declare } from "../fixtures/pulumi-graph";
@@ -64,13 +65,29 @@ describe("checked before the downtime: extensions and collations", function () {
             "CREATE TABLE rooms (name text, alias text COLLATE \"C\"); CREATE INDEX ON rooms (name); CREATE INDEX ON rooms (alias)"]);
         try {
             await assert.rejects(up({ version: "17", upgradeFrom: "15", method: "pg_upgrade" }), (err: Error) => {
-                assert.match(err.message, new RegExp(`synapse-pg prepare: Indexes in archive_en \\(1\\) are sorted by C-library collation rules, and the C library changes from "ldd \\(Debian GLIBC 2\\.36[^"]*" in the old image to "ldd \\(Debian GLIBC 2\\.41[^"]*" in ${TEST_IMAGE}:17: pg_upgrade would carry them unchanged and they could return wrong results; set postgres:method to directory \\(its restore builds every index anew\\), or use a new image with the old C library\\.`));
+                assert.match(err.message, new RegExp(`synapse-pg prepare: Indexes in archive_en \\(1\\) are sorted by C-library collation rules, and the C library changes from "ldd \\(Debian GLIBC 2\\.36[^"]*" in the old image to "ldd \\(Debian GLIBC 2\\.41[^"]*" in ${TEST_IMAGE}:17: pg_upgrade would carry them unchanged and they could return wrong results; set postgres:method to directory \\(its restore builds every index anew\\), or use a new image with the old library\\.`));
                 return true;
             });
             assert.equal(await containerState(OLD), "running", "the old cluster serves on");
             await up({ version: "15" });
         } finally {
             await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "DROP DATABASE archive_en"]);
+        }
+    });
+
+    it("text indexes in an ICU collation, across the images' ICU change (72 to 76): prepare refuses pg_upgrade, naming them and method directory", async () => {
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "CREATE DATABASE archive_icu LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C' TEMPLATE template0"]);
+        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "archive_icu", "-c",
+            "CREATE TABLE rooms (name text, topic text COLLATE \"und-x-icu\", alias text COLLATE \"C\"); CREATE INDEX ON rooms (name); CREATE INDEX ON rooms (topic); CREATE INDEX ON rooms (alias)"]);
+        try {
+            await assert.rejects(up({ version: "17", upgradeFrom: "15", method: "pg_upgrade" }), (err: Error) => {
+                assert.ok(err.message.includes(`synapse-pg prepare: Indexes in archive_icu (2) are sorted by ICU collation rules, and ICU changes from 72 in the old image to 76 in ${TEST_IMAGE}:17: pg_upgrade would carry them unchanged and they could return wrong results; set postgres:method to directory (its restore builds every index anew), or use a new image with the old library.`), err.message);
+                return true;
+            });
+            assert.equal(await containerState(OLD), "running", "the old cluster serves on");
+            await up({ version: "15" });
+        } finally {
+            await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "DROP DATABASE archive_icu"]);
         }
     });
 
