@@ -59,10 +59,14 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
 
     it("stops before the switch when pg_upgrade's own checks refuse the old cluster, which runs on unchanged", async () => {
         // A reg* column: its OIDs do not survive pg_upgrade, which refuses such tables. A dump method would not care.
-        await sql("CREATE TABLE public.synapse_pg_regproc_trap (f regproc)");
-        const withTrap = await snapshotCluster(login);
+        // Made after prepare, whose pg_upgrade --check refuses one made before (before-downtime.test.ts).
+        let withTrap: Awaited<ReturnType<typeof snapshotCluster>> | undefined;
+        between["upgrade-15-to-17-prepare"] = async () => {
+            await sql("CREATE TABLE public.synapse_pg_regproc_trap (f regproc)");
+            withTrap = await snapshotCluster(login);
+        };
         const mark = applier.commandRuns.length;
-        await assert.rejects(up({ version: "17", upgradeFrom: "15" }), (err: Error) => {
+        await assert.rejects(up({ version: "17", upgradeFrom: "15" }).finally(() => delete between["upgrade-15-to-17-prepare"]), (err: Error) => {
             // On the standby: the old server was never stopped.
             assert.match(err.message, /synapse-pg upgrade: pg_upgrade stopped before the switch, the old cluster is unchanged and running: .*reg\* data types in user tables/);
             return true;
@@ -72,7 +76,7 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         assert.match(stdoutOf(mark, "upgrade-15-to-17-prepare"), /prepare: the standby "sptest-pgu-pg17-staging-standby" streams from "sptest-pgu-pg15"; the upgrade will link its files, not copy the old data while Synapse is down\./);
         assert.equal(await containerState(`${PREFIX}pg15`), "running", "the old cluster is running");
         assert.equal(await containerState(`${PREFIX}pg17-staging-standby`), "absent", "the promoted standby is gone");
-        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withTrap), "and holds exactly what it held");
+        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withTrap!), "and holds exactly what it held");
         await sql("DROP TABLE public.synapse_pg_regproc_trap");
     });
 
