@@ -68,7 +68,7 @@ export class Applier {
     private readonly realIds = new Map<string, string>();
 
     /** `afterCommand` is called after each successful command (the tests run every step a second time there). */
-    constructor(private readonly afterCommand?: (r: DeclaredResource, env: Record<string, string>) => Promise<void>) {}
+    constructor(private readonly afterCommand?: (r: DeclaredResource, env: Record<string, string>, line: string) => Promise<void>) {}
 
     async up(declared: Declared): Promise<void> {
         const plain = declared.resources.map((r) => ({ ...r, inputs: unwrapSecrets(r.inputs) }));
@@ -178,7 +178,7 @@ export class Applier {
         this.commandRuns.push({ name: r.name, command: line, stdout, stderr, update: updating });
         this.remember(r, { stdout, stderr });
         if (replaced && !r.deleteBeforeReplace) await this.delete(r.name, replaced);
-        if (this.afterCommand) await this.afterCommand(r, env);
+        if (this.afterCommand) await this.afterCommand(r, env, line);
     }
 
     private async delete(name: string, applied: Applied): Promise<void> {

@@ -377,8 +377,8 @@ describe("faults: the old data always survives, and a re-run completes", functio
 
     it("8. a re-run after a successful upgrade runs nothing and changes nothing", async () => {
         const before = applier.commandRuns.length;
-        await up(upgrade());
-        assert.equal(applier.commandRuns.length, before, "no step ran again");
+        await up(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
+        assert.deepEqual(applier.commandRuns.slice(before).map((c) => c.name), [], "no step ran again");
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
         assert.deepEqual(logicalContent(after), logicalContent(original));

@@ -92,12 +92,13 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
     const reruns: string[] = [];
     const login = { port: PORT, user: "synapse", password: PASSWORD };
 
-    // Every step command runs a second time right after it succeeded, as a person re-running it by hand would.
+    // Every step command (the create, or the update the applier ran) runs a second time right after it succeeded,
+    // as a person re-running it by hand would; its whole output is kept.
     const envSightings: string[] = [];
     const stagingLookedAt = new Set<string>();
-    const applier = new Applier(async (r: DeclaredResource, env) => {
-        const again = await runShell(r.inputs.create, env);
-        reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
+    const applier = new Applier(async (r: DeclaredResource, env, line) => {
+        const again = await runShell(line, env);
+        reruns.push(`${r.name}: ${again.stdout.trim()}`);
         const { holding, staging } = await passwordInEnvironment();
         envSightings.push(...holding.map((n) => `${n} after ${r.name}`));
         staging.forEach((n) => stagingLookedAt.add(n));

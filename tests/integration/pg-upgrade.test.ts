@@ -22,11 +22,12 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
     let original: ClusterSnapshot;
     const login = { port: PORT, user: "synapse", password: PASSWORD };
     const reruns: string[] = [];
-    // Every step command runs a second time right after it succeeded, as a person re-running it by hand would.
+    // Every step command (the create, or the update the applier ran) runs a second time right after it succeeded, as
+    // a person re-running it by hand would.
     // Runs after a named step (and its re-run) succeeded: a fault injected between two steps.
     const between: Record<string, () => Promise<void>> = {};
-    const applier = new Applier(async (r: DeclaredResource, env) => {
-        const again = await runShell(r.inputs.create, env);
+    const applier = new Applier(async (r: DeclaredResource, env, line) => {
+        const again = await runShell(line, env);
         reruns.push(`${r.name}: ${again.stdout.trim().split("\n").pop()}`);
         await between[r.name]?.();
     });
