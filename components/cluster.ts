@@ -160,10 +160,14 @@ export class Cluster extends pulumi.ComponentResource {
             // unless-stopped, not always: a cluster stopped at cutover must stay stopped after a daemon restart,
             // or two servers would answer to the alias.
             restart: "unless-stopped",
-            // Only the serving cluster must run: `pulumi refresh` of the stopped source must not make the next up
-            // start it, and a source created anew (gone from Docker) is created stopped.
-            mustRun: args.serving,
-            start: args.serving,
+            // Pulumi never starts a cluster: the serve step does, once it has stopped the other cluster under the
+            // alias, and only when going back loses nothing. A replaced container that Pulumi started would answer
+            // beside the serving one until serve ran, stay up after serve refused (a revert that would lose
+            // events), and fail to start while the other still holds the published port. Not must-run: the
+            // provider deletes a must-run container it finds stopped, and `pulumi refresh` of the stopped source
+            // must not make the next up start it.
+            mustRun: false,
+            start: false,
             // The official image's STOPSIGNAL (fast shutdown); the provider's default grace of 0 s is a kill.
             stopSignal: "SIGINT",
             destroyGraceSeconds: 120,

@@ -64,8 +64,8 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     const leaving = await eventsWrittenSinceSwitch([...others, ...(await stoppedPeers(input, info))]);
     const refusal = revertRefusal(input, info, leaving);
     if (refusal) {
-        // Refused: this cluster must not answer to the alias (Pulumi starts a replaced container before serve
-        // runs), and Synapse goes back to what it had.
+        // Refused: this cluster must not answer to the alias (Pulumi creates clusters stopped, but someone may
+        // have started it by hand), and Synapse goes back to what it had.
         if (info.running) await stopContainer(input.container);
         await startSynapse(input.synapse ?? []);
         throw new StepError(refusal);

@@ -212,12 +212,11 @@ describe("upgrade traps on real containers", function () {
 
     it("a revert that would run another image than the one that wrote the old data is refused, naming the image to pin", async () => {
         // Upgrade again (the reverted 17 data is set aside), then revert with an image template whose 15 is another
-        // build: Docker replaces the 15 container with it. The port stays with 17 until the switch, so none here.
+        // build: Docker replaces the 15 container with it, created stopped, with the port 17 still publishes.
         await up({ ...upgrade, attempt: "2" });
         const pinned = (await run("docker", ["inspect", "-f", "{{.Image}}", `${PREFIX}pg15`])).stdout.trim();
         await run("docker", ["build", "-q", "-t", `${PREFIX}other/postgres:15`, "-"], { stdin: `FROM ${TEST_IMAGE}:15\nLABEL rebuilt=yes\n` });
-        const { port: _port, ...withoutPort } = base;
-        await assert.rejects(applier.up(await declare({ ...withoutPort, version: "15", image: `${PREFIX}other/postgres:{version}` }, PASSWORD)), (err: Error) => {
+        await assert.rejects(applier.up(await declare({ ...base, version: "15", image: `${PREFIX}other/postgres:{version}` }, PASSWORD)), (err: Error) => {
             assert.ok(err.message.includes(`synapse-pg serve: The revert to "${PREFIX}pg15" would run image ${PREFIX}other/postgres:15 (`), err.message);
             assert.ok(err.message.includes(`not the image that wrote its data before the upgrade (${pinned}); set postgres:image to ${pinned} and run pulumi up again.`), err.message);
             return true;

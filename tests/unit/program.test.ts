@@ -503,12 +503,13 @@ describe("postgres:settings: tuning as declared config, for the serving cluster 
         assert.equal(d.find("pg15-check-settings"), undefined);
     });
 
-    it("the source cluster is not must-run and is created stopped: a refresh or a re-creation never starts it beside the new one", async () => {
+    it("no cluster is must-run or started by Pulumi: a refresh or a re-creation never starts one beside another; serve starts the serving one", async () => {
         const d = await declare(UPGRADE_17);
         assert.deepEqual([plain(d, "pg15-container").mustRun, plain(d, "pg15-container").start], [false, false]);
-        assert.deepEqual([plain(d, "pg17-container").mustRun, plain(d, "pg17-container").start], [true, true]);
+        assert.deepEqual([plain(d, "pg17-container").mustRun, plain(d, "pg17-container").start], [false, false]);
+        assert.ok(short(d.byName("pg17-serve").dependencies).includes("pg17-container"));
         const serving = await declare({ version: "15" });
-        assert.deepEqual([plain(serving, "pg15-container").mustRun, plain(serving, "pg15-container").start], [true, true]);
+        assert.deepEqual([plain(serving, "pg15-container").mustRun, plain(serving, "pg15-container").start], [false, false]);
     });
 });
 
