@@ -3,6 +3,7 @@
 import { spawn } from "node:child_process";
 import * as path from "node:path";
 import { run } from "../runner/process";
+import { CLUSTER_LABEL, MANAGED_LABEL, PASSWORD_ENV } from "../runner/names";
 
 export const IMAGE = "synapse-pg-test/postgres";
 export const PREFIX = "spbench-";
@@ -43,7 +44,7 @@ export async function cleanup(): Promise<void> {
 export async function serveNew(name: string, volume: string, major: number, synapse?: string): Promise<number> {
     await run("docker", ["run", "-d", "--name", name, "--network", NETWORK, "--network-alias", "db", "--shm-size", "256m",
         "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD", "-e", "PGDATA=/var/lib/postgresql/data",
-        "--label", "synapse-postgres.managed=true", "--label", `synapse-postgres.cluster=${major}`,
+        "--label", `${MANAGED_LABEL}=true`, "--label", `${CLUSTER_LABEL}=${major}`,
         "--restart", "unless-stopped", "--stop-signal", "SIGINT", "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`],
         { env: { POSTGRES_PASSWORD: PASSWORD } });
     return step(["serve", "--container", name, "--network", NETWORK, "--alias", "db", "--database", "synapse", ...(synapse ? ["--synapse", synapse] : [])]);
@@ -51,7 +52,7 @@ export async function serveNew(name: string, volume: string, major: number, syna
 
 /** A cluster as the program declares one; `serving`: on Synapse's network with the alias, like a serving cluster. */
 export async function startCluster(name: string, major: number, volume: string, serving = false): Promise<void> {
-    const network = serving ? ["--network", NETWORK, "--network-alias", "db", "--label", "synapse-postgres.managed=true", "--stop-signal", "SIGINT"] : [];
+    const network = serving ? ["--network", NETWORK, "--network-alias", "db", "--label", `${MANAGED_LABEL}=true`, "--stop-signal", "SIGINT"] : [];
     await run("docker", ["run", "-d", "--name", name, ...network, "--shm-size", "256m", "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD",
         "-e", "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C",
         "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`], { env: { POSTGRES_PASSWORD: PASSWORD } });
@@ -76,7 +77,7 @@ export function step(args: string[]): Promise<number> {
     return new Promise((resolve, reject) => {
         const child = spawn(path.join(REPO, "bin/synapse-pg"), args, {
             cwd: REPO,
-            env: { ...process.env, SYNAPSE_PG_PASSWORD: PASSWORD, SYNAPSE_PG_REPORT_RSS: "1", SYNAPSE_PG_PROGRESS_MS: "10000" },
+            env: { ...process.env, [PASSWORD_ENV]: PASSWORD, SYNAPSE_PG_REPORT_RSS: "1", SYNAPSE_PG_PROGRESS_MS: "10000" },
         });
         let err = "";
         child.stdout.on("data", (d) => {

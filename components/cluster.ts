@@ -6,6 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/layout";
 import { stepCommand } from "./command-line";
 import { serverCommand, shmSizeFor } from "../runner/server-command";
+import { CLUSTER_LABEL, MANAGED_LABEL, PASSWORD_ENV } from "../runner/names";
 
 export interface ClusterArgs {
     /**
@@ -82,8 +83,8 @@ export class Cluster extends pulumi.ComponentResource {
             this.volume = new docker.Volume(`${name}-data`, {
                 name: args.data.name,
                 labels: [
-                    { label: "synapse-postgres.managed", value: "true" },
-                    { label: "synapse-postgres.cluster", value: String(args.major) },
+                    { label: MANAGED_LABEL, value: "true" },
+                    { label: CLUSTER_LABEL, value: String(args.major) },
                 ],
             }, {
                 parent: this,
@@ -114,7 +115,7 @@ export class Cluster extends pulumi.ComponentResource {
                     ...(args.synapseContainers?.length ? { synapse: args.synapseContainers.join(",") } : {}),
                 }),
                 // Every input that replaces the container; the password as a secret (compared in the step's env).
-                environment: { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) },
+                environment: { [PASSWORD_ENV]: pulumi.secret(args.password) },
                 triggers: [args.image, JSON.stringify(settings), this.dataLocation, pulumi.output(args.port).apply((p) => (p === undefined ? "" : String(p))),
                     args.network, args.hostAlias, args.user, args.database, pulumi.secret(args.password)],
             }, { parent: this, dependsOn: checked });
@@ -141,8 +142,8 @@ export class Cluster extends pulumi.ComponentResource {
             networksAdvanced: [{ name: args.network, aliases: [args.hostAlias] }],
             ports: args.port === undefined ? [] : [{ internal: 5432, external: args.port, ip: "127.0.0.1" }],
             labels: [
-                { label: "synapse-postgres.managed", value: "true" },
-                { label: "synapse-postgres.cluster", value: String(args.major) },
+                { label: MANAGED_LABEL, value: "true" },
+                { label: CLUSTER_LABEL, value: String(args.major) },
             ],
             // -h 127.0.0.1: the image's first-start server listens on the socket only, so this is healthy only
             // once the real server runs.

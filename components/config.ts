@@ -4,6 +4,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
 import { DumpMethod } from "../runner/dump";
 import { sizeInBytes } from "../runner/server-command";
+import { MIN_MAJOR } from "../runner/names";
 
 export interface Version {
     /** As given: "17" or "17.6"; it fills `{version}` in the image template. */
@@ -71,7 +72,6 @@ export interface StackConfig {
 }
 
 /** Current Synapse releases need PostgreSQL 14 or newer. */
-export const MIN_MAJOR = 14;
 
 /**
  * Settings this program decides for every cluster: where the data is, where it listens, where the files are.

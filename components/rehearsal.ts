@@ -3,6 +3,7 @@
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { stepCommand } from "./command-line";
+import { PASSWORD_ENV } from "../runner/names";
 
 export interface RehearsalArgs {
     /** The live old cluster's container (only read). */
@@ -34,7 +35,7 @@ export class Rehearsal extends pulumi.ComponentResource {
                 ...(args.backupDir ? { "backup-dir": args.backupDir } : {}),
                 ...(args.method === "pg_upgrade" ? { method: "pg_upgrade" } : {}),
             }).apply((line) => `${line} --json`),
-            environment: { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) },
+            environment: { [PASSWORD_ENV]: pulumi.secret(args.password) },
             triggers: [args.attempt],
         }, { parent: this });
         this.report = run.stdout;

@@ -6,6 +6,7 @@ import * as pulumi from "@pulumi/pulumi";
 import { dumpPathOf, DumpMethod } from "../runner/dump";
 import { DataLocation, formatDataLocation } from "../runner/layout";
 import { shellQuote, stepCommand } from "./command-line";
+import { PASSWORD_ENV } from "../runner/names";
 
 /** directory and dumpall dump and restore; pg_upgrade keeps the data files (see runner/pg-upgrade.ts, runner/standby.ts). */
 export type UpgradeMethod = DumpMethod | "pg_upgrade";
@@ -64,7 +65,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
         if (!physical && args.backupDir === undefined) throw new Error(`${name}: a dump method needs backupDir`);
         this.backupFile = physical ? undefined : dumpPathOf(args.backupDir!, dumpName, args.method as DumpMethod);
         const data = formatDataLocation(args.toData);
-        const secretEnv = { SYNAPSE_PG_PASSWORD: pulumi.secret(args.password) };
+        const secretEnv = { [PASSWORD_ENV]: pulumi.secret(args.password) };
         const newCluster = { staging: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
         // The configuration's inputs: copy-config's, and prepare's, which carries the configuration before the downtime.
         const configFlags = {

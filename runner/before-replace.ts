@@ -14,13 +14,14 @@
 //   or an image it cannot start with is refused while the current server still serves.
 //
 // Run at any other time the step changes nothing, so Synapse is never left stopped.
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata } from "./docker";
+import { ContainerInfo, inspectContainer, mountsHoldingPgdata } from "./docker";
 import { run } from "./process";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
 import { requireServerStarts } from "./start-check";
 import { stopSynapse } from "./synapse";
 import { locationExists, readTargetState } from "./target";
+import { CLUSTER_LABEL, MANAGED_LABEL, ROLE_LABEL } from "./names";
 
 export interface BeforeReplaceInput {
     /** The serving container and what the stack now declares for it. */
@@ -98,7 +99,7 @@ function requireSameBootstrap(info: ContainerInfo, input: BeforeReplaceInput): v
  * the data location, onto an empty one. Another stack's (another network or alias) is not this one's.
  */
 async function requireNoOtherServingContainer(container: string, major: number, network: string, alias: string): Promise<void> {
-    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${MANAGED_LABEL}=true`, "--filter", `label=synapse-postgres.cluster=${major}`, "--format", '{{.Names}}\t{{.Label "synapse-postgres.role"}}']);
+    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${MANAGED_LABEL}=true`, "--filter", `label=${CLUSTER_LABEL}=${major}`, "--format", `{{.Names}}\t{{.Label "${ROLE_LABEL}"}}`]);
     for (const [name, role] of stdout.split("\n").filter(Boolean).map((l) => l.split("\t"))) {
         if (role || name === container) continue;
         if (!(await inspectContainer(name))?.networks[network]?.aliases.includes(alias)) continue;

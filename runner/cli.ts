@@ -24,8 +24,7 @@ import { formatReport, verifyClusters } from "./verify";
 import { requireContainer, resumeStaging, superuserOf } from "./docker";
 import { removeStandby, standbyContainerName } from "./standby";
 import { parseContainerList, requireCopyAfterSynapse, startSynapse, stopSynapse } from "./synapse";
-
-export const PASSWORD_ENV = "SYNAPSE_PG_PASSWORD";
+import { PASSWORD_ENV } from "./names";
 
 type Flags = Record<string, string | boolean>;
 
@@ -241,7 +240,7 @@ export const SUBCOMMANDS: Record<string, Subcommand> = {
             "target-data": "the new cluster's volume name or absolute host folder",
             "backup-dir?": "where the dump will go, to check its free space",
             "staging?": "the staging container prepare made (method pg_upgrade), read instead of the data location",
-            "login-user?": "the role Synapse logs in as: with SYNAPSE_PG_PASSWORD set, its login to the old cluster is checked",
+            "login-user?": `the role Synapse logs in as: with ${PASSWORD_ENV} set, its login to the old cluster is checked`,
             "login-database?": "the database Synapse logs in to (default synapse)",
             "json!": "print the result as JSON",
         },

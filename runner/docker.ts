@@ -4,6 +4,7 @@ import { Writable } from "node:stream";
 import { ProcessError, run, RunOptions } from "./process";
 import { DataLocation, formatDataLocation } from "./layout";
 import { StepError } from "./step-error";
+import { ROLE_LABEL } from "./names";
 
 export interface ContainerInfo {
     name: string;
@@ -28,7 +29,6 @@ export interface ContainerInfo {
 }
 
 /** Label on every container and volume this program creates; only those are ever stopped or removed by us. */
-export const MANAGED_LABEL = "synapse-postgres.managed";
 
 export async function inspectContainer(name: string): Promise<ContainerInfo | undefined> {
     let out: string;
@@ -88,7 +88,7 @@ export function mountsHoldingPgdata(info: ContainerInfo): ContainerInfo["mounts"
  */
 export async function ourContainer(name: string, role: "staging" | "standby" | "start-check"): Promise<ContainerInfo | undefined> {
     const existing = await inspectContainer(name);
-    if (existing && existing.labels["synapse-postgres.role"] !== role) {
+    if (existing && existing.labels[ROLE_LABEL] !== role) {
         throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
     }
     return existing;
@@ -100,7 +100,7 @@ export async function ourContainer(name: string, role: "staging" | "standby" | "
  * other container is returned as it is.
  */
 export async function resumeStaging(info: ContainerInfo): Promise<ContainerInfo> {
-    if (info.running || info.labels["synapse-postgres.role"] !== "staging") return info;
+    if (info.running || info.labels[ROLE_LABEL] !== "staging") return info;
     await startContainer(info.name);
     await waitUntilAccepting(info.name, superuserOf(info));
     return (await inspectContainer(info.name)) ?? info;

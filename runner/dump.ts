@@ -12,11 +12,12 @@ import * as path from "node:path";
 import * as os from "node:os";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { dbConninfo, MANAGED_LABEL, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
+import { dbConninfo, query, requireContainer, serverVersion, superuserOf, pinnedReference } from "./docker";
 import { CopyPoint, Fence, takeCopyPoint } from "./fence";
 import { run } from "./process";
 import { Progress } from "./progress";
 import { StepError } from "./step-error";
+import { MANAGED_LABEL, TOOL_OF_LABEL } from "./names";
 
 export type DumpMethod = "directory" | "dumpall";
 export const DUMP_METHODS: DumpMethod[] = ["directory", "dumpall"];
@@ -241,7 +242,6 @@ async function writePassfile(password: string): Promise<string> {
 }
 
 /** `<old container>/<dump name>` on a dump's tool containers, so a re-run of that dump finds what a killed attempt left. */
-const TOOL_OF = "synapse-postgres.tool-of";
 
 /**
  * `docker run` of the tool image sharing the old container's network namespace: 127.0.0.1 reaches the old server
@@ -249,7 +249,7 @@ const TOOL_OF = "synapse-postgres.tool-of";
  */
 function toolArgs(tool: DumpTool, entrypoint: string, extra: string[] = []): string[] {
     const args = ["run", "--rm", "--network", `container:${tool.container}`, "--entrypoint", entrypoint,
-        "--label", `${MANAGED_LABEL}=true`, "--label", `${TOOL_OF}=${tool.container}/${tool.dump}`];
+        "--label", `${MANAGED_LABEL}=true`, "--label", `${TOOL_OF_LABEL}=${tool.container}/${tool.dump}`];
     if (process.getuid && process.getgid) args.push("--user", `${process.getuid()}:${process.getgid()}`);
     if (tool.passfile) args.push("-v", `${tool.passfile}:${PASSFILE_MOUNT}:ro`, "-e", `PGPASSFILE=${PASSFILE_MOUNT}`);
     return [...args, ...extra, tool.image, "-h", "127.0.0.1", "-U", tool.superuser, "--no-password"];
@@ -261,7 +261,7 @@ function toolArgs(tool: DumpTool, entrypoint: string, extra: string[] = []): str
  * folder they wrote to. They only ever read the old cluster. Another dump's (a rehearsal's) are not this one's.
  */
 async function removeLeftoverTools(toolOf: string): Promise<void> {
-    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `label=${TOOL_OF}=${toolOf}`]);
+    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `label=${TOOL_OF_LABEL}=${toolOf}`]);
     const ids = stdout.split("\n").filter(Boolean);
     if (ids.length) await run("docker", ["rm", "-f", ...ids]);
 }

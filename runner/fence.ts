@@ -9,14 +9,13 @@
 // the networks back. A step that fails before the switch lifts the fence and says so; cutover checks, with the
 // fence up again, that the old cluster took no write since the copy point (its write horizon, below), and puts the
 // networks back on the stopped old container so a revert finds it as it was.
-import { ContainerInfo, MANAGED_LABEL, query, queryEachDatabase, inspectContainer, sleep } from "./docker";
+import { ContainerInfo, query, queryEachDatabase, inspectContainer, sleep } from "./docker";
 import { run } from "./process";
 import { StepError } from "./step-error";
+import { FENCE_NETWORKS_LABEL, FENCE_OF_LABEL, ourLabels } from "./names";
 
 /** On a fence record: the container it fenced. */
-const FENCE_OF = "synapse-postgres.fence-of";
 /** On a fence record: the networks taken away, as JSON (FencedNetwork[]). */
-const FENCE_NETWORKS = "synapse-postgres.fence-networks";
 
 export interface FencedNetwork {
     name: string;
@@ -100,7 +99,7 @@ function aliasesToKeep(info: ContainerInfo, aliases: string[]): string[] {
 }
 
 async function fenceRecords(container: string): Promise<{ name: string; networks: FencedNetwork[] }[]> {
-    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${FENCE_OF}=${container}`, "--format", `{{.Names}}\t{{.Label "${FENCE_NETWORKS}"}}`]);
+    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${FENCE_OF_LABEL}=${container}`, "--format", `{{.Names}}\t{{.Label "${FENCE_NETWORKS_LABEL}"}}`]);
     return stdout.split("\n").filter(Boolean).map((line) => {
         const [name, json] = line.split("\t");
         return { name, networks: JSON.parse(json) as FencedNetwork[] };
@@ -111,8 +110,8 @@ async function writeFenceRecord(old: ContainerInfo, taken: string[], networks: F
     let n = taken.length + 1;
     while (taken.includes(`${old.name}-fence-${n}`)) n++;
     await run("docker", ["create", "--name", `${old.name}-fence-${n}`, "--network", "none", "--restart", "no",
-        "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=fence",
-        "--label", `${FENCE_OF}=${old.name}`, "--label", `${FENCE_NETWORKS}=${JSON.stringify(networks)}`,
+        ...ourLabels("fence"),
+        "--label", `${FENCE_OF_LABEL}=${old.name}`, "--label", `${FENCE_NETWORKS_LABEL}=${JSON.stringify(networks)}`,
         "--entrypoint", "true", old.imageId]);
 }
 

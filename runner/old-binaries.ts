@@ -3,9 +3,10 @@
 // through the old image's own dynamic loader and libraries, inside the new image (found by reading the old
 // postgres's ELF header), so the two C libraries never mix.
 import { Readable, Writable } from "node:stream";
-import { ContainerInfo, MANAGED_LABEL } from "./docker";
+import { ContainerInfo } from "./docker";
 import { run, runPiped } from "./process";
 import { StepError } from "./step-error";
+import { BINARIES_OF_LABEL, MANAGED_LABEL } from "./names";
 
 /** Where the old image's file system is mounted in the helper containers, and the wrappers of its binaries. */
 export const OLD_ROOT = "/synapse-pg-old-root";
@@ -38,7 +39,7 @@ export async function oldBinaries(old: ContainerInfo, newImage: string, major?: 
     const volume = binariesVolume(old);
     const helper = new OldRootHelper(volume, newImage);
     if (!(await run("docker", ["volume", "inspect", volume]).then(() => true, () => false))) {
-        await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `synapse-postgres.binaries-of=${old.imageId}`, volume]);
+        await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `${BINARIES_OF_LABEL}=${old.imageId}`, volume]);
     }
     let found: { bindir: string; loader: string } | undefined = await helper.read(COMPLETE).then((t) => JSON.parse(t), () => undefined);
     if (!found) {

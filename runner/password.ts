@@ -3,7 +3,8 @@
 // replace the container and change nothing: the old password would still log in, the new one be refused. serve
 // therefore tries the declared password over TCP, as Synapse logs in, and when the server refuses it as a wrong
 // password, sets it with psql's \password (which sends only the scram verifier) and tries again.
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, quoteIdent, superuserOf, dbConninfo } from "./docker";
+import { ContainerInfo, inspectContainer, quoteIdent, superuserOf, dbConninfo } from "./docker";
+import { MANAGED_LABEL } from "./names";
 import { run } from "./process";
 import { StepError } from "./step-error";
 

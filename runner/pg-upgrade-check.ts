@@ -8,14 +8,14 @@
 // entry, read-only underneath) whose postmaster.pid names 127.0.0.1 instead, reached from inside the old
 // container's network namespace, as the standby's pg_basebackup is. Before it connects, pg_upgrade tries to start
 // the old server on that view: the lock file names a live process of ours, so that start is refused at once.
-import { ContainerInfo, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, removeContainer } from "./docker";
+import { ContainerInfo, mountsHoldingPgdata, ourContainer, pgdataOf, removeContainer } from "./docker";
 import { dataLayout, DataLocation, formatDataLocation } from "./layout";
 import { OLD_ROOT, WRAPPERS } from "./old-binaries";
 import { pgUpgradeFailure, TailWriter } from "./pg-upgrade-output";
 import { ProcessError, run } from "./process";
 import { NO_ARCHIVING } from "./standby";
-import { STAGING_ROLE_LABEL } from "./restore";
 import { StepError } from "./step-error";
+import { ourLabels } from "./names";
 
 /** Where the old cluster's data is mounted for pg_upgrade (beside the new one, which may use the same path). */
 export const OLD_DATA = "/synapse-pg-old-data";
@@ -73,7 +73,7 @@ export async function requirePgUpgradeCompatible(input: PgUpgradeCheckInput): Pr
     if (await ourContainer(name, "staging")) await removeContainer(name);
     const exited = await run("docker", [
         "run", "--rm", "--init", "--name", name, "--network", `container:${old.name}`, "--user", "postgres",
-        "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL, "-e", "PGPASSWORD", "-e", `NEW_PGDATA=${layout.pgdata}`,
+        ...ourLabels("staging"), "-e", "PGPASSWORD", "-e", `NEW_PGDATA=${layout.pgdata}`,
         ...mountsHoldingPgdata(old).flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}:ro`]),
         "-v", `${formatDataLocation(input.data)}:${layout.mountTarget}`, "-v", `${input.binaries}:${OLD_ROOT}:ro`,
         "--workdir", "/tmp", "--entrypoint", "sh", input.image, "-c", SCRIPT, "sh", `${OLD_DATA}${pgdata}`,

@@ -19,13 +19,13 @@
 import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { ContainerInfo, existsIn, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
+import { ContainerInfo, existsIn, inspectContainer, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, query, removeContainer, requireContainer, runWithData, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting, whenAccepting } from "./docker";
 import { DataLocation, dataLayout } from "./layout";
 import { run, ProcessError } from "./process";
 import { pgUpgradeFailure, TailWriter } from "./pg-upgrade-output";
 import { OLD_DATA, requirePgUpgradeCompatible } from "./pg-upgrade-check";
 import { binariesVolume, OLD_ROOT, OldBinaries, oldBinaries, WRAPPERS } from "./old-binaries";
-import { PhaseClock, rehashLoginRole, STAGING_ROLE_LABEL, startStagingContainer } from "./restore";
+import { PhaseClock, rehashLoginRole, startStagingContainer } from "./restore";
 import { databasesSize } from "./dump";
 import { checkSpace, requireSafeRestartPolicy } from "./preflight";
 import { copyConfig, CopyConfigResult } from "./copy-config";
@@ -37,6 +37,7 @@ import { requireSameCollationRules } from "./collation";
 import { Fence, raiseFence, readWriteHorizon, requireFenceable } from "./fence";
 import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
 import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "./target";
+import { ourLabels } from "./names";
 
 export interface PgUpgradeInput {
     /** The old cluster's container. */
@@ -393,7 +394,7 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
     const log = new TailWriter("upgrade: ");
     const args = [
         "run", "--rm", "--init", "--name", pgUpgradeContainerName(input.staging), "--network", "none", "--user", "postgres",
-        "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
+        ...ourLabels("staging"),
         ...dataMounts.flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}`]),
         "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
         "-v", `${volume}:${OLD_ROOT}:ro`,

@@ -4,13 +4,14 @@ import { promises as fs } from "node:fs";
 import * as path from "node:path";
 import { checkBackupSpace, ensureBackupDir, formatBytes, freeBytes } from "./dump";
 import { run } from "./process";
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
+import { ContainerInfo, inspectContainer, query, requireContainer, runWithData, superuserOf, whenAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { requireFenceable } from "./fence";
 import { checkExtensions } from "./extensions";
 import { tcpLoginError } from "./password";
 import { StepError } from "./step-error";
 import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "./target";
+import { CLUSTER_LABEL, MANAGED_LABEL, MIN_MAJOR, ROLE_LABEL } from "./names";
 
 export interface PreflightInput {
     /** The old cluster's container. */
@@ -119,11 +120,10 @@ export function requireSafeRestartPolicy(old: ContainerInfo): void {
 }
 
 /** Current Synapse releases refuse PostgreSQL older than 14. */
-export const MIN_SYNAPSE_MAJOR = 14;
 
 export async function preflight(input: PreflightInput): Promise<PreflightResult> {
-    if (input.targetMajor < MIN_SYNAPSE_MAJOR) {
-        throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_SYNAPSE_MAJOR} or newer); choose a newer target.`);
+    if (input.targetMajor < MIN_MAJOR) {
+        throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_MAJOR} or newer); choose a newer target.`);
     }
     const [old, staging] = await Promise.all([requireContainer(input.container, "old"), input.staging ? inspectContainer(input.staging) : undefined]);
     requireSafeRestartPolicy(old);
@@ -131,7 +131,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     const user = superuserOf(old);
     // Side by side: the new location's marker, and (when it runs) what the old server says.
     const [target, facts] = await Promise.all([
-        staging?.labels["synapse-postgres.role"] === "staging"
+        staging?.labels[ROLE_LABEL] === "staging"
             ? readTargetStateThrough(staging.name, input.targetMajor)
             : readTargetState(input.targetData, input.targetMajor, input.targetImage),
         old.running ? whenAccepting(input.container, user, () => oldServerFacts(input.container, user)) : undefined,
@@ -180,7 +180,7 @@ async function requireDeclaredPassword(old: ContainerInfo, login: NonNullable<Pr
     const refused = await tcpLoginError(old, login.user, login.password, login.database);
     if (refused === undefined || !/password authentication failed/.test(refused)) return;
     const before = old.labels[MANAGED_LABEL] === "true"
-        ? `set postgres:version back to ${old.labels["synapse-postgres.cluster"]} and pulumi up, which sets it`
+        ? `set postgres:version back to ${old.labels[CLUSTER_LABEL]} and pulumi up, which sets it`
         : `psql's \\password ${login.user} in "${old.name}"`;
     throw new StepError(`postgres:password does not log in to "${old.name}" as ${login.user} (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (${before}) or after it.`);
 }

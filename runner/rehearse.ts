@@ -8,7 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { copyConfig } from "./copy-config";
 import { databasesSize, dumpCluster, formatBytes, freeBytes } from "./dump";
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, mountsHoldingPgdata, pgdataOf, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { ContainerInfo, inspectContainer, mountsHoldingPgdata, pgdataOf, query, quoteLiteral, removeContainer, requireContainer, serverVersion, startContainer, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { ProcessError, run, runPiped } from "./process";
 import { restoreCluster } from "./restore";
 import { preparePgUpgrade, runPgUpgrade } from "./pg-upgrade";
@@ -17,6 +17,7 @@ import { NO_ARCHIVING, removeStandby, standbyContainerName } from "./standby";
 import { StepError } from "./step-error";
 import { readMarkerIn, readTargetState } from "./target";
 import { verifyClusters } from "./verify";
+import { MANAGED_LABEL, ourLabels } from "./names";
 
 export interface RehearseInput {
     container: string;
@@ -88,7 +89,7 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
             await fs.rm(work, { recursive: true, force: true });
             throw err;
         });
-    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
+    await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
 
     const timings: Record<string, number> = {};
     const problems: string[] = [];
@@ -209,7 +210,7 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string): Pro
     const [mount] = mountsHoldingPgdata(old);
     if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
     const volume = `${copy}-data`;
-    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal", volume]);
+    await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
     const inCopy = (argv: string[], opts: { stdin?: Readable; user?: string } = {}) => run("docker", [
         "run", "--rm", "-i", "--network", "none", "--user", opts.user ?? "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
     ], { stdin: opts.stdin });
@@ -224,7 +225,7 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string): Pro
         (stdin) => inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin }),
     );
     await run("docker", [
-        "run", "-d", "--name", copy, "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=rehearsal",
+        "run", "-d", "--name", copy, ...ourLabels("rehearsal"),
         "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "--stop-signal", "SIGINT",
         "-v", `${volume}:${mount.destination}`, old.imageId, "postgres", ...NO_ARCHIVING,
     ]);

@@ -7,7 +7,7 @@ import { createReadStream } from "node:fs";
 import * as path from "node:path";
 import { checkDump, DumpManifest, formatBytes } from "./dump";
 import { DumpFilter, FilterCounts } from "./dump-filter";
-import { containerLogTail, dbConninfo, inspectContainer, MANAGED_LABEL, query, quoteIdent, quoteLiteral, removeContainer, startContainer, waitUntilAccepting } from "./docker";
+import { containerLogTail, dbConninfo, inspectContainer, query, quoteIdent, quoteLiteral, removeContainer, startContainer, waitUntilAccepting } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation, mountArgument } from "./layout";
 import { run, runPiped, ProcessError } from "./process";
 import { Progress } from "./progress";
@@ -15,6 +15,7 @@ import { setPassword } from "./password";
 import { NO_ARCHIVING } from "./standby";
 import { StepError } from "./step-error";
 import { advanceMarker, emptyTarget, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "./target";
+import { CLUSTER_LABEL, ourLabels } from "./names";
 
 export interface RestoreInput {
     /** Name of the staging container to restore into (created here). */
@@ -43,7 +44,6 @@ export interface RestoreResult {
     manifest: DumpManifest;
 }
 
-export const STAGING_ROLE_LABEL = "synapse-postgres.role=staging";
 
 export async function restoreCluster(input: RestoreInput): Promise<RestoreResult> {
     const manifest = await checkDump(input.dumpPath);
@@ -234,8 +234,8 @@ export async function startStagingContainer(spec: StagingSpec): Promise<void> {
         "docker",
         [
             "run", "-d", "--name", spec.container,
-            "--label", `${MANAGED_LABEL}=true`, "--label", STAGING_ROLE_LABEL,
-            "--label", `synapse-postgres.cluster=${spec.major}`,
+            ...ourLabels("staging"),
+            "--label", `${CLUSTER_LABEL}=${spec.major}`,
             // The old roles and databases come from the dump (or pg_upgrade): bootstrap only the superuser the
             // old cluster has (a dump's CREATE ROLE of it is filtered) and no extra database.
             "-e", `POSTGRES_USER=${spec.superuser}`,

@@ -2,9 +2,10 @@
 // revert is a newer cluster that crashed or was stopped, so it is counted whether it runs or not: a stopped one in
 // a throwaway container on its data, with no network. A count that cannot be made refuses the revert; it is never
 // taken as zero.
-import { ContainerInfo, MANAGED_LABEL, pgdataOf, query, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
+import { ContainerInfo, pgdataOf, query, stopContainer, superuserOf, waitUntilAccepting } from "./docker";
 import { run } from "./process";
 import { Marker, readMarkerIn, readMarkerInData } from "./target";
+import { ROLE_LABEL, ourLabels } from "./names";
 
 export interface RevertLoss {
     /** Whether a cluster being left served Synapse after an upgrade (then one-time keys are cleared). */
@@ -58,7 +59,7 @@ async function queryOffline(peer: ContainerInfo, sql: string, database: string):
     const user = superuserOf(peer);
     await removeOurCounter(name);
     await run("docker", [
-        "run", "-d", "--name", name, "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=count",
+        "run", "-d", "--name", name, ...ourLabels("count"),
         "--network", "none", "--volumes-from", peer.name, "-e", `PGDATA=${pgdataOf(peer)}`, "-e", `POSTGRES_USER=${user}`,
         "--stop-signal", "SIGINT", peer.imageId, "postgres",
     ]);
@@ -73,7 +74,7 @@ async function queryOffline(peer: ContainerInfo, sql: string, database: string):
 
 /** A counting container a killed run left, removed only when it carries our label and role. */
 async function removeOurCounter(name: string): Promise<void> {
-    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `name=^${name}$`, "--filter", "label=synapse-postgres.role=count"]);
+    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `name=^${name}$`, "--filter", `label=${ROLE_LABEL}=count`]);
     if (stdout.trim()) await run("docker", ["rm", "--force", stdout.trim()]);
 }
 

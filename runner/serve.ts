@@ -1,7 +1,7 @@
 // serve: makes one cluster the one Synapse reaches. Declared by Pulumi for the serving cluster only, so a revert
 // (the earlier stack config again) declares it anew for the old cluster and runs it: the other cluster of ours
 // that answers to the alias is stopped cleanly first, so Synapse never sees two servers under one name.
-import { ContainerInfo, inspectContainer, MANAGED_LABEL, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
+import { ContainerInfo, inspectContainer, query, startContainer, stopContainer, superuserOf, waitUntilAccepting, serverVersion } from "./docker";
 import { run } from "./process";
 import { liftFence } from "./fence";
 import { applyDeclaredPassword } from "./password";
@@ -11,6 +11,7 @@ import { removeStandbysOf } from "./standby";
 import { StepError } from "./step-error";
 import { startSynapse, stopSynapse } from "./synapse";
 import { advanceMarker, readMarkerIn, writeMarkerIn } from "./target";
+import { CLUSTER_LABEL, MANAGED_LABEL } from "./names";
 
 export interface ServeInput {
     container: string;
@@ -155,7 +156,6 @@ async function stoppedPeers(input: ServeInput, self: ContainerInfo): Promise<Con
     return found;
 }
 
-const CLUSTER_LABEL = "synapse-postgres.cluster";
 
 /** Running containers on the network that answer to the alias. */
 async function holdersOf(network: string, alias: string) {

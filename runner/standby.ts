@@ -13,11 +13,12 @@
 // through the whole upgrade. Where a standby cannot be made (wal_level minimal, no WAL senders, a replication
 // connection refused), the upgrade copies the data during the downtime instead (pg_upgrade --copy). Unlogged
 // tables, whose rows a standby never receives, are carried across at the downtime (not-replicated.ts).
-import { containerLogTail, ContainerInfo, inspectContainer, MANAGED_LABEL, ourContainer, query, removeContainer, sleep, stopContainer } from "./docker";
+import { containerLogTail, ContainerInfo, inspectContainer, ourContainer, query, removeContainer, sleep, stopContainer } from "./docker";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { ProcessError, run } from "./process";
 import { clearAttver } from "./pg-attver";
 import { StepError } from "./step-error";
+import { ROLE_LABEL, STANDBY_OF_LABEL, ourLabels } from "./names";
 
 /** The standby's folder, relative to the new cluster's mount (its volume root or host folder). */
 export const STANDBY_FOLDER = "synapse-pg-standby";
@@ -25,9 +26,7 @@ export const STANDBY_FOLDER = "synapse-pg-standby";
 const STANDBY_MOUNT = "/synapse-pg-new";
 /** The standby's socket folder: it listens on no TCP address (it shares the old container's network namespace). */
 const STANDBY_SOCKET = "/tmp";
-export const STANDBY_ROLE_LABEL = "synapse-postgres.role=standby";
 /** Names the old container a standby follows, so whatever serves it next can find a standby left behind. */
-const STANDBY_OF = "synapse-postgres.standby-of";
 
 export function standbyContainerName(staging: string): string {
     return `${staging}-standby`;
@@ -67,7 +66,7 @@ export async function startStandby(old: ContainerInfo, superuser: string, name: 
         // away, by the upgrade.
         await run("docker", [
             "run", "--rm", "--network", `container:${old.name}`, "--user", "postgres", "-v", mount,
-            "--label", `${MANAGED_LABEL}=true`, "--label", STANDBY_ROLE_LABEL,
+            ...ourLabels("standby"),
             "--entrypoint", "pg_basebackup", old.imageId,
             "-h", "127.0.0.1", "-p", port, "-U", superuser, "-D", folder, "-X", "stream", "-R", "--checkpoint", "fast", "--no-sync",
             "--label", "synapse-postgres standby",
@@ -78,7 +77,7 @@ export async function startStandby(old: ContainerInfo, superuser: string, name: 
     }
     await run("docker", [
         "run", "-d", "--name", name, "--network", `container:${old.name}`, "--user", "postgres", "-v", mount,
-        "--label", `${MANAGED_LABEL}=true`, "--label", STANDBY_ROLE_LABEL, "--label", `${STANDBY_OF}=${old.name}`, "--stop-signal", "SIGINT",
+        ...ourLabels("standby"), "--label", `${STANDBY_OF_LABEL}=${old.name}`, "--stop-signal", "SIGINT",
         "--entrypoint", "postgres", old.imageId, "-D", folder,
         // The old container's own -c options first (a hot standby needs max_connections and the like at least as
         // high as its primary's), then ours: no TCP listener beside the old server, small shared memory, and no
@@ -135,7 +134,7 @@ async function waitStreaming(name: string, superuser: string, timeoutSeconds: nu
 /** Whether the standby is there, ours, running and streaming: a standby that is not is never used. */
 export async function isStreaming(name: string, superuser: string): Promise<boolean> {
     const info = await inspectContainer(name);
-    if (!info?.running || info.labels["synapse-postgres.role"] !== "standby") return false;
+    if (!info?.running || info.labels[ROLE_LABEL] !== "standby") return false;
     return (await receiverStatus(name, superuser)) === "streaming";
 }
 
@@ -180,7 +179,7 @@ export async function catchUpAndPromote(name: string, superuser: string, lsn: st
  * removed, so nothing keeps a replication connection to a cluster that serves again. Returns their names.
  */
 export async function removeStandbysOf(container: string): Promise<string[]> {
-    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${STANDBY_OF}=${container}`, "--format", "{{.Names}}"]);
+    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${STANDBY_OF_LABEL}=${container}`, "--format", "{{.Names}}"]);
     const names = stdout.split("\n").filter(Boolean);
     for (const name of names) await removeStandby(name);
     return names;

@@ -6,11 +6,12 @@
 // The throw-away server runs the declared image and command with the cluster's own configuration (every file in
 // PGDATA that is not data: postgresql.conf, the access rules, SSL keys, include folders) over an empty cluster
 // in memory, with no network, no listening address and no archiving: nothing it does reaches anything real.
-import { ContainerInfo, MANAGED_LABEL, mountsHoldingPgdata, ourContainer, pgdataOf, removeContainer, requireContainer } from "./docker";
+import { ContainerInfo, mountsHoldingPgdata, ourContainer, pgdataOf, removeContainer, requireContainer } from "./docker";
 import { run, runPiped, ProcessError } from "./process";
 import { settingsOf, shmSizeFor } from "./server-command";
 import { NO_ARCHIVING } from "./standby";
 import { StepError } from "./step-error";
+import { ourLabels } from "./names";
 
 export interface StartCheckInput {
     /** The running container whose configuration files the new server gets. */
@@ -82,7 +83,7 @@ async function startThrowAway(from: ContainerInfo, input: StartCheckInput & { im
         (stdout) => run("docker", ["exec", "-u", uid, from.name, "tar", "-c", "-f", "-", "-C", pgdata, ...excludes, "."], { stdout }),
         (stdin) => run("docker", [
             "run", "--rm", "-i", "--name", name, "--network", "none", "--user", uid,
-            "--label", `${MANAGED_LABEL}=true`, "--label", "synapse-postgres.role=start-check",
+            ...ourLabels("start-check"),
             "--shm-size", `${shmSizeFor(settingsOf(input.command))}m`, "--tmpfs", `${mount}:uid=${uid},mode=0700`,
             "-e", `PGDATA=${pgdata}`, "--entrypoint", "sh", input.image, "-c", SCRIPT, "sh", ...input.command, ...NO_ARCHIVING,
         ], { stdin }).then(() => undefined, (err: Error) => {

@@ -3,10 +3,11 @@
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
 import { promises as fs } from "node:fs";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
-import { ContainerInfo, containersUsing, copyFileOut, MANAGED_LABEL, ourContainer, query, removeContainer, runWithData, writeFileIn } from "./docker";
+import { ContainerInfo, containersUsing, copyFileOut, ourContainer, query, removeContainer, runWithData, writeFileIn } from "./docker";
 import { CopyPoint } from "./fence";
 import { run, ProcessError } from "./process";
 import { StepError } from "./step-error";
+import { MANAGED_LABEL, SET_ASIDE_FROM_LABEL } from "./names";
 
 export const MARKER_FILE = "synapse-pg-upgrade.json";
 
@@ -154,7 +155,7 @@ export async function setAside(data: DataLocation, major: number, image: string)
         return aside;
     }
     const aside = `${data.name}-reverted-${stamp}`;
-    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `synapse-postgres.set-aside-from=${data.name}`, aside]);
+    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `${SET_ASIDE_FROM_LABEL}=${data.name}`, aside]);
     await runWithData(image, [{ data, target: "/from" }, { data: { kind: "volume", name: aside }, target: "/to" }], ["cp", "-a", "/from/.", "/to/"]);
     await emptyTarget(data, major, image);
     return aside;

@@ -4,6 +4,7 @@
 import { ContainerInfo, queryScript, quoteLiteral, requireContainer, resumeStaging, superuserOf } from "./docker";
 import { tcpLoginError } from "./password";
 import { StepError } from "./step-error";
+import { PASSWORD_ENV } from "./names";
 
 export interface VerifyInput {
     old: string;
@@ -140,7 +141,7 @@ function compareRoles(a: Snapshot, b: Snapshot, loginUser: string): Comparison[]
 
 async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<VerifyReport["login"]> {
     const login = { user: input.loginUser, database: input.loginDatabase };
-    if (!input.password) return { ...login, ok: false, error: "no password given (SYNAPSE_PG_PASSWORD)" };
+    if (!input.password) return { ...login, ok: false, error: `no password given (${PASSWORD_ENV})` };
     const error = await tcpLoginError(info, input.loginUser, input.password, input.loginDatabase);
     return error === undefined ? { ...login, ok: true } : { ...login, ok: false, error: error.replace(/^.*?: /, "") };
 }
