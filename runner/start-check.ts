@@ -12,6 +12,7 @@ import { settingsOf, shmSizeFor } from "./server-command";
 import { NO_ARCHIVING } from "./standby";
 import { StepError } from "./step-error";
 import { ourLabels } from "./names";
+import { STANDBY_FOLDER } from "./standby";
 
 export interface StartCheckInput {
     /** The running container whose configuration files the new server gets. */
@@ -22,11 +23,15 @@ export interface StartCheckInput {
     command: string[];
 }
 
-/** PGDATA's folders that hold data, not configuration, and files a start writes itself. */
-const NOT_CONFIGURATION = [
+/**
+ * PGDATA's folders that hold data, not configuration, and files a start writes itself. Before 18 the standby
+ * prepare makes lives in the new cluster's PGDATA too: a whole copy of the old data, written while it is read.
+ */
+export const NOT_CONFIGURATION = [
     "base", "global", "pg_wal", "pg_xact", "pg_multixact", "pg_subtrans", "pg_commit_ts", "pg_notify", "pg_serial",
     "pg_snapshots", "pg_stat", "pg_stat_tmp", "pg_twophase", "pg_replslot", "pg_logical", "pg_dynshmem", "pg_tblspc",
     "pg_upgrade_output.d", "log", "pg_log", "PG_VERSION", "postmaster.pid", "postmaster.opts", "current_logfiles",
+    STANDBY_FOLDER,
 ];
 
 /** How long the throw-away server gets to say it is ready, in tenths of a second. */

@@ -11,6 +11,7 @@ import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, connect, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, REPO, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite } from "./docker-env";
+import { PASSWORD_ENV } from "../../runner/names";
 
 const PREFIX = "sptest-pgu-";
 const PASSWORD = "pg_upgrade-Pässword-5";
@@ -171,6 +172,17 @@ describe("method pg_upgrade in real containers: 15 -> 17, a refusal, revert, 17 
         // the standby's sequence would stand past the old one's.
         between["upgrade-15-to-17-prepare"] = async () => {
             await sql("SELECT nextval('public.synapse_pg_logged_seq') FROM generate_series(1, 3)");
+            // Up to 17 the standby lives inside the new PGDATA: prepare again (the configuration carried again,
+            // its start check) must not read the standby's data, here a file only root may read.
+            const unreadable = "/synapse-pg-new/synapse-pg-standby/synapse_pg_unreadable";
+            await runShell(`docker exec -u root ${PREFIX}pg17-staging-standby sh -c 'echo x > ${unreadable} && chmod 000 ${unreadable}'`, {});
+            const prepare = applier.commandRuns.filter((c) => c.name === "upgrade-15-to-17-prepare").pop()!;
+            try {
+                const again = await runShell(prepare.command, { [PASSWORD_ENV]: PASSWORD });
+                assert.match(again.stdout, /^prepare: .*(accepted every setting|nothing to do)/m);
+            } finally {
+                await runShell(`docker exec -u root ${PREFIX}pg17-staging-standby rm -f ${unreadable}`, {});
+            }
         };
         let withUnlogged: ClusterSnapshot;
         between["upgrade-15-to-17-preflight"] = async () => {
