@@ -68,10 +68,10 @@ async function main(): Promise<void> {
         const data = `${PREFIX}pgsql17`;
         const rss: Record<string, number> = {};
         const steps: [string, string[]][] = [
-            ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", data, "--backup-dir", backups]],
-            ["dump", ["dump", "--container", old, "--out", backups, "--name", "ours", "--tool-image", `${IMAGE}:17`]],
-            ["restore", ["restore", "--container", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17", "--in", path.join(backups, "ours")]],
-            ["copy-config", ["copy-config", "--from", old, "--to", staging]],
+            ["preflight", ["preflight", "--old", old, "--major", "17", "--image", `${IMAGE}:17`, "--data", data, "--backup-dir", backups]],
+            ["dump", ["dump", "--old", old, "--backup-dir", backups, "--name", "ours", "--tool-image", `${IMAGE}:17`]],
+            ["restore", ["restore", "--new", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17", "--dump", path.join(backups, "ours")]],
+            ["copy-config", ["copy-config", "--old", old, "--new", staging]],
             ["verify", ["verify", "--old", old, "--new", staging]],
             ["cutover", ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];
@@ -88,13 +88,13 @@ async function main(): Promise<void> {
         await waitReady(old);
         const uStaging = `${PREFIX}pg17u-staging`;
         const uData = `${PREFIX}pgsql17u`;
-        const uCluster = ["--staging", uStaging, "--image", `${IMAGE}:17`, "--data", uData, "--major", "17"];
-        const [prepareSeconds, prepareRss] = await seconds(() => step(["prepare", "--container", old, ...uCluster]));
+        const uCluster = ["--new", uStaging, "--image", `${IMAGE}:17`, "--data", uData, "--major", "17"];
+        const [prepareSeconds, prepareRss] = await seconds(() => step(["prepare", "--old", old, ...uCluster]));
         rss.prepare = prepareRss;
         const uSteps: [string, string[]][] = [
-            ["preflight", ["preflight", "--container", old, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", uData, "--staging", uStaging]],
-            ["upgrade", ["upgrade", "--container", old, ...uCluster]],
-            ["copy-config", ["copy-config", "--from", old, "--to", uStaging]],
+            ["preflight", ["preflight", "--old", old, "--major", "17", "--image", `${IMAGE}:17`, "--data", uData, "--new", uStaging]],
+            ["upgrade", ["upgrade", "--old", old, ...uCluster]],
+            ["copy-config", ["copy-config", "--old", old, "--new", uStaging]],
             ["verify", ["verify", "--old", old, "--new", uStaging]],
             ["cutover", ["cutover", "--old", old, "--new", uStaging, "--data", uData, "--image", `${IMAGE}:17`, "--major", "17"]],
         ];

@@ -128,8 +128,8 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         console.error("(b) ours: prepare (Synapse serving), then the downtime steps with --synapse");
         const staging = `${PREFIX}pg17-staging`;
         const data = `${PREFIX}pgsql17`;
-        const cluster = ["--staging", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17"];
-        const [prepareSeconds] = await seconds(() => step(["prepare", "--container", OLD, ...cluster]));
+        const cluster = ["--new", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17"];
+        const [prepareSeconds] = await seconds(() => step(["prepare", "--old", OLD, ...cluster]));
         const synapseFlag = ["--synapse", SYNAPSE];
         const marks: { step: string; start: number; end: number }[] = [];
         const ours = await whileTyping(alice, room, "ours", async (t0) => {
@@ -138,9 +138,9 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
                 await work();
                 marks.push({ step: name, start, end: Date.now() - t0 });
             };
-            await timed("preflight", () => step(["preflight", "--container", OLD, "--target-major", "17", "--target-image", `${IMAGE}:17`, "--target-data", data, "--staging", staging, ...synapseFlag]));
-            await timed("upgrade", () => step(["upgrade", "--container", OLD, ...cluster, ...synapseFlag]));
-            await timed("copy-config", () => step(["copy-config", "--from", OLD, "--to", staging, ...synapseFlag]));
+            await timed("preflight", () => step(["preflight", "--old", OLD, "--major", "17", "--image", `${IMAGE}:17`, "--data", data, "--new", staging, ...synapseFlag]));
+            await timed("upgrade", () => step(["upgrade", "--old", OLD, ...cluster, ...synapseFlag]));
+            await timed("copy-config", () => step(["copy-config", "--old", OLD, "--new", staging, ...synapseFlag]));
             await timed("verify", () => step(["verify", "--old", OLD, "--new", staging, ...synapseFlag]));
             await timed("cutover", () => step(["cutover", "--old", OLD, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17", ...synapseFlag]));
             await timed("serving container and serve", () => serveNew(`${PREFIX}pg17`, data, 17, SYNAPSE));

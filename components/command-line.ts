@@ -16,7 +16,11 @@ export function stepCommand(step: string, flags: Record<string, pulumi.Input<str
     return pulumi.all(Object.values(flags)).apply((values) => stepLine(step, Object.fromEntries(Object.keys(flags).map((k, i) => [k, values[i]]))));
 }
 
-/** The same for plain values: the invokes the program runs while it is evaluated. */
+/**
+ * The same for plain values: the invokes the program runs while it is evaluated. A value that starts with "-" is
+ * written as --flag=value: the runner's parser (util.parseArgs) takes "--flag -x" for a flag without its value.
+ */
 export function stepLine(step: string, flags: Record<string, string | number>): string {
-    return [STEP_RUNNER, step, ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, shellQuote(String(v))])].join(" ");
+    const written = Object.entries(flags).flatMap(([k, v]) => (String(v).startsWith("-") ? [shellQuote(`--${k}=${v}`)] : [`--${k}`, shellQuote(String(v))]));
+    return [STEP_RUNNER, step, ...written].join(" ");
 }

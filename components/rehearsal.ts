@@ -30,7 +30,7 @@ export class Rehearsal extends pulumi.ComponentResource {
         super("synapse-postgres:index:Rehearsal", name, {}, opts);
         const run = new command.local.Command(`${name}-run`, {
             create: stepCommand("rehearse", {
-                container: args.fromContainer, to: args.toMajor, image: args.toImage,
+                old: args.fromContainer, major: args.toMajor, image: args.toImage,
                 "login-user": args.loginUser, "login-database": args.loginDatabase,
                 ...(args.backupDir ? { "backup-dir": args.backupDir } : {}),
                 ...(args.method === "pg_upgrade" ? { method: "pg_upgrade" } : {}),

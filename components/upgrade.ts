@@ -66,7 +66,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
         this.backupFile = physical ? undefined : dumpPathOf(args.backupDir!, dumpName, args.method as DumpMethod);
         const data = formatDataLocation(args.toData);
         const secretEnv = { [PASSWORD_ENV]: pulumi.secret(args.password) };
-        const newCluster = { staging: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
+        const newCluster = { new: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
         // The configuration's inputs: copy-config's, and prepare's, which carries the configuration before the downtime.
         const configFlags = {
             ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
@@ -76,16 +76,16 @@ export class MajorUpgrade extends pulumi.ComponentResource {
 
         const lines: Record<Step, { create: pulumi.Output<string>; delete?: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
             prepare: {
-                create: stepCommand("prepare", { container: args.fromContainer, ...newCluster, ...configFlags }),
+                create: stepCommand("prepare", { old: args.fromContainer, ...newCluster, ...configFlags }),
                 // An upgrade taken out of the stack before its switch (or pulumi destroy): the standby prepare made
                 // stops following the old server. After a switch there is none, and this does nothing.
-                delete: stepCommand("remove-standby", { staging: args.stagingContainer }),
+                delete: stepCommand("remove-standby", { new: args.stagingContainer }),
                 environment: secretEnv,
             },
             preflight: {
                 create: stepCommand("preflight", {
-                    container: args.fromContainer, "target-major": args.toMajor, "target-image": args.toImage,
-                    "target-data": data, ...(physical ? { staging: args.stagingContainer } : args.backupDir ? { "backup-dir": args.backupDir } : {}),
+                    old: args.fromContainer, major: args.toMajor, image: args.toImage,
+                    data, ...(physical ? { new: args.stagingContainer } : args.backupDir ? { "backup-dir": args.backupDir } : {}),
                     "login-user": args.loginUser, "login-database": args.loginDatabase,
                 }),
                 environment: secretEnv,
@@ -93,23 +93,23 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             dump: {
                 // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.
                 create: stepCommand("dump", {
-                    container: args.fromContainer, out: args.backupDir ?? "", name: dumpName, method: args.method, "tool-image": args.toImage,
+                    old: args.fromContainer, "backup-dir": args.backupDir ?? "", name: dumpName, method: args.method, "tool-image": args.toImage,
                 }),
                 environment: secretEnv,
             },
             restore: {
                 create: stepCommand("restore", {
-                    container: args.stagingContainer, image: args.toImage, data, major: args.toMajor, in: this.backupFile ?? "",
+                    new: args.stagingContainer, image: args.toImage, data, major: args.toMajor, dump: this.backupFile ?? "",
                     "login-user": args.loginUser, old: args.fromContainer,
                 }),
                 environment: secretEnv,
             },
             upgrade: {
-                create: stepCommand("upgrade", { container: args.fromContainer, ...newCluster, "login-user": args.loginUser }),
+                create: stepCommand("upgrade", { old: args.fromContainer, ...newCluster, "login-user": args.loginUser }),
                 environment: secretEnv,
             },
             "copy-config": {
-                create: stepCommand("copy-config", { from: args.fromContainer, to: args.stagingContainer, ...configFlags }),
+                create: stepCommand("copy-config", { old: args.fromContainer, new: args.stagingContainer, ...configFlags }),
             },
             verify: {
                 create: stepCommand("verify", {

@@ -190,7 +190,7 @@ describe("config changes on a serving stack: done for real, or refused before an
         const runs = applier.commandRuns.slice(mark);
         const preflight = runs.find((c) => c.name === "upgrade-15-to-17-preflight")!.stdout;
         assert.match(preflight, new RegExp(`^preflight: created the backup folder ${backups} \\(mode 0700: the dump holds every role's password hash\\)\\.$`, "m"));
-        assert.ok(runs.find((c) => c.name === "upgrade-15-to-17-dump")!.command.includes(`--out ${backups} `), "attempt 2 dumps into the new folder");
+        assert.ok(runs.find((c) => c.name === "upgrade-15-to-17-dump")!.command.includes(`--backup-dir ${backups} `), "attempt 2 dumps into the new folder");
         assert.equal((await fs.stat(backups)).mode & 0o777, 0o700);
         assert.ok((await fs.readdir(backups)).includes("upgrade-15-to-17.json"), "the dump's manifest is there");
         assert.deepEqual((await fs.readdir(base.backupDir)).sort(), first, "attempt 1's dump is left as it was");

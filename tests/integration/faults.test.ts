@@ -116,7 +116,7 @@ describe("faults: the old data always survives, and a re-run completes", functio
             await rejects(runShell(command, env), /synapse-pg dump: The backup folder .* has 2\.1 MB free but the dump may need/);
             assert.deepEqual(await fs.readdir(small), [], "nothing was written");
             // And for the new cluster: a host folder on a 2 MB file system.
-            await rejects(runShell(`npx --no-install synapse-pg preflight --container ${OLD} --target-major 17 --target-image ${base.image.replace("{version}", "17")} --target-data ${small}/pgsql17 --backup-dir ${backups}`, {}),
+            await rejects(runShell(`npx --no-install synapse-pg preflight --old ${OLD} --major 17 --image ${base.image.replace("{version}", "17")} --data ${small}/pgsql17 --backup-dir ${backups}`, {}),
                 new RegExp(`synapse-pg preflight: The new cluster's data location ${small}/pgsql17 \\(on the file system of ${small}(/pgsql17)?\\) has 2\\.1 MB free but needs about [0-9.]+ [MG]B \\([0-9.]+ [MG]B for the new cluster, [0-9.]+ [MG]B for the restore's WAL, [0-9.]+ [MG]B for room left for the running server\\); free [0-9.]+ [MG]B there or choose another postgres:dataRoot\\.`));
         } finally {
             await run("umount", [small]);

@@ -92,7 +92,7 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
     });
 
     it("keeps the rehearsal's server with --keep and prints its name", async () => {
-        const { stdout } = await runShell(`npx --no-install synapse-pg rehearse --container ${PREFIX}pg15 --to 17 --image ${TEST_IMAGE}:17 --keep`, { SYNAPSE_PG_PASSWORD: PASSWORD });
+        const { stdout } = await runShell(`npx --no-install synapse-pg rehearse --old ${PREFIX}pg15 --major 17 --image ${TEST_IMAGE}:17 --keep`, { SYNAPSE_PG_PASSWORD: PASSWORD });
         assert.match(stdout, /rehearse: kept sptest-reh-pg15-rehearsal-17 running/);
         assert.equal(await containerState(`${PREFIX}pg15-rehearsal-17`), "running");
         await run("docker", ["rm", "-f", `${PREFIX}pg15-rehearsal-17`]);

@@ -40,7 +40,7 @@ describe("adopting a compose-managed container (postgres:adopt)", () => {
         assert.deepEqual(c.networksAdvanced, [{ name: "synapse_default", aliases: ["db"] }]);
         assert.deepEqual(c.volumes, [{ hostPath: "/srv/synapse/pgsql17", containerPath: "/var/lib/postgresql/data" }]);
         assert.equal(d.byName("upgrade-15-to-17-preflight").inputs.create,
-            `${RUNNER} preflight --container synapse-db-1 --target-major 17 --target-image postgres:17-alpine --target-data /srv/synapse/pgsql17 --backup-dir /srv/synapse/backups --login-user synapse --login-database synapse`);
+            `${RUNNER} preflight --old synapse-db-1 --major 17 --image postgres:17-alpine --data /srv/synapse/pgsql17 --backup-dir /srv/synapse/backups --login-user synapse --login-database synapse`);
         assert.match(d.byName("upgrade-15-to-17-cutover").inputs.create, /^\.\/bin\/synapse-pg cutover --old synapse-db-1 --new synapse-pg17-staging /);
         assert.deepEqual(d.byName("upgrade-15-to-17-preflight").dependencies, [], "nothing of the adopted container is a resource");
     });

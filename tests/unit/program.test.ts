@@ -142,10 +142,10 @@ describe("upgrade to 17 (version 17, upgradeFrom 15)", () => {
 
     it("runs the exact step commands", () => {
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
-        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --backup-dir ${BACKUPS} --login-user synapse --login-database synapse`);
-        assert.equal(cmd("dump"), `${RUNNER} dump --container synapse-pg15 --out ${BACKUPS} --name upgrade-15-to-17 --method directory --tool-image postgres:17-alpine`);
-        assert.equal(cmd("restore"), `${RUNNER} restore --container synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --in ${BACKUPS}/upgrade-15-to-17 --login-user synapse --old synapse-pg15`);
-        assert.equal(cmd("copy-config"), `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging`);
+        assert.equal(cmd("preflight"), `${RUNNER} preflight --old synapse-pg15 --major 17 --image postgres:17-alpine --data synapse-pgsql17 --backup-dir ${BACKUPS} --login-user synapse --login-database synapse`);
+        assert.equal(cmd("dump"), `${RUNNER} dump --old synapse-pg15 --backup-dir ${BACKUPS} --name upgrade-15-to-17 --method directory --tool-image postgres:17-alpine`);
+        assert.equal(cmd("restore"), `${RUNNER} restore --new synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 --dump ${BACKUPS}/upgrade-15-to-17 --login-user synapse --old synapse-pg15`);
+        assert.equal(cmd("copy-config"), `${RUNNER} copy-config --old synapse-pg15 --new synapse-pg17-staging`);
         assert.equal(cmd("verify"), `${RUNNER} verify --old synapse-pg15 --new synapse-pg17-staging --login-user synapse --login-database synapse`);
         assert.equal(cmd("cutover"), `${RUNNER} cutover --old synapse-pg15 --new synapse-pg17-staging --data synapse-pgsql17 --image postgres:17-alpine --major 17 --database synapse`);
     });
@@ -306,7 +306,7 @@ describe("rehearsal stack (postgres:rehearse)", () => {
         const d = await declare({ version: "17", upgradeFrom: "15", rehearse: "true" });
         assert.deepEqual(d.names(), ["rehearse-15-to-17", "rehearse-15-to-17-run"]);
         const r = d.byName("rehearse-15-to-17-run");
-        assert.equal(r.inputs.create, `${RUNNER} rehearse --container synapse-pg15 --to 17 --image postgres:17-alpine --login-user synapse --login-database synapse --method pg_upgrade --json`);
+        assert.equal(r.inputs.create, `${RUNNER} rehearse --old synapse-pg15 --major 17 --image postgres:17-alpine --login-user synapse --login-database synapse --method pg_upgrade --json`);
         assert.deepEqual(r.inputs.triggers, [1]);
         assert.equal(unwrapSecrets(r.inputs.environment).SYNAPSE_PG_PASSWORD, "synapse-secret");
     });
@@ -360,7 +360,7 @@ describe("dump method", () => {
     it("uses the guide's single pg_dumpall script with postgres:method dumpall", async () => {
         const d = await declare({ ...UPGRADE_17, method: "dumpall" });
         assert.match(d.byName("upgrade-15-to-17-dump").inputs.create, / --method dumpall /);
-        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --in \/srv\/backups\/upgrade-15-to-17\.sql --login-user synapse --old synapse-pg15$/);
+        assert.match(d.byName("upgrade-15-to-17-restore").inputs.create, / --dump \/srv\/backups\/upgrade-15-to-17\.sql --login-user synapse --old synapse-pg15$/);
         assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
     });
 });
@@ -368,15 +368,15 @@ describe("dump method", () => {
 describe("postgres:dropSettings", () => {
     it("lets copy-config leave the named rejected parameters out of the new cluster", async () => {
         const d = await declare({ ...UPGRADE_17, dropSettings: "wal_keep_segments, stats_temp_directory" });
-        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging --drop wal_keep_segments,stats_temp_directory`);
+        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --old synapse-pg15 --new synapse-pg17-staging --drop wal_keep_segments,stats_temp_directory`);
     });
 
     it("gives method pg_upgrade's prepare, which carries the configuration before the downtime, the same settings and consent", async () => {
         const d = await declare({ ...UPGRADE_17, method: "pg_upgrade", dropSettings: "wal_keep_segments", settings: '{"work_mem":"16MB"}' });
         const config = `--settings '{"work_mem":"16MB"}' --drop wal_keep_segments`;
         assert.equal(d.byName("upgrade-15-to-17-prepare").inputs.create,
-            `${RUNNER} prepare --container synapse-pg15 --staging synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 ${config}`);
-        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging ${config}`);
+            `${RUNNER} prepare --old synapse-pg15 --new synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17 ${config}`);
+        assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create, `${RUNNER} copy-config --old synapse-pg15 --new synapse-pg17-staging ${config}`);
     });
 
     it("postgres:dropAccessRules goes to copy-config and prepare as --drop-access-rules, with the rules as named", async () => {
@@ -405,10 +405,10 @@ describe("method pg_upgrade", () => {
     it("runs the exact step commands; prepare runs while Synapse serves, every later step stops it first", async () => {
         const d = await declare(PHYSICAL);
         const cmd = (step: string) => d.byName(`upgrade-15-to-17-${step}`).inputs.create;
-        const cluster = "--staging synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17";
-        assert.equal(cmd("prepare"), `${RUNNER} prepare --container synapse-pg15 ${cluster}`);
-        assert.equal(cmd("preflight"), `${RUNNER} preflight --container synapse-pg15 --target-major 17 --target-image postgres:17-alpine --target-data synapse-pgsql17 --staging synapse-pg17-staging --login-user synapse --login-database synapse --synapse synapse`);
-        assert.equal(cmd("upgrade"), `${RUNNER} upgrade --container synapse-pg15 ${cluster} --login-user synapse --synapse synapse`);
+        const cluster = "--new synapse-pg17-staging --image postgres:17-alpine --data synapse-pgsql17 --major 17";
+        assert.equal(cmd("prepare"), `${RUNNER} prepare --old synapse-pg15 ${cluster}`);
+        assert.equal(cmd("preflight"), `${RUNNER} preflight --old synapse-pg15 --major 17 --image postgres:17-alpine --data synapse-pgsql17 --new synapse-pg17-staging --login-user synapse --login-database synapse --synapse synapse`);
+        assert.equal(cmd("upgrade"), `${RUNNER} upgrade --old synapse-pg15 ${cluster} --login-user synapse --synapse synapse`);
         assert.match(cmd("verify"), / --synapse synapse$/);
         for (const step of ["prepare", "upgrade"] as const) {
             const s = d.byName(`upgrade-15-to-17-${step}`);
@@ -422,7 +422,7 @@ describe("method pg_upgrade", () => {
     it("removes prepare's standby when the upgrade leaves the stack, and before a new attempt's prepare makes another", async () => {
         const d = await declare(PHYSICAL);
         const prepare = d.byName("upgrade-15-to-17-prepare");
-        assert.equal(prepare.inputs.delete, `${RUNNER} remove-standby --staging synapse-pg17-staging`);
+        assert.equal(prepare.inputs.delete, `${RUNNER} remove-standby --new synapse-pg17-staging`);
         assert.equal(prepare.deleteBeforeReplace, true);
         for (const step of ["preflight", "upgrade", "copy-config", "verify", "cutover"]) {
             const s = d.byName(`upgrade-15-to-17-${step}`);
@@ -497,7 +497,7 @@ describe("postgres:settings: tuning as declared config, for the serving cluster 
         const d = await declare({ ...UPGRADE_17, settings: SETTINGS });
         assert.deepEqual(plain(d, "pg17-container").command, ["postgres", "-c", "max_connections=200", "-c", "shared_buffers=1GB", "-c", "work_mem=16MB"]);
         assert.equal(d.byName("upgrade-15-to-17-copy-config").inputs.create,
-            `${RUNNER} copy-config --from synapse-pg15 --to synapse-pg17-staging --settings '{"max_connections":"200","shared_buffers":"1GB","work_mem":"16MB"}'`);
+            `${RUNNER} copy-config --old synapse-pg15 --new synapse-pg17-staging --settings '{"max_connections":"200","shared_buffers":"1GB","work_mem":"16MB"}'`);
         assert.deepEqual(d.byName("pg15-container").ignoreChanges.sort(), ["command", "envs", "image", "labels", "name", "networksAdvanced", "ports", "shmSize", "volumes"]);
         assert.deepEqual(d.byName("pg17-container").ignoreChanges, []);
         assert.equal(d.find("pg15-check-settings"), undefined);
