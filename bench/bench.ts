@@ -15,12 +15,12 @@
 //   (c) the floor: a raw copy of the stopped old cluster's data folder.
 // It prints each time, ours/guide, ours/floor, the step runner's peak RSS, and writes JSON to bench/results/.
 import { createReadStream, createWriteStream, promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { run } from "../runner/process";
+import { run } from "../runner/docker/process";
 import { seedSynapse } from "../tests/fixtures/seed";
 import { cleanup, flag, IMAGE, NETWORK, parseSize, PREFIX, REPO, runSteps, said, seconds, serveNew, startCluster, step, waitReady } from "./harness";
 import { benchSynapse } from "./synapse-outage";
+import * as os from "node:os";
+import * as path from "node:path";
 
 async function main(): Promise<void> {
     const sizeText = flag("size", "1GB")!;

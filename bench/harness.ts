@@ -1,9 +1,9 @@
 // What both benchmarks share: the clusters they start, the step runner run through its CLI exactly as a command
 // resource runs it, timing, and cleanup. Names start with spbench- so cleanup never touches anything else.
 import { spawn } from "node:child_process";
-import * as path from "node:path";
-import { run } from "../runner/process";
+import { run } from "../runner/docker/process";
 import { CLUSTER_LABEL, MANAGED_LABEL, PASSWORD_ENV } from "../runner/names";
+import * as path from "node:path";
 
 export const IMAGE = "synapse-pg-test/postgres";
 export const PREFIX = "spbench-";

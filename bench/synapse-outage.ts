@@ -13,12 +13,12 @@
 // broken down: until Synapse had stopped, each step, Synapse's start, its first successful request. Every message
 // Synapse accepted is then read back through Synapse.
 import { createReadStream, createWriteStream, promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { run } from "../runner/process";
+import { run } from "../runner/docker/process";
 import { MatrixClient, outageOf, SendRecord, startSender, waitForSynapse } from "../tests/fixtures/matrix-client";
 import { startSynapseServer } from "../tests/fixtures/synapse-server";
 import { cleanup, IMAGE, NETWORK, PASSWORD, PREFIX, REPO, said, seconds, serveNew, startCluster, step, waitReady } from "./harness";
+import * as os from "node:os";
+import * as path from "node:path";
 
 const SYNAPSE = `${PREFIX}synapse`;
 const SYNAPSE_PORT = 28018;

@@ -2,7 +2,7 @@
 // its data, its network) decides what is declared, and `pulumi preview` shows it. A command invoke runs
 // `synapse-pg inspect`, which only reads.
 import * as command from "@pulumi/command";
-import { AdoptedFacts } from "../runner/inspect";
+import { AdoptedFacts } from "../runner/checks/inspect";
 import { stepLine } from "./command-line";
 
 export async function readAdopted(container: string): Promise<AdoptedFacts> {

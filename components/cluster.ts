@@ -3,9 +3,9 @@
 import * as command from "@pulumi/command";
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
-import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/layout";
+import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/target/layout";
 import { stepCommand } from "./command-line";
-import { serverCommand, shmSizeFor } from "../runner/server-command";
+import { serverCommand, shmSizeFor } from "../runner/config/server-command";
 import { CLUSTER_LABEL, MANAGED_LABEL, PASSWORD_ENV } from "../runner/names";
 
 export interface ClusterArgs {
@@ -104,7 +104,7 @@ export class Cluster extends pulumi.ComponentResource {
         }
         const checked = this.checkSettings ? [this.checkSettings] : [];
         if (args.serving) {
-            // Before the serving container is replaced (runner/before-replace.ts): a new data location that is
+            // Before the serving container is replaced (runner/switch/before-replace.ts): a new data location that is
             // empty is refused, and a running Synapse is stopped, after the settings were accepted; the serve step
             // after the new container starts it.
             this.beforeReplace = new command.local.Command(`${name}-before-replace`, {

@@ -2,8 +2,8 @@
 // Every error names the key, the value given and what would be accepted; all errors are reported together.
 import * as pulumi from "@pulumi/pulumi";
 import { z } from "zod";
-import { DumpMethod } from "../runner/dump";
-import { sizeInBytes } from "../runner/server-command";
+import { DumpMethod } from "../runner/dump/dump";
+import { sizeInBytes } from "../runner/config/server-command";
 import { MIN_MAJOR } from "../runner/names";
 
 export interface Version {

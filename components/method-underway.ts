@@ -1,9 +1,9 @@
 // Reading, while the program is evaluated, which method an upgrade already under way uses (postgres:method
 // unset), so `pulumi preview` shows the steps that will really run. A command invoke runs `synapse-pg
-// method-underway`, which only reads (runner/method-underway.ts).
+// method-underway`, which only reads (runner/checks/method-underway.ts).
 import * as command from "@pulumi/command";
-import { DataLocation, formatDataLocation } from "../runner/layout";
-import { MethodUnderway } from "../runner/method-underway";
+import { DataLocation, formatDataLocation } from "../runner/target/layout";
+import { MethodUnderway } from "../runner/checks/method-underway";
 import { stepLine } from "./command-line";
 
 export async function readMethodUnderway(args: { data: DataLocation; major: number; image: string; backupDir?: string; dumpName: string }): Promise<MethodUnderway> {

@@ -8,8 +8,8 @@
 //   version=17 (retire)           -> cluster 17 serving; 15's container goes, its data is kept
 import * as path from "node:path";
 import * as pulumi from "@pulumi/pulumi";
-import { AdoptedFacts } from "../runner/inspect";
-import { clusterNames, DataLocation } from "../runner/layout";
+import { AdoptedFacts } from "../runner/checks/inspect";
+import { clusterNames, DataLocation } from "../runner/target/layout";
 import { Cluster } from "./cluster";
 import { readAdopted } from "./adopt";
 import { readMethodUnderway } from "./method-underway";

@@ -3,12 +3,12 @@
 // depends on the cutover (see stack.ts), so it never takes the alias before verify has passed.
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
-import { dumpPathOf, DumpMethod } from "../runner/dump";
-import { DataLocation, formatDataLocation } from "../runner/layout";
+import { dumpPathOf, DumpMethod } from "../runner/dump/dump";
+import { DataLocation, formatDataLocation } from "../runner/target/layout";
 import { shellQuote, stepCommand } from "./command-line";
 import { PASSWORD_ENV } from "../runner/names";
 
-/** directory and dumpall dump and restore; pg_upgrade keeps the data files (see runner/pg-upgrade.ts, runner/standby.ts). */
+/** directory and dumpall dump and restore; pg_upgrade keeps the data files (see runner/pg-upgrade/upgrade.ts, runner/pg-upgrade/standby.ts). */
 export type UpgradeMethod = DumpMethod | "pg_upgrade";
 
 export interface MajorUpgradeArgs {

@@ -1,11 +1,11 @@
 // The steps that run while Synapse still serves: they read the old cluster and never stop it.
-import { DUMP_METHODS } from "../dump";
-import { inspectAdopted } from "../inspect";
-import { parseDataLocation } from "../layout";
-import { methodUnderway } from "../method-underway";
-import { preparePgUpgrade } from "../pg-upgrade";
-import { rehearse } from "../rehearse";
-import { removeStandby, standbyContainerName } from "../standby";
+import { DUMP_METHODS } from "../dump/dump";
+import { inspectAdopted } from "../checks/inspect";
+import { parseDataLocation } from "../target/layout";
+import { methodUnderway } from "../checks/method-underway";
+import { preparePgUpgrade } from "../pg-upgrade/upgrade";
+import { rehearse } from "../checks/rehearse";
+import { removeStandby, standbyContainerName } from "../pg-upgrade/standby";
 import { CONFIG, configInput, LOGIN, loginInput, NEW_CLUSTER, newClusterInput, password } from "./inputs";
 import { reportPrepare, reportRehearsal } from "./reports";
 import { Step } from "./step";

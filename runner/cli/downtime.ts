@@ -1,22 +1,23 @@
 // The steps of an upgrade's downtime, in the order they run: Synapse is stopped before each (--synapse) and, when
 // one fails, started again on the old cluster, whose fence comes down first.
-import { copyConfig } from "../copy-config";
-import { cutover } from "../cutover";
-import { DUMP_METHODS, DumpMethod, dumpCluster, formatBytes } from "../dump";
-import { requireContainer, resumeStaging, superuserOf } from "../docker";
-import { runPgUpgrade } from "../pg-upgrade";
-import { preflight } from "../preflight";
-import { restoreCluster } from "../restore";
+import { copyConfig } from "../config/copy-config";
+import { cutover } from "../switch/cutover";
+import { DUMP_METHODS, DumpMethod, dumpCluster } from "../dump/dump";
+import { formatBytes } from "../host";
+import { requireContainer, resumeStaging, superuserOf } from "../docker/containers";
+import { runPgUpgrade } from "../pg-upgrade/upgrade";
+import { preflight } from "../checks/preflight";
+import { restoreCluster } from "../dump/restore";
 import { StepError } from "../step-error";
-import { parseContainerList, requireCopyAfterSynapse } from "../synapse";
-import { advanceMarker, readMarkerIn, writeMarkerIn } from "../target";
-import { formatReport, verifyClusters } from "../verify";
+import { parseContainerList, requireCopyAfterSynapse } from "../switch/synapse";
+import { advanceMarker, readMarkerIn, writeMarkerIn } from "../target/markers";
+import { formatReport, verifyClusters } from "../checks/verify";
 import { Flags } from "./flags";
 import { CONFIG, configInput, LOGIN, loginInput, NEW, NEW_CLUSTER, newClusterInput, OLD, password } from "./inputs";
 import { fenceLine, listed, Out, reportConfig, reportPreflight, reportUpgrade } from "./reports";
 import { Step } from "./step";
 import { PASSWORD_ENV } from "../names";
-import { parseDataLocation } from "../layout";
+import { parseDataLocation } from "../target/layout";
 
 const REHASH = "re-set as scram-sha-256 if its hash is md5";
 

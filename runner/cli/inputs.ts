@@ -1,6 +1,6 @@
 // Flags several steps share, with what they become: the old and new clusters, the login, the configuration's
 // flags, and the password, which only the environment carries.
-import { parseDataLocation } from "../layout";
+import { parseDataLocation } from "../target/layout";
 import { PASSWORD_ENV } from "../names";
 import { StepError } from "../step-error";
 import { Flags, FlagSpec, FlagSpecs } from "./flags";

@@ -1,11 +1,11 @@
 // synapse-pg: the step runner's command line. Each step parses its flags, calls one step function and prints its
 // result on stdout (dump: the dump's path as the last line). Failures print one sentence on stderr and exit 1.
 // Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
-import { liftFence } from "../fence";
+import { liftFence } from "../switch/fence";
 import { PASSWORD_ENV } from "../names";
-import { ProcessError } from "../process";
+import { ProcessError } from "../docker/process";
 import { StepError } from "../step-error";
-import { parseContainerList, startSynapse, stopSynapse } from "../synapse";
+import { parseContainerList, startSynapse, stopSynapse } from "../switch/synapse";
 import { BEFORE_DOWNTIME } from "./before-downtime";
 import { DOWNTIME } from "./downtime";
 import { describeFlags, Flags, FlagSpecs, parseFlags } from "./flags";

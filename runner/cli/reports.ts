@@ -1,13 +1,13 @@
 // What the steps say on stdout when a result needs more than one sentence, or the same words in two steps.
-import { CopyConfigResult, describeRejected } from "../copy-config";
-import { formatBytes } from "../dump";
-import { describeUpdates } from "../extensions";
-import { describeFence, Fence } from "../fence";
-import { describeCarried } from "../not-replicated";
-import { PrepareResult, UpgradeResult } from "../pg-upgrade";
-import { PreflightResult } from "../preflight";
-import { RehearsalReport } from "../rehearse";
-import { ServeResult } from "../serve";
+import { CopyConfigResult, describeRejected } from "../config/copy-config";
+import { formatBytes } from "../host";
+import { describeUpdates } from "../checks/extensions";
+import { describeFence, Fence } from "../switch/fence";
+import { describeCarried } from "../pg-upgrade/not-replicated";
+import { PrepareResult, UpgradeResult } from "../pg-upgrade/upgrade";
+import { PreflightResult } from "../checks/preflight";
+import { RehearsalReport } from "../checks/rehearse";
+import { ServeResult } from "../switch/serve";
 
 export type Out = (line: string) => void;
 

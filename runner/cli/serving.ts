@@ -1,10 +1,10 @@
 // The steps around the one cluster that serves Synapse: before Pulumi replaces its container, its settings, and
 // the switch (or revert) that makes it the one answering to the alias.
-import { stopSynapseBeforeReplace } from "../before-replace";
-import { parseDataLocation } from "../layout";
-import { serveCluster } from "../serve";
-import { checkSettings } from "../settings";
-import { parseContainerList } from "../synapse";
+import { stopSynapseBeforeReplace } from "../switch/before-replace";
+import { parseDataLocation } from "../target/layout";
+import { serveCluster } from "../switch/serve";
+import { checkSettings } from "../config/settings";
+import { parseContainerList } from "../switch/synapse";
 import { commandFlag, password, settingsFlag } from "./inputs";
 import { reportServe, settingsList } from "./reports";
 import { Step } from "./step";

@@ -3,13 +3,13 @@
 // client in another container on the same network connects by the name Synapse uses, as Synapse would.
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { Applier, runShell } from "./applier";
 import { containerState, removeTestResources, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
+import * as os from "node:os";
+import * as path from "node:path";
 
 const PREFIX = "sptest-adopt-";
 const NETWORK = `${PREFIX}default`;

@@ -20,9 +20,9 @@
 // started. An optional and computed input that becomes absent (command, shmSize, envs, labels, ...) keeps the
 // container's value: no diff, as in the provider.
 import { spawn } from "node:child_process";
-import * as path from "node:path";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { Declared, DeclaredResource, unwrapSecrets } from "../fixtures/pulumi-graph";
+import * as path from "node:path";
 
 /**
  * Optional and computed in the provider: an input that becomes absent keeps the value the container has (no diff,

@@ -6,7 +6,7 @@
 // accepts, is refused by the real start of the new server at prepare; ICU-collated indexes across the images' ICU
 // change stop pg_upgrade as C-library ones do across a glibc change.
 import { strict as assert } from "node:assert";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect } from "../fixtures/snapshot";

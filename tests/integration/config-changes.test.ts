@@ -5,14 +5,14 @@
 // not. Settings (set, changed, removed) are in traps.test.ts.
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier } from "./applier";
 import { containerState, endSuite, startSuite, Suite, TEST_IMAGE } from "./docker-env";
+import * as os from "node:os";
+import * as path from "node:path";
 
 const PREFIX = "sptest-cfg-";
 const PORT = 25439;

@@ -1,9 +1,9 @@
 // What the integration tests need from the machine, checked loudly: a Docker engine that answers and the test
 // images. Nothing is skipped: without them the suite fails with a sentence saying what to run.
 import { promises as fs } from "node:fs";
+import { run } from "../../runner/docker/process";
 import * as os from "node:os";
 import * as path from "node:path";
-import { run } from "../../runner/process";
 
 export const TEST_IMAGE = "synapse-pg-test/postgres";
 /** Every container, volume and network the tests create starts with this, so cleanup never touches others. */

@@ -4,16 +4,16 @@
 import { strict as assert } from "node:assert";
 import { spawn } from "node:child_process";
 import { promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { copyFileOut } from "../../runner/docker";
-import { advanceMarker, readMarkerIn, writeMarkerIn } from "../../runner/target";
-import { run } from "../../runner/process";
+import { copyFileOut } from "../../runner/docker/files";
+import { advanceMarker, readMarkerIn, writeMarkerIn } from "../../runner/target/markers";
+import { run } from "../../runner/docker/process";
 import { declare, Declared } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, REPO, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, volumesNamed } from "./docker-env";
+import * as os from "node:os";
+import * as path from "node:path";
 
 const PREFIX = "sptest-fault-";
 const PASSWORD = "fault-Pässword-2";

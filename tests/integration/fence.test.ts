@@ -5,7 +5,7 @@
 // write the network fence cannot stop (a session inside the old container) after verify makes cutover refuse; the
 // old cluster then takes connections again, and a new attempt switches with that write.
 import { strict as assert } from "node:assert";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect } from "../fixtures/snapshot";

@@ -5,14 +5,14 @@
 import { strict as assert } from "node:assert";
 import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
-import * as path from "node:path";
-import { run } from "../../runner/process";
-import { MARKER_FILE } from "../../runner/target";
+import { run } from "../../runner/docker/process";
+import { MARKER_FILE } from "../../runner/target/markers";
 import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, connect, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, tagImage, TEST_IMAGE, volumeExists, volumesNamed } from "./docker-env";
+import * as path from "node:path";
 
 const PREFIX = "sptest-life-";
 const PASSWORD = "Synapse-Pässword-🔒-1";

@@ -2,7 +2,7 @@
 // upgrade. The old cluster's data and connections are never disturbed. The prediction is printed beside the real
 // downtime, never asserted against it: a timing bound makes a test depend on how busy the machine is.
 import { strict as assert } from "node:assert";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect } from "../fixtures/snapshot";

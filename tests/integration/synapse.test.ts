@@ -7,7 +7,7 @@ import { declare } from "../fixtures/pulumi-graph";
 import { MatrixClient, outageOf, SendRecord, startSender, waitForSynapse } from "../fixtures/matrix-client";
 import { connect } from "../fixtures/snapshot";
 import { databaseErrorsInLog, startSynapseServer, SynapseServer, synapseLog, SYNAPSE_IMAGE } from "../fixtures/synapse-server";
-import { run } from "../../runner/process";
+import { run } from "../../runner/docker/process";
 import { Applier, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, volumeExists } from "./docker-env";
 

@@ -4,17 +4,17 @@
 import { strict as assert } from "node:assert";
 import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
-import * as os from "node:os";
-import * as path from "node:path";
-import { waitUntilAccepting } from "../../runner/docker";
-import { run } from "../../runner/process";
-import { rehashLoginRole } from "../../runner/restore";
-import { MARKER_FILE } from "../../runner/target";
+import { waitUntilAccepting } from "../../runner/docker/psql";
+import { run } from "../../runner/docker/process";
+import { rehashLoginRole } from "../../runner/target/staging";
+import { MARKER_FILE } from "../../runner/target/markers";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
 import { containerState, endSuite, startSuite, Suite, TEST_IMAGE } from "./docker-env";
+import * as os from "node:os";
+import * as path from "node:path";
 
 const PREFIX = "sptest-trap-";
 const PASSWORD = "trap-Pässword-4";

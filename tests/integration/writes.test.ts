@@ -1,9 +1,10 @@
 // The files we write into a cluster's data (the upgrade marker, the carried configuration) survive a write that
 // dies half-way: the previous file stays whole, so no later step meets a torn marker.
 import { strict as assert } from "node:assert";
-import { MARKER_FILE } from "../../runner/target";
-import { waitUntilAccepting, writeFileIn } from "../../runner/docker";
-import { run } from "../../runner/process";
+import { MARKER_FILE } from "../../runner/target/markers";
+import { waitUntilAccepting } from "../../runner/docker/psql";
+import { writeFileIn } from "../../runner/docker/files";
+import { run } from "../../runner/docker/process";
 import { removeTestResources, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
 
 const PREFIX = "sptest-write-";

@@ -1,0 +1,268 @@
+// rehearse: the whole upgrade on a copy, while Synapse keeps serving, to learn the downtime and the problems
+// before the maintenance window. A consistent dump of the live old cluster (pg_dump's snapshot; Synapse is not
+// stopped), a restore into a throw-away container and volume of the target major, the config check, verify, and
+// a report. The old cluster is only read. Without --keep everything the rehearsal created is removed.
+import { promises as fs } from "node:fs";
+import { Readable } from "node:stream";
+import { copyConfig } from "../config/copy-config";
+import { databasesSize, dumpCluster } from "../dump/dump";
+import { formatBytes, freeBytes } from "../host";
+import { ContainerInfo, inspectContainer, mountsHoldingPgdata, pgdataOf, removeContainer, requireContainer, startContainer, stopContainer, superuserOf } from "../docker/containers";
+import { query, quoteLiteral, serverVersion, waitUntilAccepting } from "../docker/psql";
+import { ProcessError, run, runPiped } from "../docker/process";
+import { restoreCluster } from "../dump/restore";
+import { preparePgUpgrade, runPgUpgrade } from "../pg-upgrade/upgrade";
+import { checkSpace } from "./preflight";
+import { NO_ARCHIVING, removeStandby, standbyContainerName } from "../pg-upgrade/standby";
+import { StepError } from "../step-error";
+import { readMarkerIn, readTargetState } from "../target/markers";
+import { verifyClusters } from "./verify";
+import { MANAGED_LABEL, ourLabels } from "../names";
+import * as os from "node:os";
+import * as path from "node:path";
+
+export interface RehearseInput {
+    container: string;
+    to: number;
+    /** The target image; default the old image's tag with the old major replaced (postgres:15-alpine -> 17). */
+    image?: string;
+    keep: boolean;
+    password: string;
+    loginUser: string;
+    loginDatabase: string;
+    /** The real run's backupDir, to check its free space. */
+    backupDir?: string;
+    /** Rehearse method pg_upgrade: on a physical copy (pg_basebackup) of the live cluster. */
+    physical?: boolean;
+}
+
+export interface RehearsalReport {
+    method: "pg_upgrade" | "dump";
+    /** Method pg_upgrade: link (on a standby made before the downtime) or copy, as the real run would do it. */
+    pgUpgradeVia?: "link" | "copy";
+    source: { container: string; version: string; databasesBytes: number };
+    target: { container: string; version: string; image: string; kept: boolean };
+    verified: boolean;
+    /** Seconds per step of the rehearsal. */
+    timings: Record<string, number>;
+    /** preflight + dump + restore + copy-config + verify + the switch (stops, the new container's start, serve) + step start-ups. */
+    predictedDowntimeSeconds: number;
+    dumpBytes: number;
+    /** Everything the real upgrade would meet, one sentence each. */
+    problems: string[];
+    /** Differences explained by Synapse writing during the rehearsal: not problems. */
+    liveWrites: string[];
+}
+
+export function defaultTargetImage(oldImage: string, fromMajor: number, to: number): string | undefined {
+    const at = oldImage.lastIndexOf(":");
+    if (at < 0 || oldImage.includes("@")) return undefined;
+    const tag = oldImage.slice(at + 1);
+    const replaced = tag.replace(new RegExp(`^${fromMajor}(\\.\\d+)?(?=$|-)`), String(to));
+    return replaced === tag ? undefined : `${oldImage.slice(0, at)}:${replaced}`;
+}
+
+async function timed<T>(timings: Record<string, number>, name: string, work: () => Promise<T>): Promise<T> {
+    const start = Date.now();
+    try {
+        return await work();
+    } finally {
+        timings[name] = (Date.now() - start) / 1000;
+    }
+}
+
+export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
+    const old = await requireContainer(input.container, "old");
+    if (!old.running) throw new StepError(`The old container "${input.container}" is not running; a rehearsal reads the live cluster.`);
+    const user = superuserOf(old);
+    const version = await serverVersion(input.container, user);
+    if (version.major >= input.to) throw new StepError(`"${input.container}" runs PostgreSQL ${version.text}, not older than ${input.to}: nothing to rehearse.`);
+    const image = input.image ?? defaultTargetImage(old.image, version.major, input.to);
+    if (!image) throw new StepError(`Cannot tell the ${input.to} image from "${old.image}"; give it with --image.`);
+    const databasesBytes = await databasesSize(input.container, user);
+    const name = `${input.container}-rehearsal-${input.to}`;
+    const volume = `${name}-data`;
+    const work = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-rehearsal-"));
+    await fs.chmod(work, 0o700);
+    await removeRehearsal(name, volume);
+    // Its own copy needs room like the real upgrade's: refused before anything is written, not a full disk later.
+    await checkSpace({ targetData: { kind: "volume", name: volume }, backupDir: input.physical ? undefined : work }, databasesBytes, { restoreWal: !input.physical })
+        .catch(async (err) => {
+            await fs.rm(work, { recursive: true, force: true });
+            throw err;
+        });
+    await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
+
+    const timings: Record<string, number> = {};
+    const problems: string[] = [];
+    const liveWrites: string[] = [];
+    let verified = false;
+    let targetVersion = "";
+    let dumpBytes = 0;
+    let kept = false;
+    let via: "link" | "copy" | undefined;
+    // pg_upgrade needs a stopped old cluster: it is rehearsed on a physical copy, which then stands for the old one.
+    const source = input.physical ? `${name}-source` : input.container;
+    try {
+        if (input.physical) {
+            await physicalCopy(old, source, user);
+            const upgradeInput = {
+                container: source, staging: name, image, data: { kind: "volume" as const, name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
+            };
+            try {
+                // The configuration is checked below, as copy-config does, so a rejected setting is one problem
+                // among the others and the rest is still rehearsed.
+                await preparePgUpgrade(upgradeInput, { config: false });
+                via = (await timed(timings, "upgrade", () => runPgUpgrade(upgradeInput))).via;
+            } catch (err) {
+                if (!(err instanceof StepError)) throw err;
+                // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
+                problems.push(err.message);
+                return rehearsalReport(input, version.text, databasesBytes, { container: name, version: "", image, kept: false }, false, timings, 0, problems, liveWrites);
+            }
+        } else {
+            const dump = await timed(timings, "dump", () => dumpCluster({ container: input.container, outDir: work, name: "rehearsal", toolImage: image, password: input.password }));
+            dumpBytes = dump.manifest.bytes;
+            await timed(timings, "restore", () => restoreCluster({
+                container: name, image, data: { kind: "volume", name: volume }, major: input.to, dumpPath: dump.path,
+                password: input.password, loginUser: input.loginUser,
+            }));
+        }
+        await timed(timings, "copy-config", () => copyConfig({ from: source, to: name })).catch((err: Error) => {
+            if (!(err instanceof StepError)) throw err;
+            problems.push(err.message);
+        });
+        const report = await timed(timings, "verify", () => verifyClusters({
+            old: source, new: name, loginUser: input.loginUser, loginDatabase: input.loginDatabase, password: input.password,
+        }));
+        for (const c of report.comparisons.filter((c) => !c.same)) {
+            // Rows and sequences that grew in the live cluster after the snapshot: Synapse kept writing.
+            const grew = (c.what.startsWith("table ") || c.what.startsWith("sequence ")) && Number(c.old) > Number(c.new);
+            (grew ? liveWrites : problems).push(`${c.what}: ${c.old} in old, ${c.new} in the rehearsal`);
+        }
+        if (!report.login.ok) problems.push(`Synapse's role ${input.loginUser} cannot log in to the new cluster with the configured password: ${report.login.error}.`);
+        verified = problems.length === 0;
+        targetVersion = (await serverVersion(name, user)).text;
+        // The switch: two clean stops (the staging and the old server; the live old one is not stopped here, so
+        // the staging's stop stands for both), a start of the new server and the container's first health check.
+        const stop = await timed(timings, "stop", () => stopContainer(name)).then(() => timings.stop);
+        await timed(timings, "start", async () => {
+            await startContainer(name);
+            await waitUntilAccepting(name, user);
+        });
+        // The real switch also creates the serving container (not just starts one) and runs serve, which looks at
+        // the containers and the new server again: timed here with the same calls on the rehearsal's server.
+        await timed(timings, "serve", async () => {
+            const probe = `${name}-create-probe`;
+            await run("docker", ["create", "--name", probe, "--network", "none", image]);
+            await removeContainer(probe);
+            await inspectContainer(name);
+            await waitUntilAccepting(name, user);
+            await readMarkerIn(name, user);
+            await serverVersion(name, user);
+        });
+        timings.switch = 2 * stop + timings.start + timings.serve;
+        delete timings.stop;
+        delete timings.start;
+        delete timings.serve;
+        // What the real run adds: preflight's checks, and starting each of its step processes in the downtime
+        // (preflight, dump, restore or upgrade, copy-config, verify, cutover, serve).
+        await timed(timings, "preflight", () => readTargetState({ kind: "volume", name: volume }, input.to, image).then(() => databasesSize(input.container, user)));
+        timings["step start-up"] = (input.physical ? 6 : 7) * (await stepStartup());
+        problems.push(...(await knownProblems(input, user, databasesBytes)));
+        kept = input.keep;
+    } finally {
+        if (!kept) await removeRehearsal(name, volume);
+        if (input.physical) {
+            await removeStandby(standbyContainerName(name)).catch(() => undefined);
+            await removeRehearsal(source, `${source}-data`);
+        }
+        await fs.rm(work, { recursive: true, force: true });
+    }
+    const report = rehearsalReport(input, version.text, databasesBytes, { container: name, version: targetVersion, image, kept }, verified, timings, dumpBytes, problems, liveWrites);
+    return via ? { ...report, pgUpgradeVia: via } : report;
+}
+
+function rehearsalReport(
+    input: RehearseInput, version: string, databasesBytes: number, target: RehearsalReport["target"], verified: boolean,
+    timings: Record<string, number>, dumpBytes: number, problems: string[], liveWrites: string[],
+): RehearsalReport {
+    const predicted = Object.values(timings).reduce((s, t) => s + t, 0);
+    return {
+        method: input.physical ? "pg_upgrade" : "dump",
+        source: { container: input.container, version, databasesBytes },
+        target,
+        verified,
+        timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
+        predictedDowntimeSeconds: Math.round(predicted * 10) / 10,
+        dumpBytes,
+        problems,
+        liveWrites,
+    };
+}
+
+/**
+ * A physical copy of the live cluster for rehearsing pg_upgrade: pg_basebackup in the old container streams a tar
+ * (with the WAL it needs) into a new volume, and a container of the old image recovers it to a consistent
+ * cluster. The live cluster is only read, through a replication connection on its local socket. The copy is
+ * initialised already, so its container needs no password: none is in its environment.
+ */
+async function physicalCopy(old: ContainerInfo, copy: string, user: string): Promise<void> {
+    const pgdata = pgdataOf(old);
+    const [mount] = mountsHoldingPgdata(old);
+    if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
+    const volume = `${copy}-data`;
+    await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
+    const inCopy = (argv: string[], opts: { stdin?: Readable; user?: string } = {}) => run("docker", [
+        "run", "--rm", "-i", "--network", "none", "--user", opts.user ?? "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
+    ], { stdin: opts.stdin });
+    // A new volume's root belongs to root: PGDATA is made for the image's postgres user, the files unpacked as it.
+    await inCopy(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", pgdata], { user: "root" });
+    await runPiped(
+        (stdout) => run("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", "-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"], { stdout })
+            .catch((err) => {
+                if (!(err instanceof ProcessError)) throw err;
+                throw new StepError(`pg_basebackup of "${old.name}" for the rehearsal failed: ${err.stderrTail.trim().split("\n").pop()}`);
+            }),
+        (stdin) => inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin }),
+    );
+    await run("docker", [
+        "run", "-d", "--name", copy, ...ourLabels("rehearsal"),
+        "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "--stop-signal", "SIGINT",
+        "-v", `${volume}:${mount.destination}`, old.imageId, "postgres", ...NO_ARCHIVING,
+    ]);
+    await waitUntilAccepting(copy, user);
+}
+
+/** What the real run would meet that the copy cannot show by failing: md5 hashes, locale, disk space. */
+async function knownProblems(input: RehearseInput, user: string, databasesBytes: number): Promise<string[]> {
+    const problems: string[] = [];
+    const md5 = (await query(input.container, user, `SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> ${quoteLiteral(input.loginUser)} ORDER BY 1`)).map(([r]) => r);
+    if (md5.length) problems.push(`Role(s) ${md5.join(", ")} have md5 password hashes, which a scram-sha-256 access rule refuses and PostgreSQL 18 deprecates: set their passwords again with psql's \\password.`);
+    const locale = await query(input.container, user, `SELECT datcollate, datctype FROM pg_database WHERE datname = ${quoteLiteral(input.loginDatabase)}`);
+    if (locale[0] && (locale[0][0] !== "C" || locale[0][1] !== "C")) {
+        problems.push(`The ${input.loginDatabase} database has collation ${locale[0][0]} and ctype ${locale[0][1]}; Synapse requires C for both (it refuses to start otherwise unless allow_unsafe_locale is set).`);
+    }
+    if (input.backupDir) {
+        const free = await freeBytes(input.backupDir).catch(() => -1);
+        if (free < 0) problems.push(`The backup folder ${input.backupDir} does not exist.`);
+        else if (free < databasesBytes) problems.push(`The backup folder ${input.backupDir} has ${formatBytes(free)} free; the real dump may need ${formatBytes(databasesBytes)}.`);
+    }
+    return problems;
+}
+
+/** How long one step process takes to start, as a command resource starts it (the bin script, see command-line.ts). */
+async function stepStartup(): Promise<number> {
+    const start = Date.now();
+    await run(process.execPath, [path.resolve(__dirname, "../../bin/synapse-pg"), "--help"]).catch(() => undefined);
+    return (Date.now() - start) / 1000;
+}
+
+async function removeRehearsal(name: string, volume: string): Promise<void> {
+    const existing = await inspectContainer(name);
+    if (existing) {
+        if (existing.labels[MANAGED_LABEL] !== "true") throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; remove it or it would be mistaken for a rehearsal.`);
+        await removeContainer(name);
+    }
+    await run("docker", ["volume", "rm", "-f", volume]).catch(() => undefined);
+}
