@@ -17,7 +17,22 @@
 import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import { run } from "../runner/docker/process";
 import { seedSynapse } from "../tests/fixtures/seed";
-import { cleanup, flag, IMAGE, NETWORK, parseSize, PREFIX, REPO, runSteps, said, seconds, serveNew, startCluster, step, waitReady } from "./harness";
+import {
+    cleanup,
+    flag,
+    IMAGE,
+    NETWORK,
+    parseSize,
+    PREFIX,
+    REPO,
+    runSteps,
+    said,
+    seconds,
+    serveNew,
+    startCluster,
+    step,
+    waitReady,
+} from "./harness";
 import { benchSynapse } from "./synapse-outage";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -36,25 +51,53 @@ async function main(): Promise<void> {
         await startCluster(old, 15, `${PREFIX}pgsql15`);
         const [seedSeconds] = await seconds(() => seedSynapse(old, "synapse", { sizeMB, seed }));
         await run("docker", ["exec", old, "psql", "-U", "synapse", "-d", "postgres", "-qc", "CHECKPOINT"]);
-        const [[dbBytes]] = [(await run("docker", ["exec", old, "psql", "-U", "synapse", "-d", "postgres", "-Atc",
-            "SELECT sum(pg_database_size(datname)) FROM pg_database"])).stdout.trim().split("\n")];
+        const [[dbBytes]] = [
+            (
+                await run("docker", [
+                    "exec",
+                    old,
+                    "psql",
+                    "-U",
+                    "synapse",
+                    "-d",
+                    "postgres",
+                    "-Atc",
+                    "SELECT sum(pg_database_size(datname)) FROM pg_database",
+                ])
+            ).stdout
+                .trim()
+                .split("\n"),
+        ];
         console.error(`seeded ${(Number(dbBytes) / 1e9).toFixed(2)} GB in ${seedSeconds.toFixed(0)} s`);
 
         // (a) The guide, in its order, with Synapse stopped throughout: pg_dumpall inside the old container, a new
         // 17 container on a new volume, psql -f into it, postgresql.conf copied across and a restart to apply it.
-        console.error("(a) the guide's method: pg_dumpall > file; new container; psql -f file; copy postgresql.conf; restart");
+        console.error(
+            "(a) the guide's method: pg_dumpall > file; new container; psql -f file; copy postgresql.conf; restart",
+        );
         const guideNew = `${PREFIX}guide-pg17`;
         const guideFile = path.join(backups, "guide.sql");
         const guideSteps: Record<string, number> = {};
         const [guideDowntimeSeconds] = await seconds(async () => {
-            [guideSteps.dump] = await seconds(() => run("docker", ["exec", old, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }));
+            [guideSteps.dump] = await seconds(() =>
+                run("docker", ["exec", old, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }),
+            );
             [guideSteps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`));
             // The guide runs psql without ON_ERROR_STOP: "role/database already exists" errors scroll past.
-            [guideSteps.restore] = await seconds(() => run("docker", ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"], { stdin: createReadStream(guideFile) })
-                .catch(() => undefined));
+            [guideSteps.restore] = await seconds(() =>
+                run(
+                    "docker",
+                    ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"],
+                    { stdin: createReadStream(guideFile) },
+                ).catch(() => undefined),
+            );
             [guideSteps.config] = await seconds(async () => {
                 const conf = (await run("docker", ["exec", old, "sh", "-c", 'cat "$PGDATA/postgresql.conf"'])).stdout;
-                await run("docker", ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'], { stdin: conf });
+                await run(
+                    "docker",
+                    ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'],
+                    { stdin: conf },
+                );
                 await run("docker", ["restart", guideNew]);
                 await waitReady(guideNew);
             });
@@ -68,12 +111,45 @@ async function main(): Promise<void> {
         const data = `${PREFIX}pgsql17`;
         const rss: Record<string, number> = {};
         const steps: [string, string[]][] = [
-            ["preflight", ["preflight", "--old", old, "--major", "17", "--image", `${IMAGE}:17`, "--data", data, "--backup-dir", backups]],
+            [
+                "preflight",
+                [
+                    "preflight",
+                    "--old",
+                    old,
+                    "--major",
+                    "17",
+                    "--image",
+                    `${IMAGE}:17`,
+                    "--data",
+                    data,
+                    "--backup-dir",
+                    backups,
+                ],
+            ],
             ["dump", ["dump", "--old", old, "--backup-dir", backups, "--name", "ours", "--tool-image", `${IMAGE}:17`]],
-            ["restore", ["restore", "--new", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17", "--dump", path.join(backups, "ours")]],
+            [
+                "restore",
+                [
+                    "restore",
+                    "--new",
+                    staging,
+                    "--image",
+                    `${IMAGE}:17`,
+                    "--data",
+                    data,
+                    "--major",
+                    "17",
+                    "--dump",
+                    path.join(backups, "ours"),
+                ],
+            ],
             ["copy-config", ["copy-config", "--old", old, "--new", staging]],
             ["verify", ["verify", "--old", old, "--new", staging]],
-            ["cutover", ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"]],
+            [
+                "cutover",
+                ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"],
+            ],
         ];
         const timings = await runSteps(steps, rss, "");
         [timings.serve, rss.serve] = await seconds(() => serveNew(`${PREFIX}pg17`, data, 17));
@@ -92,11 +168,41 @@ async function main(): Promise<void> {
         const [prepareSeconds, prepareRss] = await seconds(() => step(["prepare", "--old", old, ...uCluster]));
         rss.prepare = prepareRss;
         const uSteps: [string, string[]][] = [
-            ["preflight", ["preflight", "--old", old, "--major", "17", "--image", `${IMAGE}:17`, "--data", uData, "--new", uStaging]],
+            [
+                "preflight",
+                [
+                    "preflight",
+                    "--old",
+                    old,
+                    "--major",
+                    "17",
+                    "--image",
+                    `${IMAGE}:17`,
+                    "--data",
+                    uData,
+                    "--new",
+                    uStaging,
+                ],
+            ],
             ["upgrade", ["upgrade", "--old", old, ...uCluster]],
             ["copy-config", ["copy-config", "--old", old, "--new", uStaging]],
             ["verify", ["verify", "--old", old, "--new", uStaging]],
-            ["cutover", ["cutover", "--old", old, "--new", uStaging, "--data", uData, "--image", `${IMAGE}:17`, "--major", "17"]],
+            [
+                "cutover",
+                [
+                    "cutover",
+                    "--old",
+                    old,
+                    "--new",
+                    uStaging,
+                    "--data",
+                    uData,
+                    "--image",
+                    `${IMAGE}:17`,
+                    "--major",
+                    "17",
+                ],
+            ],
         ];
         const uTimings = await runSteps(uSteps, rss, "pg_upgrade ");
         [uTimings.serve, rss["pg_upgrade serve"]] = await seconds(() => serveNew(`${PREFIX}pg17u`, uData, 17));
@@ -106,7 +212,21 @@ async function main(): Promise<void> {
         // (c) The floor: a raw copy of the stopped old cluster's data.
         console.error("(c) the floor: raw copy of the data folder");
         const [floorSeconds] = await seconds(() =>
-            run("docker", ["run", "--rm", "-v", `${PREFIX}pgsql15:/from`, "-v", `${PREFIX}raw:/to`, "--entrypoint", "cp", `${IMAGE}:17`, "-a", "/from/.", "/to/"]));
+            run("docker", [
+                "run",
+                "--rm",
+                "-v",
+                `${PREFIX}pgsql15:/from`,
+                "-v",
+                `${PREFIX}raw:/to`,
+                "--entrypoint",
+                "cp",
+                `${IMAGE}:17`,
+                "-a",
+                "/from/.",
+                "/to/",
+            ]),
+        );
 
         const result = {
             when: new Date().toISOString(),
@@ -121,8 +241,12 @@ async function main(): Promise<void> {
             oursSteps: timings,
             oursDowntimeSeconds: downtimeSeconds,
             pgUpgrade: {
-                via, prepareSeconds, steps: uTimings, downtimeSeconds: upgradeDowntime,
-                downtimeOverGuide: upgradeDowntime / guideDowntimeSeconds, downtimeOverGuideDumpRestore: upgradeDowntime / guideSeconds,
+                via,
+                prepareSeconds,
+                steps: uTimings,
+                downtimeSeconds: upgradeDowntime,
+                downtimeOverGuide: upgradeDowntime / guideDowntimeSeconds,
+                downtimeOverGuideDumpRestore: upgradeDowntime / guideSeconds,
             },
             floorSeconds,
             oursOverGuide: oursSeconds / guideSeconds,
@@ -138,14 +262,36 @@ async function main(): Promise<void> {
             console.log(JSON.stringify(result, null, 2));
         } else {
             const f = (n: number) => `${n.toFixed(1)} s`;
-            console.log(`database: ${(result.databaseBytes / 1e9).toFixed(2)} GB (seed ${seed}), ${result.machine.cpus} CPUs`);
+            console.log(
+                `database: ${(result.databaseBytes / 1e9).toFixed(2)} GB (seed ${seed}), ${result.machine.cpus} CPUs`,
+            );
             console.log(`(a) guide, pg_dumpall + psql -f:      ${f(guideSeconds)}`);
-            console.log(`    guide, whole downtime:            ${f(guideDowntimeSeconds)}   (${Object.entries(guideSteps).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
-            console.log(`(b) ours, dump + restore:             ${f(oursSeconds)}   (ours/guide ${result.oursOverGuide.toFixed(2)})`);
-            console.log(`    ours, whole downtime:             ${f(downtimeSeconds)}   (downtime/guide's ${result.downtimeOverGuide.toFixed(2)}; ${Object.entries(timings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
-            console.log(`(b') ours, pg_upgrade (${via}), whole downtime: ${f(upgradeDowntime)}   (downtime/guide's ${result.pgUpgrade.downtimeOverGuide.toFixed(2)}, /guide's dump+restore ${result.pgUpgrade.downtimeOverGuideDumpRestore.toFixed(2)}; ${Object.entries(uTimings).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
+            console.log(
+                `    guide, whole downtime:            ${f(guideDowntimeSeconds)}   (${Object.entries(guideSteps)
+                    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+                    .join(", ")})`,
+            );
+            console.log(
+                `(b) ours, dump + restore:             ${f(oursSeconds)}   (ours/guide ${result.oursOverGuide.toFixed(2)})`,
+            );
+            console.log(
+                `    ours, whole downtime:             ${f(downtimeSeconds)}   (downtime/guide's ${result.downtimeOverGuide.toFixed(2)}; ${Object.entries(
+                    timings,
+                )
+                    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+                    .join(", ")})`,
+            );
+            console.log(
+                `(b') ours, pg_upgrade (${via}), whole downtime: ${f(upgradeDowntime)}   (downtime/guide's ${result.pgUpgrade.downtimeOverGuide.toFixed(2)}, /guide's dump+restore ${result.pgUpgrade.downtimeOverGuideDumpRestore.toFixed(2)}; ${Object.entries(
+                    uTimings,
+                )
+                    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+                    .join(", ")})`,
+            );
             console.log(`    before the downtime, prepare:     ${f(prepareSeconds)}`);
-            console.log(`(c) floor, raw copy of the data:      ${f(floorSeconds)}   (ours/floor ${result.oursOverFloor.toFixed(2)})`);
+            console.log(
+                `(c) floor, raw copy of the data:      ${f(floorSeconds)}   (ours/floor ${result.oursOverFloor.toFixed(2)})`,
+            );
             console.log(`step runner peak RSS: ${result.peakRssMB.toFixed(0)} MB`);
             console.log(`written to ${path.relative(REPO, out)}`);
         }

@@ -30,9 +30,13 @@ export async function seconds<T>(work: () => Promise<T>): Promise<[number, T]> {
 }
 
 export async function cleanup(): Promise<void> {
-    const names = (await run("docker", ["ps", "-a", "--format", "{{.Names}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX));
+    const names = (await run("docker", ["ps", "-a", "--format", "{{.Names}}"])).stdout
+        .split("\n")
+        .filter((n) => n.startsWith(PREFIX));
     if (names.length) await run("docker", ["rm", "-f", ...names]);
-    const vols = (await run("docker", ["volume", "ls", "--format", "{{.Name}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX));
+    const vols = (await run("docker", ["volume", "ls", "--format", "{{.Name}}"])).stdout
+        .split("\n")
+        .filter((n) => n.startsWith(PREFIX));
     if (vols.length) await run("docker", ["volume", "rm", "-f", ...vols]);
     await run("docker", ["network", "rm", NETWORK]).catch(() => undefined);
 }
@@ -42,27 +46,102 @@ export async function cleanup(): Promise<void> {
  * components/cluster.ts declares it (alias on Synapse's network, no wait for a health check), then the serve step.
  */
 export async function serveNew(name: string, volume: string, major: number, synapse?: string): Promise<number> {
-    await run("docker", ["run", "-d", "--name", name, "--network", NETWORK, "--network-alias", "db", "--shm-size", "256m",
-        "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD", "-e", "PGDATA=/var/lib/postgresql/data",
-        "--label", `${MANAGED_LABEL}=true`, "--label", `${CLUSTER_LABEL}=${major}`,
-        "--restart", "unless-stopped", "--stop-signal", "SIGINT", "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`],
-        { env: { POSTGRES_PASSWORD: PASSWORD } });
-    return step(["serve", "--container", name, "--network", NETWORK, "--alias", "db", "--database", "synapse", ...(synapse ? ["--synapse", synapse] : [])]);
+    await run(
+        "docker",
+        [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            NETWORK,
+            "--network-alias",
+            "db",
+            "--shm-size",
+            "256m",
+            "-e",
+            "POSTGRES_USER=synapse",
+            "-e",
+            "POSTGRES_PASSWORD",
+            "-e",
+            "PGDATA=/var/lib/postgresql/data",
+            "--label",
+            `${MANAGED_LABEL}=true`,
+            "--label",
+            `${CLUSTER_LABEL}=${major}`,
+            "--restart",
+            "unless-stopped",
+            "--stop-signal",
+            "SIGINT",
+            "-v",
+            `${volume}:/var/lib/postgresql/data`,
+            `${IMAGE}:${major}`,
+        ],
+        { env: { POSTGRES_PASSWORD: PASSWORD } },
+    );
+    return step([
+        "serve",
+        "--container",
+        name,
+        "--network",
+        NETWORK,
+        "--alias",
+        "db",
+        "--database",
+        "synapse",
+        ...(synapse ? ["--synapse", synapse] : []),
+    ]);
 }
 
 /** A cluster as the program declares one; `serving`: on Synapse's network with the alias, like a serving cluster. */
 export async function startCluster(name: string, major: number, volume: string, serving = false): Promise<void> {
-    const network = serving ? ["--network", NETWORK, "--network-alias", "db", "--label", `${MANAGED_LABEL}=true`, "--stop-signal", "SIGINT"] : [];
-    await run("docker", ["run", "-d", "--name", name, ...network, "--shm-size", "256m", "-e", "POSTGRES_USER=synapse", "-e", "POSTGRES_PASSWORD",
-        "-e", "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C",
-        "-v", `${volume}:/var/lib/postgresql/data`, `${IMAGE}:${major}`], { env: { POSTGRES_PASSWORD: PASSWORD } });
+    const network = serving
+        ? ["--network", NETWORK, "--network-alias", "db", "--label", `${MANAGED_LABEL}=true`, "--stop-signal", "SIGINT"]
+        : [];
+    await run(
+        "docker",
+        [
+            "run",
+            "-d",
+            "--name",
+            name,
+            ...network,
+            "--shm-size",
+            "256m",
+            "-e",
+            "POSTGRES_USER=synapse",
+            "-e",
+            "POSTGRES_PASSWORD",
+            "-e",
+            "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+            "-v",
+            `${volume}:/var/lib/postgresql/data`,
+            `${IMAGE}:${major}`,
+        ],
+        { env: { POSTGRES_PASSWORD: PASSWORD } },
+    );
     await waitReady(name);
 }
 
 /** Polls every 0.1 s, as serve does: the guide's waits are timed too, and must not be padded. */
 export async function waitReady(name: string): Promise<void> {
     for (let i = 0; i < 1200; i++) {
-        const ok = await run("docker", ["exec", name, "psql", "-h", "127.0.0.1", "-U", "synapse", "-d", "postgres", "-Atc", "SELECT 1"]).then(() => true, () => false);
+        const ok = await run("docker", [
+            "exec",
+            name,
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "synapse",
+            "-d",
+            "postgres",
+            "-Atc",
+            "SELECT 1",
+        ]).then(
+            () => true,
+            () => false,
+        );
         if (ok) return;
         await new Promise((r) => setTimeout(r, 100));
     }
@@ -77,7 +156,12 @@ export function step(args: string[]): Promise<number> {
     return new Promise((resolve, reject) => {
         const child = spawn(path.join(REPO, "bin/synapse-pg"), args, {
             cwd: REPO,
-            env: { ...process.env, [PASSWORD_ENV]: PASSWORD, SYNAPSE_PG_REPORT_RSS: "1", SYNAPSE_PG_PROGRESS_MS: "10000" },
+            env: {
+                ...process.env,
+                [PASSWORD_ENV]: PASSWORD,
+                SYNAPSE_PG_REPORT_RSS: "1",
+                SYNAPSE_PG_PROGRESS_MS: "10000",
+            },
         });
         let err = "";
         child.stdout.on("data", (d) => {
@@ -96,7 +180,11 @@ export function step(args: string[]): Promise<number> {
 }
 
 /** Runs the steps in order; returns each one's seconds and records its peak RSS under `<prefix><name>`. */
-export async function runSteps(steps: [string, string[]][], rss: Record<string, number>, prefix: string): Promise<Record<string, number>> {
+export async function runSteps(
+    steps: [string, string[]][],
+    rss: Record<string, number>,
+    prefix: string,
+): Promise<Record<string, number>> {
     const timings: Record<string, number> = {};
     for (const [name, args] of steps) {
         const [s, r] = await seconds(() => step(args));
@@ -105,4 +193,3 @@ export async function runSteps(steps: [string, string[]][], rss: Record<string, 
     }
     return timings;
 }
-

@@ -16,7 +16,20 @@ import { createReadStream, createWriteStream, promises as fs } from "node:fs";
 import { run } from "../runner/docker/process";
 import { MatrixClient, outageOf, SendRecord, startSender, waitForSynapse } from "../tests/fixtures/matrix-client";
 import { startSynapseServer } from "../tests/fixtures/synapse-server";
-import { cleanup, IMAGE, NETWORK, PASSWORD, PREFIX, REPO, said, seconds, serveNew, startCluster, step, waitReady } from "./harness";
+import {
+    cleanup,
+    IMAGE,
+    NETWORK,
+    PASSWORD,
+    PREFIX,
+    REPO,
+    said,
+    seconds,
+    serveNew,
+    startCluster,
+    step,
+    waitReady,
+} from "./harness";
 import * as os from "node:os";
 import * as path from "node:path";
 
@@ -26,12 +39,18 @@ const OLD = `${PREFIX}pg15`;
 
 /** Docker's own record of when a container last stopped and started (ms since the epoch). */
 async function stateTimes(container: string): Promise<{ finishedAt: number; startedAt: number }> {
-    const [finished, started] = (await run("docker", ["inspect", "-f", "{{.State.FinishedAt}} {{.State.StartedAt}}", container])).stdout.trim().split(" ");
+    const [finished, started] = (
+        await run("docker", ["inspect", "-f", "{{.State.FinishedAt}} {{.State.StartedAt}}", container])
+    ).stdout
+        .trim()
+        .split(" ");
     return { finishedAt: Date.parse(finished), startedAt: Date.parse(started) };
 }
 
 async function psql(container: string, sql: string, database = "synapse"): Promise<string> {
-    return (await run("docker", ["exec", container, "psql", "-X", "-U", "synapse", "-d", database, "-Atqc", sql])).stdout.trim();
+    return (
+        await run("docker", ["exec", container, "psql", "-X", "-U", "synapse", "-d", database, "-Atqc", sql])
+    ).stdout.trim();
 }
 
 /**
@@ -42,14 +61,17 @@ async function fill(container: string, bytes: number): Promise<number> {
     let size = Number(await psql(container, "SELECT pg_database_size('synapse')"));
     for (let round = 0; round < 400 && size < bytes; round++) {
         const first = round * 500_000;
-        await psql(container, `
+        await psql(
+            container,
+            `
             INSERT INTO state_groups (id, room_id, event_id)
                 SELECT 1000000 + g, '!room' || (g % 997) || ':bench.test', '$' || md5('group' || g) FROM generate_series(${first / 50}, ${first / 50 + 9_999}) g;
             INSERT INTO state_groups_state (state_group, room_id, type, state_key, event_id)
                 SELECT 1000000 + g / 50, '!room' || ((g / 50) % 997) || ':bench.test',
                        CASE WHEN g % 7 = 0 THEN 'm.room.power_levels' ELSE 'm.room.member' END,
                        '@user' || g || ':bench' || (g % 13) || '.test', '$' || md5(g::text) || 'AbCdEfGhIjK'
-                FROM generate_series(${first}, ${first + 499_999}) g;`);
+                FROM generate_series(${first}, ${first + 499_999}) g;`,
+        );
         size = Number(await psql(container, "SELECT pg_database_size('synapse')"));
     }
     await psql(container, "CHECKPOINT", "postgres");
@@ -62,7 +84,12 @@ interface Typed {
 }
 
 /** A client typing while `work` runs, until Synapse answers again and two more seconds have passed. */
-async function whileTyping(client: MatrixClient, room: string, tag: string, work: (t0: number) => Promise<void>): Promise<Typed> {
+async function whileTyping(
+    client: MatrixClient,
+    room: string,
+    tag: string,
+    work: (t0: number) => Promise<void>,
+): Promise<Typed> {
     // Bounded: 4 sends a second for at most 2000 s.
     const sender = startSender(client, room, { intervalMs: 250, timeoutMs: 5000, maxSends: 8000, tag });
     try {
@@ -85,29 +112,57 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
     await run("docker", ["network", "create", NETWORK]);
     try {
         await startCluster(OLD, 15, `${PREFIX}pgsql15`, true);
-        const server = await startSynapseServer({ container: SYNAPSE, network: NETWORK, dbHost: "db", dbUser: "synapse", dbName: "synapse", dbPassword: PASSWORD, port: SYNAPSE_PORT });
+        const server = await startSynapseServer({
+            container: SYNAPSE,
+            network: NETWORK,
+            dbHost: "db",
+            dbUser: "synapse",
+            dbName: "synapse",
+            dbPassword: PASSWORD,
+            port: SYNAPSE_PORT,
+        });
         const alice = await MatrixClient.register(server.base, "alice", "bench-user-password");
         const room = await alice.createRoom("bench");
         const [fillSeconds, dbBytes] = await seconds(() => fill(OLD, sizeMB * 1e6));
         const version = await psql(OLD, "SELECT max(version) FROM schema_version").catch(() => "?");
-        console.error(`real Synapse schema (version ${version}), filled to ${(dbBytes / 1e9).toFixed(2)} GB in ${fillSeconds.toFixed(0)} s`);
+        console.error(
+            `real Synapse schema (version ${version}), filled to ${(dbBytes / 1e9).toFixed(2)} GB in ${fillSeconds.toFixed(0)} s`,
+        );
         const accepted: string[] = [];
 
         // (a) The guide, by hand, as its reader would type it.
-        console.error("(a) the guide: stop Synapse; pg_dumpall; stop 15; new 17 as db; psql -f; copy postgresql.conf; restart; start Synapse");
+        console.error(
+            "(a) the guide: stop Synapse; pg_dumpall; stop 15; new 17 as db; psql -f; copy postgresql.conf; restart; start Synapse",
+        );
         const guideNew = `${PREFIX}guide-pg17`;
         const guideFile = path.join(backups, "guide.sql");
         const guideSteps: Record<string, number> = {};
         const guide = await whileTyping(alice, room, "guide", async () => {
             [guideSteps.stopSynapse] = await seconds(() => run("docker", ["stop", "--time", "60", SYNAPSE]));
-            [guideSteps.dump] = await seconds(() => run("docker", ["exec", OLD, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }));
+            [guideSteps.dump] = await seconds(() =>
+                run("docker", ["exec", OLD, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }),
+            );
             [guideSteps.stopOld] = await seconds(() => run("docker", ["stop", OLD]));
             [guideSteps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`, true));
-            [guideSteps.restore] = await seconds(() => run("docker", ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"], { stdin: createReadStream(guideFile) })
-                .catch(() => undefined));
+            [guideSteps.restore] = await seconds(() =>
+                run(
+                    "docker",
+                    ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"],
+                    { stdin: createReadStream(guideFile) },
+                ).catch(() => undefined),
+            );
             [guideSteps.config] = await seconds(async () => {
-                const conf = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.conf"']).catch(() => ({ stdout: "" }))).stdout;
-                if (conf) await run("docker", ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'], { stdin: conf });
+                const conf = (
+                    await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.conf"']).catch(() => ({
+                        stdout: "",
+                    }))
+                ).stdout;
+                if (conf)
+                    await run(
+                        "docker",
+                        ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'],
+                        { stdin: conf },
+                    );
                 await run("docker", ["restart", guideNew]);
                 await waitReady(guideNew);
             });
@@ -138,11 +193,41 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
                 await work();
                 marks.push({ step: name, start, end: Date.now() - t0 });
             };
-            await timed("preflight", () => step(["preflight", "--old", OLD, "--major", "17", "--image", `${IMAGE}:17`, "--data", data, "--new", staging, ...synapseFlag]));
+            await timed("preflight", () =>
+                step([
+                    "preflight",
+                    "--old",
+                    OLD,
+                    "--major",
+                    "17",
+                    "--image",
+                    `${IMAGE}:17`,
+                    "--data",
+                    data,
+                    "--new",
+                    staging,
+                    ...synapseFlag,
+                ]),
+            );
             await timed("upgrade", () => step(["upgrade", "--old", OLD, ...cluster, ...synapseFlag]));
             await timed("copy-config", () => step(["copy-config", "--old", OLD, "--new", staging, ...synapseFlag]));
             await timed("verify", () => step(["verify", "--old", OLD, "--new", staging, ...synapseFlag]));
-            await timed("cutover", () => step(["cutover", "--old", OLD, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17", ...synapseFlag]));
+            await timed("cutover", () =>
+                step([
+                    "cutover",
+                    "--old",
+                    OLD,
+                    "--new",
+                    staging,
+                    "--data",
+                    data,
+                    "--image",
+                    `${IMAGE}:17`,
+                    "--major",
+                    "17",
+                    ...synapseFlag,
+                ]),
+            );
             await timed("serving container and serve", () => serveNew(`${PREFIX}pg17`, data, 17, SYNAPSE));
         });
         const oursOutage = outageOf(ours.records)!;
@@ -154,7 +239,10 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         // Everything Synapse accepted, read back through Synapse from 17.
         const history = await alice.messages(room);
         const missing = accepted.filter((b) => !history.includes(b));
-        if (missing.length) throw new Error(`${missing.length} accepted message(s) missing after the upgrade: ${missing.slice(0, 5).join(", ")}`);
+        if (missing.length)
+            throw new Error(
+                `${missing.length} accepted message(s) missing after the upgrade: ${missing.slice(0, 5).join(", ")}`,
+            );
 
         const at = (ms: number) => (ms - ours.t0) / 1000;
         const from = oursOutage.from / 1000;
@@ -176,8 +264,14 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
             clientIntervalSeconds: 0.25,
             guide: { outageSeconds: guideOutage.seconds, failedSends: guideOutage.failedSends, steps: guideSteps },
             ours: {
-                method: "pg_upgrade", via, carried, prepareSeconds, outageSeconds: oursOutage.seconds, failedSends: oursOutage.failedSends,
-                steps: Object.fromEntries(marks.map((m) => [m.step, (m.end - m.start) / 1000])), breakdown,
+                method: "pg_upgrade",
+                via,
+                carried,
+                prepareSeconds,
+                outageSeconds: oursOutage.seconds,
+                failedSends: oursOutage.failedSends,
+                steps: Object.fromEntries(marks.map((m) => [m.step, (m.end - m.start) / 1000])),
+                breakdown,
             },
             outageOverGuide: oursOutage.seconds / guideOutage.seconds,
             messagesAcceptedAndReadBack: accepted.length,
@@ -187,10 +281,22 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
         await fs.writeFile(out, JSON.stringify(result, null, 2) + "\n");
         if (json) return console.log(JSON.stringify(result, null, 2));
         const f = (n: number) => `${n.toFixed(1)} s`;
-        console.log(`real Synapse (schema ${version}), database ${(dbBytes / 1e9).toFixed(2)} GB, a message every 0.25 s, ${result.machine.cpus} CPUs`);
-        console.log(`(a) guide, outage seen by the client: ${f(guideOutage.seconds)}   (${Object.entries(guideSteps).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")})`);
-        console.log(`(b) ours (pg_upgrade, ${via}), outage: ${f(oursOutage.seconds)}   (ours/guide ${result.outageOverGuide.toFixed(2)})`);
-        console.log(`    where it goes: ${Object.entries(breakdown).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(", ")}`);
+        console.log(
+            `real Synapse (schema ${version}), database ${(dbBytes / 1e9).toFixed(2)} GB, a message every 0.25 s, ${result.machine.cpus} CPUs`,
+        );
+        console.log(
+            `(a) guide, outage seen by the client: ${f(guideOutage.seconds)}   (${Object.entries(guideSteps)
+                .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+                .join(", ")})`,
+        );
+        console.log(
+            `(b) ours (pg_upgrade, ${via}), outage: ${f(oursOutage.seconds)}   (ours/guide ${result.outageOverGuide.toFixed(2)})`,
+        );
+        console.log(
+            `    where it goes: ${Object.entries(breakdown)
+                .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+                .join(", ")}`,
+        );
         if (carried) console.log(`    upgrade: ${carried}`);
         console.log(`    before the outage, prepare: ${f(prepareSeconds)}`);
         console.log(`every one of ${accepted.length} accepted messages read back through Synapse`);

@@ -13,7 +13,9 @@ export function shellQuote(value: string): string {
 }
 
 export function stepCommand(step: string, flags: Record<string, pulumi.Input<string | number>>): pulumi.Output<string> {
-    return pulumi.all(Object.values(flags)).apply((values) => stepLine(step, Object.fromEntries(Object.keys(flags).map((k, i) => [k, values[i]]))));
+    return pulumi
+        .all(Object.values(flags))
+        .apply((values) => stepLine(step, Object.fromEntries(Object.keys(flags).map((k, i) => [k, values[i]]))));
 }
 
 /**
@@ -21,6 +23,8 @@ export function stepCommand(step: string, flags: Record<string, pulumi.Input<str
  * written as --flag=value: the runner's parser (util.parseArgs) takes "--flag -x" for a flag without its value.
  */
 export function stepLine(step: string, flags: Record<string, string | number>): string {
-    const written = Object.entries(flags).flatMap(([k, v]) => (String(v).startsWith("-") ? [shellQuote(`--${k}=${v}`)] : [`--${k}`, shellQuote(String(v))]));
+    const written = Object.entries(flags).flatMap(([k, v]) =>
+        String(v).startsWith("-") ? [shellQuote(`--${k}=${v}`)] : [`--${k}`, shellQuote(String(v))],
+    );
     return [STEP_RUNNER, step, ...written].join(" ");
 }

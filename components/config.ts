@@ -98,48 +98,102 @@ const schema = z
         version: z
             .string({ required_error: "is required: the major (17) or major.minor (17.6) that serves Synapse" })
             .regex(/^\d+(\.\d+)?$/, "must be a major like 17 or a major.minor like 17.6")
-            .refine((v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= MIN_MAJOR, `must be ${MIN_MAJOR} or newer: current Synapse refuses older PostgreSQL`),
+            .refine(
+                (v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= MIN_MAJOR,
+                `must be ${MIN_MAJOR} or newer: current Synapse refuses older PostgreSQL`,
+            ),
         upgradeFrom: z
             .string()
             .regex(/^\d+(\.\d+)?$/, "must be the version the old cluster runs, like 15 or 15.8")
-            .refine((v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= 10, "must be 10 or newer (what this tool can dump and restore)")
+            .refine(
+                (v) => !/^\d+(\.\d+)?$/.test(v) || Number(v.split(".")[0]) >= 10,
+                "must be 10 or newer (what this tool can dump and restore)",
+            )
             .optional(),
-        image: z.string().regex(imageRef, "must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>").default("postgres:{version}-alpine"),
-        upgradeFromImage: z.string().regex(imageRef, "must be an image reference like postgres:15-alpine or postgres@sha256:<digest>").optional(),
-        dataRoot: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse").optional(),
+        image: z
+            .string()
+            .regex(imageRef, "must be an image reference like postgres:{version}-alpine or postgres@sha256:<digest>")
+            .default("postgres:{version}-alpine"),
+        upgradeFromImage: z
+            .string()
+            .regex(imageRef, "must be an image reference like postgres:15-alpine or postgres@sha256:<digest>")
+            .optional(),
+        dataRoot: z
+            .string()
+            .regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse")
+            .optional(),
         user: z.string().regex(sqlName, "must be a lower-case PostgreSQL role name like synapse").optional(),
         database: z.string().regex(sqlName, "must be a lower-case database name like synapse").optional(),
         network: z.string().regex(dockerName, "must be a Docker network name like synapse_default").optional(),
         hostAlias: z.string().regex(dockerName, "must be a host name like db").optional(),
-        adopt: z.string().regex(dockerName, "must be the name of a running container, as `docker ps` shows it, like synapse-db-1").optional(),
-        backupDir: z.string().regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups").optional(),
+        adopt: z
+            .string()
+            .regex(dockerName, "must be the name of a running container, as `docker ps` shows it, like synapse-db-1")
+            .optional(),
+        backupDir: z
+            .string()
+            .regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups")
+            .optional(),
         // No default here: unset means pg_upgrade for a new upgrade, and the method of an upgrade already under way
         // (stack.ts asks the step runner), so that stacks mid-upgrade under the old default are not re-planned.
-        method: z.enum(["pg_upgrade", "directory", "dumpall"], { errorMap: () => ({ message: "must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide's single script)" }) }).optional(),
+        method: z
+            .enum(["pg_upgrade", "directory", "dumpall"], {
+                errorMap: () => ({
+                    message:
+                        "must be pg_upgrade (copy the data files), directory (parallel dump and restore) or dumpall (the guide's single script)",
+                }),
+            })
+            .optional(),
         synapseContainers: z
             .string()
             .transform((v) => parseList(v))
-            .refine((list) => list !== undefined && list.every((n) => dockerName.test(n)), "must be container names, comma-separated or a JSON list, like synapse,synapse-worker1")
+            .refine(
+                (list) => list !== undefined && list.every((n) => dockerName.test(n)),
+                "must be container names, comma-separated or a JSON list, like synapse,synapse-worker1",
+            )
             .optional(),
-        rehearse: z.enum(["true", "false"], { errorMap: () => ({ message: "must be true or false" }) }).default("false"),
-        revertAcceptLoss: z.string().regex(/^(\d+|any)$/, "must be the number of events the revert may lose, as the refused revert reported it, like 42, or any when they cannot be counted").default("0"),
-        attempt: z.string().regex(/^[1-9]\d*$/, "must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)").default("1"),
+        rehearse: z
+            .enum(["true", "false"], { errorMap: () => ({ message: "must be true or false" }) })
+            .default("false"),
+        revertAcceptLoss: z
+            .string()
+            .regex(
+                /^(\d+|any)$/,
+                "must be the number of events the revert may lose, as the refused revert reported it, like 42, or any when they cannot be counted",
+            )
+            .default("0"),
+        attempt: z
+            .string()
+            .regex(/^[1-9]\d*$/, "must be a whole number from 1 (bump it to run the upgrade again from a fresh dump)")
+            .default("1"),
         port: z
             .string()
             .regex(/^\d+$/, "must be a TCP port number")
-            .refine((v) => !/^\d+$/.test(v) || (Number(v) >= 1 && Number(v) <= 65535), "must be a TCP port from 1 to 65535")
+            .refine(
+                (v) => !/^\d+$/.test(v) || (Number(v) >= 1 && Number(v) <= 65535),
+                "must be a TCP port from 1 to 65535",
+            )
             .optional(),
-        containerPrefix: z.string().regex(dockerName, "must be a Docker container name prefix like synapse-pg").default("synapse-pg"),
+        containerPrefix: z
+            .string()
+            .regex(dockerName, "must be a Docker container name prefix like synapse-pg")
+            .default("synapse-pg"),
         initdbArgs: z.string().default("--encoding=UTF8 --locale=C"),
         dropSettings: z
             .string()
             .transform((v) => parseList(v))
-            .refine((list) => list !== undefined && list.every((n) => SETTING_NAME.test(n)), "must be PostgreSQL parameter names, comma-separated, as copy-config named them, like wal_keep_segments,stats_temp_directory")
+            .refine(
+                (list) => list !== undefined && list.every((n) => SETTING_NAME.test(n)),
+                "must be PostgreSQL parameter names, comma-separated, as copy-config named them, like wal_keep_segments,stats_temp_directory",
+            )
             .optional(),
         dropAccessRules: z
             .string()
             .transform((v) => parseList(v))
-            .refine((list) => list !== undefined && list.every((n) => /^pg_(hba|ident)\.conf:[1-9]\d*$/.test(n)), "must be access rules as copy-config named them, <file>:<line> of the old cluster, comma-separated, like pg_hba.conf:98")
+            .refine(
+                (list) => list !== undefined && list.every((n) => /^pg_(hba|ident)\.conf:[1-9]\d*$/.test(n)),
+                "must be access rules as copy-config named them, <file>:<line> of the old cluster, comma-separated, like pg_hba.conf:98",
+            )
             .optional(),
         settings: z
             .string()
@@ -150,24 +204,60 @@ const schema = z
     })
     .superRefine((c, ctx) => {
         if (c.rehearse === "true" && c.upgradeFrom === undefined && c.adopt === undefined) {
-            ctx.addIssue({ code: "custom", path: ["rehearse"], message: "needs the cluster to rehearse from: set postgres:upgradeFrom (or postgres:adopt) and postgres:version" });
+            ctx.addIssue({
+                code: "custom",
+                path: ["rehearse"],
+                message:
+                    "needs the cluster to rehearse from: set postgres:upgradeFrom (or postgres:adopt) and postgres:version",
+            });
         }
         const major = Number(c.version.split(".")[0]);
         if (c.upgradeFrom !== undefined && /^\d+(\.\d+)?$/.test(c.upgradeFrom)) {
             const from = Number(c.upgradeFrom.split(".")[0]);
             if (from === major) {
-                ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: `is the same major as postgres:version; a minor change needs no upgradeFrom: remove it` });
+                ctx.addIssue({
+                    code: "custom",
+                    path: ["upgradeFrom"],
+                    message: `is the same major as postgres:version; a minor change needs no upgradeFrom: remove it`,
+                });
             } else if (from > major) {
-                ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: `is newer than postgres:version ${c.version}: a downgrade is not a revert; to go back, restore the earlier config (version ${from}, no upgradeFrom)` });
+                ctx.addIssue({
+                    code: "custom",
+                    path: ["upgradeFrom"],
+                    message: `is newer than postgres:version ${c.version}: a downgrade is not a revert; to go back, restore the earlier config (version ${from}, no upgradeFrom)`,
+                });
             }
             if (c.adopt !== undefined) {
-                ctx.addIssue({ code: "custom", path: ["upgradeFrom"], message: "is read from the adopted container (postgres:adopt), which knows its own version: remove upgradeFrom" });
+                ctx.addIssue({
+                    code: "custom",
+                    path: ["upgradeFrom"],
+                    message:
+                        "is read from the adopted container (postgres:adopt), which knows its own version: remove upgradeFrom",
+                });
             }
-            if (c.backupDir === undefined && c.rehearse !== "true" && (c.method === "directory" || c.method === "dumpall")) {
-                ctx.addIssue({ code: "custom", path: ["backupDir"], message: `is required while postgres:upgradeFrom is set with method ${c.method}: the host folder the dump is written to` });
+            if (
+                c.backupDir === undefined &&
+                c.rehearse !== "true" &&
+                (c.method === "directory" || c.method === "dumpall")
+            ) {
+                ctx.addIssue({
+                    code: "custom",
+                    path: ["backupDir"],
+                    message: `is required while postgres:upgradeFrom is set with method ${c.method}: the host folder the dump is written to`,
+                });
             }
-            if (c.image.includes("@") && !c.image.includes("{") && c.upgradeFromImage === undefined && c.adopt === undefined) {
-                ctx.addIssue({ code: "custom", path: ["upgradeFromImage"], message: "is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too" });
+            if (
+                c.image.includes("@") &&
+                !c.image.includes("{") &&
+                c.upgradeFromImage === undefined &&
+                c.adopt === undefined
+            ) {
+                ctx.addIssue({
+                    code: "custom",
+                    path: ["upgradeFromImage"],
+                    message:
+                        "is required when postgres:image pins one digest: that image holds one major only, so name the old cluster's image too",
+                });
             }
         }
     });
@@ -178,20 +268,29 @@ export type RawConfig = Partial<Record<keyof z.input<typeof schema>, string>>;
 export const CONFIG_KEYS = Object.keys(schema._def.schema.shape) as (keyof RawConfig)[];
 
 /** Validates raw config strings; throws one Error listing every problem. */
-export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | undefined, unknownKeys: string[] = []): StackConfig {
+export function parseConfig(
+    raw: RawConfig,
+    password: pulumi.Output<string> | undefined,
+    unknownKeys: string[] = [],
+): StackConfig {
     const result = schema.safeParse(raw);
     const problems: string[] = unknownKeys.map(
-        (k) => `${k} is not a setting of this program (a typo?); the postgres: keys are ${[...CONFIG_KEYS, "password"].join(", ")}`,
+        (k) =>
+            `${k} is not a setting of this program (a typo?); the postgres: keys are ${[...CONFIG_KEYS, "password"].join(", ")}`,
     );
     if (!result.success) {
         for (const issue of result.error.issues) {
             const key = String(issue.path[0]);
             const given = raw[key as keyof RawConfig];
-            problems.push(`postgres:${key}${given === undefined ? "" : ` is "${given}" but`} ${issue.message.replace(/^is /, given === undefined ? "is " : "")}`);
+            problems.push(
+                `postgres:${key}${given === undefined ? "" : ` is "${given}" but`} ${issue.message.replace(/^is /, given === undefined ? "is " : "")}`,
+            );
         }
     }
     if (password === undefined) {
-        problems.push("postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`");
+        problems.push(
+            "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`",
+        );
     }
     if (problems.length > 0) {
         throw new Error(`Invalid stack configuration:\n  - ${problems.join("\n  - ")}`);
@@ -199,7 +298,10 @@ export function parseConfig(raw: RawConfig, password: pulumi.Output<string> | un
     const c = result.data!;
     return Object.freeze({
         version: { text: c.version, major: Number(c.version.split(".")[0]) },
-        upgradeFrom: c.upgradeFrom === undefined ? undefined : { text: c.upgradeFrom, major: Number(c.upgradeFrom.split(".")[0]) },
+        upgradeFrom:
+            c.upgradeFrom === undefined
+                ? undefined
+                : { text: c.upgradeFrom, major: Number(c.upgradeFrom.split(".")[0]) },
         image: c.image,
         upgradeFromImage: c.upgradeFromImage,
         dataRoot: c.dataRoot,
@@ -247,7 +349,10 @@ function parseList(text: string): string[] | undefined {
             return undefined;
         }
     }
-    return text.split(",").map((x) => x.trim()).filter(Boolean);
+    return text
+        .split(",")
+        .map((x) => x.trim())
+        .filter(Boolean);
 }
 
 /** Fills the image template for one cluster. */
@@ -276,17 +381,23 @@ function parseSettings(text: string): Record<string, string> | undefined {
 function settingsProblems(text: string): string[] {
     const settings = parseSettings(text);
     if (settings === undefined) {
-        return ["must be a map of PostgreSQL settings, set one at a time with `pulumi config set --path 'postgres:settings.shared_buffers' 1GB`"];
+        return [
+            "must be a map of PostgreSQL settings, set one at a time with `pulumi config set --path 'postgres:settings.shared_buffers' 1GB`",
+        ];
     }
     const problems: string[] = [];
     for (const [name, value] of Object.entries(settings)) {
-        if (!SETTING_NAME.test(name)) problems.push(`has "${name}", which is not a PostgreSQL parameter name (lower case, like work_mem)`);
-        else if (OWNED_SETTINGS[name]) problems.push(`has ${name}, which this program sets itself: ${OWNED_SETTINGS[name]}; remove it`);
-        if (/[\n\r\0]/.test(value) || value.trim() === "") problems.push(`has ${name} = "${value}", which must be one non-empty line`);
+        if (!SETTING_NAME.test(name))
+            problems.push(`has "${name}", which is not a PostgreSQL parameter name (lower case, like work_mem)`);
+        else if (OWNED_SETTINGS[name])
+            problems.push(`has ${name}, which this program sets itself: ${OWNED_SETTINGS[name]}; remove it`);
+        if (/[\n\r\0]/.test(value) || value.trim() === "")
+            problems.push(`has ${name} = "${value}", which must be one non-empty line`);
     }
     if (settings.shared_buffers !== undefined && sizeInBytes(settings.shared_buffers) === undefined) {
-        problems.push(`has shared_buffers = "${settings.shared_buffers}", which must be a size like 512MB or 2GB (the container's shared memory follows it)`);
+        problems.push(
+            `has shared_buffers = "${settings.shared_buffers}", which must be a size like 512MB or 2GB (the container's shared memory follows it)`,
+        );
     }
     return problems;
 }
-

@@ -6,10 +6,18 @@ import { DataLocation, formatDataLocation } from "../runner/target/layout";
 import { MethodUnderway } from "../runner/checks/method-underway";
 import { stepLine } from "./command-line";
 
-export async function readMethodUnderway(args: { data: DataLocation; major: number; image: string; backupDir?: string; dumpName: string }): Promise<MethodUnderway> {
+export async function readMethodUnderway(args: {
+    data: DataLocation;
+    major: number;
+    image: string;
+    backupDir?: string;
+    dumpName: string;
+}): Promise<MethodUnderway> {
     const result = await command.local.run({
         command: stepLine("method-underway", {
-            data: formatDataLocation(args.data), major: args.major, image: args.image,
+            data: formatDataLocation(args.data),
+            major: args.major,
+            image: args.image,
             ...(args.backupDir ? { "backup-dir": args.backupDir, name: args.dumpName } : {}),
         }),
     });

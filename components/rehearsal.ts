@@ -28,16 +28,23 @@ export class Rehearsal extends pulumi.ComponentResource {
 
     constructor(name: string, args: RehearsalArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:Rehearsal", name, {}, opts);
-        const run = new command.local.Command(`${name}-run`, {
-            create: stepCommand("rehearse", {
-                old: args.fromContainer, major: args.toMajor, image: args.toImage,
-                "login-user": args.loginUser, "login-database": args.loginDatabase,
-                ...(args.backupDir ? { "backup-dir": args.backupDir } : {}),
-                ...(args.method === "pg_upgrade" ? { method: "pg_upgrade" } : {}),
-            }).apply((line) => `${line} --json`),
-            environment: { [PASSWORD_ENV]: pulumi.secret(args.password) },
-            triggers: [args.attempt],
-        }, { parent: this });
+        const run = new command.local.Command(
+            `${name}-run`,
+            {
+                create: stepCommand("rehearse", {
+                    old: args.fromContainer,
+                    major: args.toMajor,
+                    image: args.toImage,
+                    "login-user": args.loginUser,
+                    "login-database": args.loginDatabase,
+                    ...(args.backupDir ? { "backup-dir": args.backupDir } : {}),
+                    ...(args.method === "pg_upgrade" ? { method: "pg_upgrade" } : {}),
+                }).apply((line) => `${line} --json`),
+                environment: { [PASSWORD_ENV]: pulumi.secret(args.password) },
+                triggers: [args.attempt],
+            },
+            { parent: this },
+        );
         this.report = run.stdout;
         this.registerOutputs({ report: this.report });
     }

@@ -42,7 +42,13 @@ export async function declareProgram(): Promise<Record<string, unknown>> {
 async function defaultMethod(cfg: StackConfig, adopted?: AdoptedFacts): Promise<UpgradeMethod> {
     const plan = upgradePlan(cfg, adopted);
     if (!plan || cfg.rehearse) return "pg_upgrade";
-    const underway = await readMethodUnderway({ data: plan.toData, major: plan.target, image: plan.toImage, backupDir: cfg.backupDir, dumpName: plan.name });
+    const underway = await readMethodUnderway({
+        data: plan.toData,
+        major: plan.target,
+        image: plan.toImage,
+        backupDir: cfg.backupDir,
+        dumpName: plan.name,
+    });
     return underway.method ?? "pg_upgrade";
 }
 
@@ -63,7 +69,8 @@ function upgradePlan(cfg: StackConfig, adopted?: AdoptedFacts): UpgradePlan | un
     const target = cfg.version.major;
     if (from === undefined || from.major >= target) return undefined;
     return {
-        target, name: `upgrade-${from.major}-to-${target}`,
+        target,
+        name: `upgrade-${from.major}-to-${target}`,
         toImage: imageFor(cfg.image, cfg.version.text),
         toData: adopted ? dataLocationBeside(cfg, adopted, target) : dataLocationOf(cfg, target),
     };
@@ -76,7 +83,9 @@ export function stackOutputs(s: StackOutputs): Record<string, unknown> {
 
 function dataLocationOf(cfg: StackConfig, major: number): DataLocation {
     const names = clusterNames(cfg.containerPrefix, major);
-    return cfg.dataRoot ? { kind: "folder", path: `${cfg.dataRoot}/${names.folder}` } : { kind: "volume", name: names.volume };
+    return cfg.dataRoot
+        ? { kind: "folder", path: `${cfg.dataRoot}/${names.folder}` }
+        : { kind: "volume", name: names.volume };
 }
 
 /** What a new cluster's data location is when upgrading away from an adopted container. */
@@ -86,7 +95,10 @@ function dataLocationBeside(cfg: StackConfig, adopted: AdoptedFacts, major: numb
         // The guide's layout: ./pgsql15 -> ./pgsql17, beside the adopted folder.
         const parent = path.posix.dirname(adopted.data.path);
         const base = path.posix.basename(adopted.data.path);
-        const sibling = /\d+$/.test(base) && base.endsWith(String(adopted.major)) ? base.replace(/\d+$/, String(major)) : `pgsql${major}`;
+        const sibling =
+            /\d+$/.test(base) && base.endsWith(String(adopted.major))
+                ? base.replace(/\d+$/, String(major))
+                : `pgsql${major}`;
         return { kind: "folder", path: `${parent}/${sibling}` };
     }
     return dataLocationOf(cfg, major);
@@ -110,7 +122,9 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
     };
     const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
     if (adopted && target < adopted.major) {
-        throw new Error(`Invalid stack configuration:\n  - postgres:version is "${cfg.version.text}" but the adopted container "${adopted.container}" runs ${adopted.major}: a downgrade is not a revert; to go back, set postgres:version ${adopted.major}`);
+        throw new Error(
+            `Invalid stack configuration:\n  - postgres:version is "${cfg.version.text}" but the adopted container "${adopted.container}" runs ${adopted.major}: a downgrade is not a revert; to go back, set postgres:version ${adopted.major}`,
+        );
     }
 
     if (cfg.rehearse) {
@@ -130,7 +144,9 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
 
     if (from === undefined || from.major === target) {
         if (adopted && Object.keys(cfg.settings).length > 0) {
-            throw new Error(`Invalid stack configuration:\n  - postgres:settings applies to the clusters this program runs, not to the adopted container "${adopted.container}": set them in its compose file, or keep them for the upgrade (they go to the new cluster)`);
+            throw new Error(
+                `Invalid stack configuration:\n  - postgres:settings applies to the clusters this program runs, not to the adopted container "${adopted.container}": set them in its compose file, or keep them for the upgrade (they go to the new cluster)`,
+            );
         }
         const cluster = new Cluster(`pg${target}`, {
             ...common,
@@ -144,7 +160,9 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         return { activeVersion: cfg.version.text, hostAlias, containers: [cluster.containerName] };
     }
     if (cfg.backupDir === undefined && method !== "pg_upgrade") {
-        throw new Error(`Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${method}: the host folder the dump is written to`);
+        throw new Error(
+            `Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${method}: the host folder the dump is written to`,
+        );
     }
 
     const old = new Cluster(`pg${from.major}`, {

@@ -74,7 +74,14 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             ...(args.dropAccessRules?.length ? { "drop-access-rules": args.dropAccessRules.join(",") } : {}),
         };
 
-        const lines: Record<Step, { create: pulumi.Output<string>; delete?: pulumi.Output<string>; environment?: Record<string, pulumi.Input<string>> }> = {
+        const lines: Record<
+            Step,
+            {
+                create: pulumi.Output<string>;
+                delete?: pulumi.Output<string>;
+                environment?: Record<string, pulumi.Input<string>>;
+            }
+        > = {
             prepare: {
                 create: stepCommand("prepare", { old: args.fromContainer, ...newCluster, ...configFlags }),
                 // An upgrade taken out of the stack before its switch (or pulumi destroy): the standby prepare made
@@ -84,42 +91,74 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             },
             preflight: {
                 create: stepCommand("preflight", {
-                    old: args.fromContainer, major: args.toMajor, image: args.toImage,
-                    data, ...(physical ? { new: args.stagingContainer } : args.backupDir ? { "backup-dir": args.backupDir } : {}),
-                    "login-user": args.loginUser, "login-database": args.loginDatabase,
+                    old: args.fromContainer,
+                    major: args.toMajor,
+                    image: args.toImage,
+                    data,
+                    ...(physical
+                        ? { new: args.stagingContainer }
+                        : args.backupDir
+                          ? { "backup-dir": args.backupDir }
+                          : {}),
+                    "login-user": args.loginUser,
+                    "login-database": args.loginDatabase,
                 }),
                 environment: secretEnv,
             },
             dump: {
                 // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.
                 create: stepCommand("dump", {
-                    old: args.fromContainer, "backup-dir": args.backupDir ?? "", name: dumpName, method: args.method, "tool-image": args.toImage,
+                    old: args.fromContainer,
+                    "backup-dir": args.backupDir ?? "",
+                    name: dumpName,
+                    method: args.method,
+                    "tool-image": args.toImage,
                 }),
                 environment: secretEnv,
             },
             restore: {
                 create: stepCommand("restore", {
-                    new: args.stagingContainer, image: args.toImage, data, major: args.toMajor, dump: this.backupFile ?? "",
-                    "login-user": args.loginUser, old: args.fromContainer,
+                    new: args.stagingContainer,
+                    image: args.toImage,
+                    data,
+                    major: args.toMajor,
+                    dump: this.backupFile ?? "",
+                    "login-user": args.loginUser,
+                    old: args.fromContainer,
                 }),
                 environment: secretEnv,
             },
             upgrade: {
-                create: stepCommand("upgrade", { old: args.fromContainer, ...newCluster, "login-user": args.loginUser }),
+                create: stepCommand("upgrade", {
+                    old: args.fromContainer,
+                    ...newCluster,
+                    "login-user": args.loginUser,
+                }),
                 environment: secretEnv,
             },
             "copy-config": {
-                create: stepCommand("copy-config", { old: args.fromContainer, new: args.stagingContainer, ...configFlags }),
+                create: stepCommand("copy-config", {
+                    old: args.fromContainer,
+                    new: args.stagingContainer,
+                    ...configFlags,
+                }),
             },
             verify: {
                 create: stepCommand("verify", {
-                    old: args.fromContainer, new: args.stagingContainer, "login-user": args.loginUser, "login-database": args.loginDatabase,
+                    old: args.fromContainer,
+                    new: args.stagingContainer,
+                    "login-user": args.loginUser,
+                    "login-database": args.loginDatabase,
                 }),
                 environment: secretEnv,
             },
             cutover: {
                 create: stepCommand("cutover", {
-                    old: args.fromContainer, new: args.stagingContainer, data, image: args.toImage, major: args.toMajor,
+                    old: args.fromContainer,
+                    new: args.stagingContainer,
+                    data,
+                    image: args.toImage,
+                    major: args.toMajor,
                     database: args.loginDatabase,
                 }),
             },
@@ -131,23 +170,29 @@ export class MajorUpgrade extends pulumi.ComponentResource {
         for (const step of physical ? STEPS.pg_upgrade : STEPS.dump) {
             const line = lines[step];
             const stopsSynapse = synapse.synapse && !BEFORE_DOWNTIME.includes(step);
-            steps[step] = new command.local.Command(`${name}-${step}`, {
-                ...line,
-                create: stopsSynapse ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse!)}` : line.create,
-                // A step that succeeded is history: a later change of its inputs (a new minor version, a password)
-                // is recorded and runs nothing, and its output stays what the step said. Not ignoreChanges: the
-                // engine keeps an ignored input's old value through a replacement too, so a new attempt would run
-                // the command lines of the first one, without the config changed since.
-                update: finishedStep(step),
-                triggers: [args.attempt],
-            }, {
-                parent: this,
-                // Each step starts only after the one before it succeeded: a failure stops the chain there.
-                dependsOn: previous,
-                // A new attempt (triggers) replaces prepare: the old one's delete, which removes the standby, runs
-                // first, so it never removes the standby the new one made.
-                deleteBeforeReplace: step === "prepare",
-            });
+            steps[step] = new command.local.Command(
+                `${name}-${step}`,
+                {
+                    ...line,
+                    create: stopsSynapse
+                        ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse!)}`
+                        : line.create,
+                    // A step that succeeded is history: a later change of its inputs (a new minor version, a password)
+                    // is recorded and runs nothing, and its output stays what the step said. Not ignoreChanges: the
+                    // engine keeps an ignored input's old value through a replacement too, so a new attempt would run
+                    // the command lines of the first one, without the config changed since.
+                    update: finishedStep(step),
+                    triggers: [args.attempt],
+                },
+                {
+                    parent: this,
+                    // Each step starts only after the one before it succeeded: a failure stops the chain there.
+                    dependsOn: previous,
+                    // A new attempt (triggers) replaces prepare: the old one's delete, which removes the standby, runs
+                    // first, so it never removes the standby the new one made.
+                    deleteBeforeReplace: step === "prepare",
+                },
+            );
             previous = [steps[step]!];
         }
         this.steps = steps;

@@ -27,12 +27,18 @@ const DATA_PATHS = ["/var/lib/postgresql/data", "/var/lib/postgresql"];
 
 export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     const info = await inspectContainer(container);
-    if (!info) throw new StepError(`The container "${container}" named in postgres:adopt does not exist; give the name \`docker ps\` shows for your database.`);
+    if (!info)
+        throw new StepError(
+            `The container "${container}" named in postgres:adopt does not exist; give the name \`docker ps\` shows for your database.`,
+        );
     const mount = DATA_PATHS.map((p) => info.mounts.find((m) => m.destination === p)).find(Boolean);
     if (!mount) {
-        throw new StepError(`"${container}" keeps no data in a volume or host folder (nothing mounted at /var/lib/postgresql/data or /var/lib/postgresql), so its data would be lost with the container; mount it first.`);
+        throw new StepError(
+            `"${container}" keeps no data in a volume or host folder (nothing mounted at /var/lib/postgresql/data or /var/lib/postgresql), so its data would be lost with the container; mount it first.`,
+        );
     }
-    const data: DataLocation = mount.type === "bind" ? { kind: "folder", path: mount.source } : { kind: "volume", name: mount.name! };
+    const data: DataLocation =
+        mount.type === "bind" ? { kind: "folder", path: mount.source } : { kind: "volume", name: mount.name! };
     // PG_VERSION in the data directory is the truth about the major; the image tag may lie (postgres:latest).
     const pgdata = pgdataOf(info);
     if (!(pgdata + "/").startsWith(mount.destination.replace(/\/?$/, "/"))) {
@@ -44,7 +50,9 @@ export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     const pgVersion = await readPgVersion(container, info.running, info.image, mount.destination, pgdata);
     const networks = Object.entries(info.networks).filter(([n]) => !["bridge", "host", "none"].includes(n));
     if (networks.length === 0) {
-        throw new StepError(`"${container}" is on no user-defined Docker network, so Synapse cannot reach a new server by name; put both on one network (docker compose does) first.`);
+        throw new StepError(
+            `"${container}" is on no user-defined Docker network, so Synapse cannot reach a new server by name; put both on one network (docker compose does) first.`,
+        );
     }
     const [network, net] = networks[0];
     const service = info.labels["com.docker.compose.service"];
@@ -67,13 +75,33 @@ export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     };
 }
 
-async function readPgVersion(container: string, running: boolean, image: string, mountTarget: string, pgdata: string): Promise<number> {
+async function readPgVersion(
+    container: string,
+    running: boolean,
+    image: string,
+    mountTarget: string,
+    pgdata: string,
+): Promise<number> {
     const file = `${pgdata}/PG_VERSION`;
     const text = running
         ? (await run("docker", ["exec", container, "cat", file])).stdout
-        // A stopped container: read through a throw-away container with the same volumes.
-        : (await run("docker", ["run", "--rm", "--network", "none", "--volumes-from", container, "--entrypoint", "cat", image, file])).stdout;
+        : // A stopped container: read through a throw-away container with the same volumes.
+          (
+              await run("docker", [
+                  "run",
+                  "--rm",
+                  "--network",
+                  "none",
+                  "--volumes-from",
+                  container,
+                  "--entrypoint",
+                  "cat",
+                  image,
+                  file,
+              ])
+          ).stdout;
     const major = Number(text.trim());
-    if (!Number.isInteger(major) || major < 9) throw new StepError(`"${container}" has no readable PG_VERSION at ${file} (mounted from ${mountTarget}).`);
+    if (!Number.isInteger(major) || major < 9)
+        throw new StepError(`"${container}" has no readable PG_VERSION at ${file} (mounted from ${mountTarget}).`);
     return major;
 }

@@ -32,13 +32,29 @@ export interface MethodUnderway {
 export async function methodUnderway(input: MethodUnderwayInput): Promise<MethodUnderway> {
     // Read only where the location exists: a helper container's mount would create the volume (unlabelled, before
     // Pulumi declares it) or the host folder.
-    const m = (await locationExists(input.data)) ? (await readTargetState(input.data, input.major, input.image)).marker : undefined;
+    const m = (await locationExists(input.data))
+        ? (await readTargetState(input.data, input.major, input.image)).marker
+        : undefined;
     if (m?.method) return { method: m.method, why: `the new data's marker says ${m.method} (state ${m.state})` };
     // Markers written by restore before they named their method: the dump they loaded says which.
-    if (m?.dump) return { method: m.dump.path.endsWith(".sql") ? "dumpall" : "directory", why: `the new data holds the dump ${m.dump.path} (state ${m.state})` };
+    if (m?.dump)
+        return {
+            method: m.dump.path.endsWith(".sql") ? "dumpall" : "directory",
+            why: `the new data holds the dump ${m.dump.path} (state ${m.state})`,
+        };
     if (input.backupDir && input.dumpName) {
-        for (const [file, method] of [[input.dumpName, "directory"], [`${input.dumpName}.partial`, "directory"], [`${input.dumpName}.sql`, "dumpall"], [`${input.dumpName}.sql.partial`, "dumpall"]] as const) {
-            if (await fs.stat(path.join(input.backupDir, file)).then(() => true, () => false)) {
+        for (const [file, method] of [
+            [input.dumpName, "directory"],
+            [`${input.dumpName}.partial`, "directory"],
+            [`${input.dumpName}.sql`, "dumpall"],
+            [`${input.dumpName}.sql.partial`, "dumpall"],
+        ] as const) {
+            if (
+                await fs.stat(path.join(input.backupDir, file)).then(
+                    () => true,
+                    () => false,
+                )
+            ) {
                 return { method, why: `the backup folder holds the dump ${file}` };
             }
         }

@@ -13,12 +13,37 @@ import { StepError } from "../step-error";
  * Why a login as `user` with the password over TCP failed, or undefined when it succeeded. From inside the
  * container to its own address on a Docker network, so the connection meets pg_hba's host rule as Synapse's does.
  */
-export async function tcpLoginError(info: ContainerInfo, user: string, password: string, database: string): Promise<string | undefined> {
-    const ip = Object.values(info.networks).map((n) => n.ip).find((a) => a !== "");
+export async function tcpLoginError(
+    info: ContainerInfo,
+    user: string,
+    password: string,
+    database: string,
+): Promise<string | undefined> {
+    const ip = Object.values(info.networks)
+        .map((n) => n.ip)
+        .find((a) => a !== "");
     if (!ip) return `"${info.name}" has no network address to test a TCP login on`;
     try {
-        await run("docker", ["exec", "-e", "PGPASSWORD", info.name, "psql", "-X", "-h", ip, "-U", user, "-d", dbConninfo(database), "-Atc", "SELECT 1"],
-            { env: { PGPASSWORD: password } });
+        await run(
+            "docker",
+            [
+                "exec",
+                "-e",
+                "PGPASSWORD",
+                info.name,
+                "psql",
+                "-X",
+                "-h",
+                ip,
+                "-U",
+                user,
+                "-d",
+                dbConninfo(database),
+                "-Atc",
+                "SELECT 1",
+            ],
+            { env: { PGPASSWORD: password } },
+        );
         return undefined;
     } catch (err) {
         return (err as Error).message;
@@ -31,9 +56,13 @@ export async function tcpLoginError(info: ContainerInfo, user: string, password:
  */
 export async function setPassword(container: string, superuser: string, role: string, password: string): Promise<void> {
     // \password asks twice; without a terminal psql reads both answers from stdin, after the script's lines.
-    await run("docker", ["exec", "-i", container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", "postgres"], {
-        stdin: `SET password_encryption = 'scram-sha-256';\n\\password ${quoteIdent(role)}\n${password}\n${password}\n`,
-    });
+    await run(
+        "docker",
+        ["exec", "-i", container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", "postgres"],
+        {
+            stdin: `SET password_encryption = 'scram-sha-256';\n\\password ${quoteIdent(role)}\n${password}\n${password}\n`,
+        },
+    );
 }
 
 /**
@@ -48,10 +77,15 @@ export async function applyDeclaredPassword(container: string, database: string)
     const refused = await tcpLoginError(info, role, password, database);
     if (refused === undefined || !/password authentication failed/.test(refused)) return undefined;
     if (/[\r\n]/.test(password)) {
-        throw new StepError(`postgres:password does not log in as ${role} and holds a line break, which psql's \\password cannot read; set the role's password by hand and run pulumi up again.`);
+        throw new StepError(
+            `postgres:password does not log in as ${role} and holds a line break, which psql's \\password cannot read; set the role's password by hand and run pulumi up again.`,
+        );
     }
     await setPassword(container, role, role, password);
     const still = await tcpLoginError(info, role, password, database);
-    if (still !== undefined) throw new StepError(`postgres:password was set for the role ${role} on "${container}" but still does not log in (${still.trim().split("\n").pop()}); check its pg_hba.conf.`);
+    if (still !== undefined)
+        throw new StepError(
+            `postgres:password was set for the role ${role} on "${container}" but still does not log in (${still.trim().split("\n").pop()}); check its pg_hba.conf.`,
+        );
     return role;
 }

@@ -35,7 +35,11 @@ export interface PreflightResult {
     sourceMajor: number;
     databasesBytes: number;
     /** What the new data location holds now. */
-    target: "empty" | "staging copy (will be redone)" | "served before a revert (will be set aside, kept)" | "prepared for pg_upgrade";
+    target:
+        | "empty"
+        | "staging copy (will be redone)"
+        | "served before a revert (will be set aside, kept)"
+        | "prepared for pg_upgrade";
     /** The upgrade already switched to the new cluster: nothing is left to check. */
     alreadyUpgraded: boolean;
     /** Roles whose password is an md5 hash: they cannot log in through the new cluster's scram-sha-256 rule. */
@@ -59,7 +63,11 @@ export interface SpaceNeeds {
 }
 
 /** What the new data location's file system needs, in parts, so a refusal can say what it counted. */
-export function newClusterNeeds(databasesBytes: number, needs: SpaceNeeds, backupOnSameDisk: boolean): [string, number][] {
+export function newClusterNeeds(
+    databasesBytes: number,
+    needs: SpaceNeeds,
+    backupOnSameDisk: boolean,
+): [string, number][] {
     const parts: [string, number][] = [["the new cluster", Math.ceil(databasesBytes * NEW_CLUSTER_MARGIN)]];
     if (needs.restoreWal) parts.push(["the restore's WAL", Math.min(databasesBytes, RESTORE_WAL_CAP)]);
     if (needs.setAsideBytes) parts.push(["the earlier new cluster set aside", needs.setAsideBytes]);
@@ -74,10 +82,15 @@ export function newClusterNeeds(databasesBytes: number, needs: SpaceNeeds, backu
  * that disk, and a margin for the live server. Also asked by pg_upgrade's prepare before its standby copy, which is
  * written while Synapse still serves, and by the rehearsal before its own copy.
  */
-export async function checkSpace(input: Pick<PreflightInput, "targetData" | "backupDir">, databasesBytes: number, needs: SpaceNeeds = {}): Promise<void> {
-    const newDir = input.targetData.kind === "volume"
-        ? (await run("docker", ["info", "--format", "{{.DockerRootDir}}"])).stdout.trim()
-        : await nearestExisting(input.targetData.path);
+export async function checkSpace(
+    input: Pick<PreflightInput, "targetData" | "backupDir">,
+    databasesBytes: number,
+    needs: SpaceNeeds = {},
+): Promise<void> {
+    const newDir =
+        input.targetData.kind === "volume"
+            ? (await run("docker", ["info", "--format", "{{.DockerRootDir}}"])).stdout.trim()
+            : await nearestExisting(input.targetData.path);
     const newFs = await fs.stat(newDir);
     let backupOnSameDisk = false;
     if (input.backupDir) {
@@ -104,7 +117,13 @@ async function dataBytes(data: DataLocation, major: number, image: string): Prom
 
 async function nearestExisting(dir: string): Promise<string> {
     for (let d = dir; ; d = path.dirname(d)) {
-        if (await fs.stat(d).then(() => true, () => false)) return d;
+        if (
+            await fs.stat(d).then(
+                () => true,
+                () => false,
+            )
+        )
+            return d;
         if (d === path.dirname(d)) return d;
     }
 }
@@ -125,9 +144,14 @@ export function requireSafeRestartPolicy(old: ContainerInfo): void {
 
 export async function preflight(input: PreflightInput): Promise<PreflightResult> {
     if (input.targetMajor < MIN_MAJOR) {
-        throw new StepError(`PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_MAJOR} or newer); choose a newer target.`);
+        throw new StepError(
+            `PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_MAJOR} or newer); choose a newer target.`,
+        );
     }
-    const [old, staging] = await Promise.all([requireContainer(input.container, "old"), input.staging ? inspectContainer(input.staging) : undefined]);
+    const [old, staging] = await Promise.all([
+        requireContainer(input.container, "old"),
+        input.staging ? inspectContainer(input.staging) : undefined,
+    ]);
     requireSafeRestartPolicy(old);
     requireFenceable(old);
     const user = superuserOf(old);
@@ -140,36 +164,62 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     ]);
     if (!facts) {
         if (target.marker && hasServed(target.marker)) {
-            return { sourceVersion: "", sourceMajor: 0, databasesBytes: 0, target: "served before a revert (will be set aside, kept)", alreadyUpgraded: true, md5Roles: [] };
+            return {
+                sourceVersion: "",
+                sourceMajor: 0,
+                databasesBytes: 0,
+                target: "served before a revert (will be set aside, kept)",
+                alreadyUpgraded: true,
+                md5Roles: [],
+            };
         }
-        throw new StepError(`The old container "${input.container}" is not running; start it so it can be checked and dumped.`);
+        throw new StepError(
+            `The old container "${input.container}" is not running; start it so it can be checked and dumped.`,
+        );
     }
     const { version, clients, databasesBytes, md5Roles } = facts;
     if (version.major >= input.targetMajor) {
-        throw new StepError(`"${input.container}" runs PostgreSQL ${version.text}, not older than the target ${input.targetMajor}: this is a downgrade, which a dump cannot do safely; to go back, revert to the earlier stack config instead.`);
+        throw new StepError(
+            `"${input.container}" runs PostgreSQL ${version.text}, not older than the target ${input.targetMajor}: this is a downgrade, which a dump cannot do safely; to go back, revert to the earlier stack config instead.`,
+        );
     }
 
     // Any other client could write after the dump and lose those writes at the switch: Synapse must be stopped.
     if (clients.length > 0) {
         const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
-        throw new StepError(`${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`);
+        throw new StepError(
+            `${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`,
+        );
     }
     if (input.login) await requireDeclaredPassword(old, input.login);
     // A dump's restore creates each extension anew: the new image must have it (method pg_upgrade: prepare checks).
     if (!input.staging) await checkExtensions(input.container, user, input.targetImage);
     const createdBackupDir = input.backupDir ? await ensureBackupDir(input.backupDir) : undefined;
-    const setAsideBytes = target.marker && hasServed(target.marker) && input.targetData.kind === "volume"
-        ? await dataBytes(input.targetData, input.targetMajor, input.targetImage) : 0;
+    const setAsideBytes =
+        target.marker && hasServed(target.marker) && input.targetData.kind === "volume"
+            ? await dataBytes(input.targetData, input.targetMajor, input.targetImage)
+            : 0;
     await checkSpace(input, databasesBytes, { restoreWal: input.backupDir !== undefined, setAsideBytes });
 
     let state: PreflightResult["target"] = "empty";
     if (target.marker) {
-        state = hasServed(target.marker) ? "served before a revert (will be set aside, kept)"
-            : target.marker.state === "prepared" ? "prepared for pg_upgrade" : "staging copy (will be redone)";
+        state = hasServed(target.marker)
+            ? "served before a revert (will be set aside, kept)"
+            : target.marker.state === "prepared"
+              ? "prepared for pg_upgrade"
+              : "staging copy (will be redone)";
     } else if (!target.isEmpty) {
         throw foreignDataError(input.targetData, target);
     }
-    return { sourceVersion: version.text, sourceMajor: version.major, databasesBytes, target: state, alreadyUpgraded: false, md5Roles, createdBackupDir };
+    return {
+        sourceVersion: version.text,
+        sourceMajor: version.major,
+        databasesBytes,
+        target: state,
+        alreadyUpgraded: false,
+        md5Roles,
+        createdBackupDir,
+    };
 }
 
 /**
@@ -181,10 +231,13 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
 async function requireDeclaredPassword(old: ContainerInfo, login: NonNullable<PreflightInput["login"]>): Promise<void> {
     const refused = await tcpLoginError(old, login.user, login.password, login.database);
     if (refused === undefined || !/password authentication failed/.test(refused)) return;
-    const before = old.labels[MANAGED_LABEL] === "true"
-        ? `set postgres:version back to ${old.labels[CLUSTER_LABEL]} and pulumi up, which sets it`
-        : `psql's \\password ${login.user} in "${old.name}"`;
-    throw new StepError(`postgres:password does not log in to "${old.name}" as ${login.user} (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (${before}) or after it.`);
+    const before =
+        old.labels[MANAGED_LABEL] === "true"
+            ? `set postgres:version back to ${old.labels[CLUSTER_LABEL]} and pulumi up, which sets it`
+            : `psql's \\password ${login.user} in "${old.name}"`;
+    throw new StepError(
+        `postgres:password does not log in to "${old.name}" as ${login.user} (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (${before}) or after it.`,
+    );
 }
 
 /**
@@ -192,12 +245,15 @@ async function requireDeclaredPassword(old: ContainerInfo, login: NonNullable<Pr
  * its version, the other clients connected, the databases' size and the roles with md5 password hashes.
  */
 async function oldServerFacts(container: string, user: string) {
-    const [[versionNum, versionText, clientsJson, bytes, md5Json]] = await query(container, user,
+    const [[versionNum, versionText, clientsJson, bytes, md5Json]] = await query(
+        container,
+        user,
         `SELECT current_setting('server_version_num'), current_setting('server_version'),
                 (SELECT coalesce(json_agg(json_build_array(coalesce(nullif(application_name, ''), 'unnamed client'), coalesce(host(client_addr), 'local socket'), datname) ORDER BY application_name), '[]')
                    FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()),
                 (SELECT sum(pg_database_size(datname))::bigint FROM pg_database),
-                (SELECT coalesce(json_agg(rolname ORDER BY rolname), '[]') FROM pg_authid WHERE rolpassword LIKE 'md5%')`);
+                (SELECT coalesce(json_agg(rolname ORDER BY rolname), '[]') FROM pg_authid WHERE rolpassword LIKE 'md5%')`,
+    );
     return {
         version: { text: versionText, major: Math.floor(Number(versionNum) / 10000) },
         clients: JSON.parse(clientsJson) as string[][],

@@ -7,7 +7,17 @@ import { Readable } from "node:stream";
 import { copyConfig } from "../config/copy-config";
 import { databasesSize, dumpCluster } from "../dump/dump";
 import { formatBytes, freeBytes } from "../host";
-import { ContainerInfo, inspectContainer, mountsHoldingPgdata, pgdataOf, removeContainer, requireContainer, startContainer, stopContainer, superuserOf } from "../docker/containers";
+import {
+    ContainerInfo,
+    inspectContainer,
+    mountsHoldingPgdata,
+    pgdataOf,
+    removeContainer,
+    requireContainer,
+    startContainer,
+    stopContainer,
+    superuserOf,
+} from "../docker/containers";
 import { query, quoteLiteral, serverVersion, waitUntilAccepting } from "../docker/psql";
 import { ProcessError, run, runPiped } from "../docker/process";
 import { restoreCluster } from "../dump/restore";
@@ -73,10 +83,16 @@ async function timed<T>(timings: Record<string, number>, name: string, work: () 
 
 export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     const old = await requireContainer(input.container, "old");
-    if (!old.running) throw new StepError(`The old container "${input.container}" is not running; a rehearsal reads the live cluster.`);
+    if (!old.running)
+        throw new StepError(
+            `The old container "${input.container}" is not running; a rehearsal reads the live cluster.`,
+        );
     const user = superuserOf(old);
     const version = await serverVersion(input.container, user);
-    if (version.major >= input.to) throw new StepError(`"${input.container}" runs PostgreSQL ${version.text}, not older than ${input.to}: nothing to rehearse.`);
+    if (version.major >= input.to)
+        throw new StepError(
+            `"${input.container}" runs PostgreSQL ${version.text}, not older than ${input.to}: nothing to rehearse.`,
+        );
     const image = input.image ?? defaultTargetImage(old.image, version.major, input.to);
     if (!image) throw new StepError(`Cannot tell the ${input.to} image from "${old.image}"; give it with --image.`);
     const databasesBytes = await databasesSize(input.container, user);
@@ -86,11 +102,14 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     await fs.chmod(work, 0o700);
     await removeRehearsal(name, volume);
     // Its own copy needs room like the real upgrade's: refused before anything is written, not a full disk later.
-    await checkSpace({ targetData: { kind: "volume", name: volume }, backupDir: input.physical ? undefined : work }, databasesBytes, { restoreWal: !input.physical })
-        .catch(async (err) => {
-            await fs.rm(work, { recursive: true, force: true });
-            throw err;
-        });
+    await checkSpace(
+        { targetData: { kind: "volume", name: volume }, backupDir: input.physical ? undefined : work },
+        databasesBytes,
+        { restoreWal: !input.physical },
+    ).catch(async (err) => {
+        await fs.rm(work, { recursive: true, force: true });
+        throw err;
+    });
     await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
 
     const timings: Record<string, number> = {};
@@ -107,7 +126,13 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
         if (input.physical) {
             await physicalCopy(old, source, user);
             const upgradeInput = {
-                container: source, staging: name, image, data: { kind: "volume" as const, name: volume }, major: input.to, password: input.password, loginUser: input.loginUser,
+                container: source,
+                staging: name,
+                image,
+                data: { kind: "volume" as const, name: volume },
+                major: input.to,
+                password: input.password,
+                loginUser: input.loginUser,
             };
             try {
                 // The configuration is checked below, as copy-config does, so a rejected setting is one problem
@@ -118,29 +143,64 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
                 if (!(err instanceof StepError)) throw err;
                 // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
                 problems.push(err.message);
-                return rehearsalReport(input, version.text, databasesBytes, { container: name, version: "", image, kept: false }, false, timings, 0, problems, liveWrites);
+                return rehearsalReport(
+                    input,
+                    version.text,
+                    databasesBytes,
+                    { container: name, version: "", image, kept: false },
+                    false,
+                    timings,
+                    0,
+                    problems,
+                    liveWrites,
+                );
             }
         } else {
-            const dump = await timed(timings, "dump", () => dumpCluster({ container: input.container, outDir: work, name: "rehearsal", toolImage: image, password: input.password }));
+            const dump = await timed(timings, "dump", () =>
+                dumpCluster({
+                    container: input.container,
+                    outDir: work,
+                    name: "rehearsal",
+                    toolImage: image,
+                    password: input.password,
+                }),
+            );
             dumpBytes = dump.manifest.bytes;
-            await timed(timings, "restore", () => restoreCluster({
-                container: name, image, data: { kind: "volume", name: volume }, major: input.to, dumpPath: dump.path,
-                password: input.password, loginUser: input.loginUser,
-            }));
+            await timed(timings, "restore", () =>
+                restoreCluster({
+                    container: name,
+                    image,
+                    data: { kind: "volume", name: volume },
+                    major: input.to,
+                    dumpPath: dump.path,
+                    password: input.password,
+                    loginUser: input.loginUser,
+                }),
+            );
         }
         await timed(timings, "copy-config", () => copyConfig({ from: source, to: name })).catch((err: Error) => {
             if (!(err instanceof StepError)) throw err;
             problems.push(err.message);
         });
-        const report = await timed(timings, "verify", () => verifyClusters({
-            old: source, new: name, loginUser: input.loginUser, loginDatabase: input.loginDatabase, password: input.password,
-        }));
+        const report = await timed(timings, "verify", () =>
+            verifyClusters({
+                old: source,
+                new: name,
+                loginUser: input.loginUser,
+                loginDatabase: input.loginDatabase,
+                password: input.password,
+            }),
+        );
         for (const c of report.comparisons.filter((c) => !c.same)) {
             // Rows and sequences that grew in the live cluster after the snapshot: Synapse kept writing.
-            const grew = (c.what.startsWith("table ") || c.what.startsWith("sequence ")) && Number(c.old) > Number(c.new);
+            const grew =
+                (c.what.startsWith("table ") || c.what.startsWith("sequence ")) && Number(c.old) > Number(c.new);
             (grew ? liveWrites : problems).push(`${c.what}: ${c.old} in old, ${c.new} in the rehearsal`);
         }
-        if (!report.login.ok) problems.push(`Synapse's role ${input.loginUser} cannot log in to the new cluster with the configured password: ${report.login.error}.`);
+        if (!report.login.ok)
+            problems.push(
+                `Synapse's role ${input.loginUser} cannot log in to the new cluster with the configured password: ${report.login.error}.`,
+            );
         verified = problems.length === 0;
         targetVersion = (await serverVersion(name, user)).text;
         // The switch: two clean stops (the staging and the old server; the live old one is not stopped here, so
@@ -167,7 +227,11 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
         delete timings.serve;
         // What the real run adds: preflight's checks, and starting each of its step processes in the downtime
         // (preflight, dump, restore or upgrade, copy-config, verify, cutover, serve).
-        await timed(timings, "preflight", () => readTargetState({ kind: "volume", name: volume }, input.to, image).then(() => databasesSize(input.container, user)));
+        await timed(timings, "preflight", () =>
+            readTargetState({ kind: "volume", name: volume }, input.to, image).then(() =>
+                databasesSize(input.container, user),
+            ),
+        );
         timings["step start-up"] = (input.physical ? 6 : 7) * (await stepStartup());
         problems.push(...(await knownProblems(input, user, databasesBytes)));
         kept = input.keep;
@@ -179,13 +243,30 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
         }
         await fs.rm(work, { recursive: true, force: true });
     }
-    const report = rehearsalReport(input, version.text, databasesBytes, { container: name, version: targetVersion, image, kept }, verified, timings, dumpBytes, problems, liveWrites);
+    const report = rehearsalReport(
+        input,
+        version.text,
+        databasesBytes,
+        { container: name, version: targetVersion, image, kept },
+        verified,
+        timings,
+        dumpBytes,
+        problems,
+        liveWrites,
+    );
     return via ? { ...report, pgUpgradeVia: via } : report;
 }
 
 function rehearsalReport(
-    input: RehearseInput, version: string, databasesBytes: number, target: RehearsalReport["target"], verified: boolean,
-    timings: Record<string, number>, dumpBytes: number, problems: string[], liveWrites: string[],
+    input: RehearseInput,
+    version: string,
+    databasesBytes: number,
+    target: RehearsalReport["target"],
+    verified: boolean,
+    timings: Record<string, number>,
+    dumpBytes: number,
+    problems: string[],
+    liveWrites: string[],
 ): RehearsalReport {
     const predicted = Object.values(timings).reduce((s, t) => s + t, 0);
     return {
@@ -213,23 +294,75 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string): Pro
     if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
     const volume = `${copy}-data`;
     await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
-    const inCopy = (argv: string[], opts: { stdin?: Readable; user?: string } = {}) => run("docker", [
-        "run", "--rm", "-i", "--network", "none", "--user", opts.user ?? "postgres", "-v", `${volume}:${mount.destination}`, "--entrypoint", argv[0], old.imageId, ...argv.slice(1),
-    ], { stdin: opts.stdin });
+    const inCopy = (argv: string[], opts: { stdin?: Readable; user?: string } = {}) =>
+        run(
+            "docker",
+            [
+                "run",
+                "--rm",
+                "-i",
+                "--network",
+                "none",
+                "--user",
+                opts.user ?? "postgres",
+                "-v",
+                `${volume}:${mount.destination}`,
+                "--entrypoint",
+                argv[0],
+                old.imageId,
+                ...argv.slice(1),
+            ],
+            { stdin: opts.stdin },
+        );
     // A new volume's root belongs to root: PGDATA is made for the image's postgres user, the files unpacked as it.
     await inCopy(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", pgdata], { user: "root" });
     await runPiped(
-        (stdout) => run("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", "-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"], { stdout })
-            .catch((err) => {
+        (stdout) =>
+            run(
+                "docker",
+                [
+                    "exec",
+                    "-u",
+                    "postgres",
+                    old.name,
+                    "pg_basebackup",
+                    "-U",
+                    user,
+                    "-D",
+                    "-",
+                    "-F",
+                    "tar",
+                    "-X",
+                    "fetch",
+                    "--checkpoint",
+                    "fast",
+                ],
+                { stdout },
+            ).catch((err) => {
                 if (!(err instanceof ProcessError)) throw err;
-                throw new StepError(`pg_basebackup of "${old.name}" for the rehearsal failed: ${err.stderrTail.trim().split("\n").pop()}`);
+                throw new StepError(
+                    `pg_basebackup of "${old.name}" for the rehearsal failed: ${err.stderrTail.trim().split("\n").pop()}`,
+                );
             }),
         (stdin) => inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin }),
     );
     await run("docker", [
-        "run", "-d", "--name", copy, ...ourLabels("rehearsal"),
-        "-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`, "--stop-signal", "SIGINT",
-        "-v", `${volume}:${mount.destination}`, old.imageId, "postgres", ...NO_ARCHIVING,
+        "run",
+        "-d",
+        "--name",
+        copy,
+        ...ourLabels("rehearsal"),
+        "-e",
+        `PGDATA=${pgdata}`,
+        "-e",
+        `POSTGRES_USER=${user}`,
+        "--stop-signal",
+        "SIGINT",
+        "-v",
+        `${volume}:${mount.destination}`,
+        old.imageId,
+        "postgres",
+        ...NO_ARCHIVING,
     ]);
     await waitUntilAccepting(copy, user);
 }
@@ -237,16 +370,34 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string): Pro
 /** What the real run would meet that the copy cannot show by failing: md5 hashes, locale, disk space. */
 async function knownProblems(input: RehearseInput, user: string, databasesBytes: number): Promise<string[]> {
     const problems: string[] = [];
-    const md5 = (await query(input.container, user, `SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> ${quoteLiteral(input.loginUser)} ORDER BY 1`)).map(([r]) => r);
-    if (md5.length) problems.push(`Role(s) ${md5.join(", ")} have md5 password hashes, which a scram-sha-256 access rule refuses and PostgreSQL 18 deprecates: set their passwords again with psql's \\password.`);
-    const locale = await query(input.container, user, `SELECT datcollate, datctype FROM pg_database WHERE datname = ${quoteLiteral(input.loginDatabase)}`);
+    const md5 = (
+        await query(
+            input.container,
+            user,
+            `SELECT rolname FROM pg_authid WHERE rolpassword LIKE 'md5%' AND rolname <> ${quoteLiteral(input.loginUser)} ORDER BY 1`,
+        )
+    ).map(([r]) => r);
+    if (md5.length)
+        problems.push(
+            `Role(s) ${md5.join(", ")} have md5 password hashes, which a scram-sha-256 access rule refuses and PostgreSQL 18 deprecates: set their passwords again with psql's \\password.`,
+        );
+    const locale = await query(
+        input.container,
+        user,
+        `SELECT datcollate, datctype FROM pg_database WHERE datname = ${quoteLiteral(input.loginDatabase)}`,
+    );
     if (locale[0] && (locale[0][0] !== "C" || locale[0][1] !== "C")) {
-        problems.push(`The ${input.loginDatabase} database has collation ${locale[0][0]} and ctype ${locale[0][1]}; Synapse requires C for both (it refuses to start otherwise unless allow_unsafe_locale is set).`);
+        problems.push(
+            `The ${input.loginDatabase} database has collation ${locale[0][0]} and ctype ${locale[0][1]}; Synapse requires C for both (it refuses to start otherwise unless allow_unsafe_locale is set).`,
+        );
     }
     if (input.backupDir) {
         const free = await freeBytes(input.backupDir).catch(() => -1);
         if (free < 0) problems.push(`The backup folder ${input.backupDir} does not exist.`);
-        else if (free < databasesBytes) problems.push(`The backup folder ${input.backupDir} has ${formatBytes(free)} free; the real dump may need ${formatBytes(databasesBytes)}.`);
+        else if (free < databasesBytes)
+            problems.push(
+                `The backup folder ${input.backupDir} has ${formatBytes(free)} free; the real dump may need ${formatBytes(databasesBytes)}.`,
+            );
     }
     return problems;
 }
@@ -261,7 +412,10 @@ async function stepStartup(): Promise<number> {
 async function removeRehearsal(name: string, volume: string): Promise<void> {
     const existing = await inspectContainer(name);
     if (existing) {
-        if (existing.labels[MANAGED_LABEL] !== "true") throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; remove it or it would be mistaken for a rehearsal.`);
+        if (existing.labels[MANAGED_LABEL] !== "true")
+            throw new StepError(
+                `A container named "${name}" exists that synapse-postgres did not create; remove it or it would be mistaken for a rehearsal.`,
+            );
         await removeContainer(name);
     }
     await run("docker", ["volume", "rm", "-f", volume]).catch(() => undefined);

@@ -109,8 +109,13 @@ async function snapshot(container: string, user: string, side: "old" | "new"): P
     if (unread.length > 0) {
         // The new cluster's access rules are the old one's as copy-config carried them: a fix made to the old
         // cluster's since reaches the new one only with a fresh copy.
-        const carried = side === "new" ? "; its access rules are the old cluster's as copy-config carried them, so after changing the old cluster's, bump postgres:attempt" : "";
-        throw new StepError(`verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}${carried}.`);
+        const carried =
+            side === "new"
+                ? "; its access rules are the old cluster's as copy-config carried them, so after changing the old cluster's, bump postgres:attempt"
+                : "";
+        throw new StepError(
+            `verify could not read the database(s) ${unread.join(", ")} in "${container}", so it cannot compare them: ${stderr.trim().split("\n").pop() || "no error said"}${carried}.`,
+        );
     }
     return { databases, roles, passwords, tables, sequences };
 }
@@ -135,7 +140,8 @@ function compareRoles(a: Snapshot, b: Snapshot, loginUser: string): Comparison[]
         if (role === loginUser && c.old.endsWith(" md5") && c.new === c.old.replace(/ md5$/, " scram")) {
             return { ...c, same: true, new: `${c.new} (re-hashed from md5)` };
         }
-        if (c.same && a.passwords.get(role) !== b.passwords.get(role)) return { ...c, same: false, new: `${c.new}, another password hash` };
+        if (c.same && a.passwords.get(role) !== b.passwords.get(role))
+            return { ...c, same: false, new: `${c.new}, another password hash` };
         return c;
     });
 }
@@ -148,13 +154,22 @@ async function checkLogin(info: ContainerInfo, input: VerifyInput): Promise<Veri
 }
 
 export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> {
-    const [oldInfo, newInfo] = await Promise.all([requireContainer(input.old, "old"), requireContainer(input.new, "new").then(resumeStaging)]);
+    const [oldInfo, newInfo] = await Promise.all([
+        requireContainer(input.old, "old"),
+        requireContainer(input.new, "new").then(resumeStaging),
+    ]);
     for (const c of [oldInfo, newInfo]) {
-        if (!c.running) throw new StepError(`The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`);
+        if (!c.running)
+            throw new StepError(
+                `The container "${c.name}" is not running, so it cannot be compared; start it and run verify again.`,
+            );
     }
     // Side by side (Synapse is down): both clusters' contents and the password login.
     const [read, login] = await Promise.all([
-        Promise.allSettled([snapshot(input.old, superuserOf(oldInfo), "old"), snapshot(input.new, superuserOf(newInfo), "new")]),
+        Promise.allSettled([
+            snapshot(input.old, superuserOf(oldInfo), "old"),
+            snapshot(input.new, superuserOf(newInfo), "new"),
+        ]),
         checkLogin(newInfo, input),
     ]);
     // The old cluster's failure first, whichever came first: the carried access rules can refuse both alike.
@@ -168,7 +183,8 @@ export async function verifyClusters(input: VerifyInput): Promise<VerifyReport> 
         ...compare("sequence", a.sequences, b.sequences),
     ];
     const differences = comparisons.filter((c) => !c.same).map((c) => `${c.what}: ${c.old} in old, ${c.new} in new`);
-    if (!login.ok) differences.push(`login as ${login.user} to ${login.database} on the new cluster failed: ${login.error}`);
+    if (!login.ok)
+        differences.push(`login as ${login.user} to ${login.database} on the new cluster failed: ${login.error}`);
     return {
         old: input.old,
         new: input.new,
@@ -184,8 +200,11 @@ export function formatReport(r: VerifyReport): string {
     const w = Math.max(10, ...r.comparisons.map((c) => c.what.length));
     const v = Math.max(6, ...r.comparisons.flatMap((c) => [c.old.length, c.new.length]));
     const lines = [`${"check".padEnd(w)}  ${"old".padEnd(v)}  ${"new".padEnd(v)}  result`];
-    for (const c of r.comparisons) lines.push(`${c.what.padEnd(w)}  ${c.old.padEnd(v)}  ${c.new.padEnd(v)}  ${c.same ? "same" : "DIFFERENT"}`);
-    lines.push(`login ${r.login.user}@${r.login.database} over TCP with password: ${r.login.ok ? "ok" : `FAILED (${r.login.error})`}`);
+    for (const c of r.comparisons)
+        lines.push(`${c.what.padEnd(w)}  ${c.old.padEnd(v)}  ${c.new.padEnd(v)}  ${c.same ? "same" : "DIFFERENT"}`);
+    lines.push(
+        `login ${r.login.user}@${r.login.database} over TCP with password: ${r.login.ok ? "ok" : `FAILED (${r.login.error})`}`,
+    );
     lines.push(`${r.tables} tables, ${r.rows} rows compared; ${r.differences.length} difference(s)`);
     return lines.join("\n");
 }

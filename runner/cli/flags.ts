@@ -36,7 +36,10 @@ export class Flags {
     /** A whole number from 1 (or from 0). */
     int(name: string, from: 0 | 1 = 1): number {
         const n = Number(this.values[name]);
-        if (!Number.isInteger(n) || n < from) throw new StepError(`--${name} must be a whole number${from === 0 ? " from 0" : ""}, not "${this.values[name]}".`);
+        if (!Number.isInteger(n) || n < from)
+            throw new StepError(
+                `--${name} must be a whole number${from === 0 ? " from 0" : ""}, not "${this.values[name]}".`,
+            );
         return n;
     }
 }
@@ -59,12 +62,14 @@ export function parseFlags(specs: FlagSpecs, argv: string[]): Flags {
     const values: Record<string, string | boolean | undefined> = {};
     for (const [given, list] of Object.entries(parsed)) {
         const name = canonical.get(given)!;
-        if (values[name] !== undefined || list!.length > 1) throw new StepError(`--${name} is given more than once${given === name ? "" : ` (as --${given})`}.`);
+        if (values[name] !== undefined || list!.length > 1)
+            throw new StepError(`--${name} is given more than once${given === name ? "" : ` (as --${given})`}.`);
         values[name] = list![0];
     }
     for (const [name, spec] of Object.entries(specs)) {
         const value = values[name];
-        if (value === undefined && !spec.optional && !spec.boolean) throw new StepError(`--${name} is required (${spec.help}); see --help.`);
+        if (value === undefined && !spec.optional && !spec.boolean)
+            throw new StepError(`--${name} is required (${spec.help}); see --help.`);
         if (spec.choices && value !== undefined && !spec.choices.includes(value as string)) {
             throw new StepError(`--${name} must be ${spec.choices.join(" or ")}, not "${value}".`);
         }
@@ -76,12 +81,17 @@ export function parseFlags(specs: FlagSpecs, argv: string[]): Flags {
 function parseError(err: Error & { code?: string }): string {
     const flag = /'(-[^' ]+)/.exec(err.message)?.[1] ?? "";
     switch (err.code) {
-        case "ERR_PARSE_ARGS_UNKNOWN_OPTION": return `Unknown argument "${flag}"`;
-        case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL": return `Unexpected argument "${/'([^']*)'/.exec(err.message)?.[1] ?? ""}"`;
+        case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+            return `Unknown argument "${flag}"`;
+        case "ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL":
+            return `Unexpected argument "${/'([^']*)'/.exec(err.message)?.[1] ?? ""}"`;
         case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
             if (/does not take/.test(err.message)) return `${flag} is a switch and takes no value`;
-            return /ambiguous/.test(err.message) ? `${flag} needs a value (one starting with "-" is given as ${flag}=<value>)` : `${flag} needs a value`;
-        default: return err.message;
+            return /ambiguous/.test(err.message)
+                ? `${flag} needs a value (one starting with "-" is given as ${flag}=<value>)`
+                : `${flag} needs a value`;
+        default:
+            return err.message;
     }
 }
 
@@ -89,7 +99,10 @@ function parseError(err: Error & { code?: string }): string {
 export function describeFlags(specs: FlagSpecs): string[] {
     return Object.entries(specs).map(([name, spec]) => {
         const value = spec.boolean ? "" : spec.choices ? ` <${spec.choices.join("|")}>` : " <value>";
-        const notes = [spec.optional || spec.boolean ? "optional" : "", spec.was ? `was ${spec.was.map((w) => `--${w}`).join(", ")}` : ""].filter(Boolean);
+        const notes = [
+            spec.optional || spec.boolean ? "optional" : "",
+            spec.was ? `was ${spec.was.map((w) => `--${w}`).join(", ")}` : "",
+        ].filter(Boolean);
         return `  --${name}${value}`.padEnd(30) + spec.help + (notes.length ? ` (${notes.join("; ")})` : "");
     });
 }

@@ -22,8 +22,14 @@ export const LOGIN: FlagSpecs = {
 
 /** The configuration's flags, shared by copy-config and prepare. */
 export const CONFIG: FlagSpecs = {
-    settings: { help: "postgres:settings as a JSON object: checked against the copied files, before the switch", optional: true },
-    drop: { help: "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)", optional: true },
+    settings: {
+        help: "postgres:settings as a JSON object: checked against the copied files, before the switch",
+        optional: true,
+    },
+    drop: {
+        help: "parameters (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropSettings)",
+        optional: true,
+    },
     "drop-access-rules": {
         help: "access rules as <file>:<line> of the old cluster (comma-separated) to leave out of the new cluster if its server rejects them (postgres:dropAccessRules)",
         optional: true,
@@ -53,11 +59,14 @@ export function settingsFlag(f: Flags): Record<string, string> {
     if (given === undefined) return {};
     try {
         const value = JSON.parse(given);
-        if (typeof value === "object" && value !== null && !Array.isArray(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]));
+        if (typeof value === "object" && value !== null && !Array.isArray(value))
+            return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, String(v)]));
     } catch {
         // reported below
     }
-    throw new StepError(`--settings must be a JSON object of PostgreSQL settings, like {"work_mem":"16MB"}, not "${given}".`);
+    throw new StepError(
+        `--settings must be a JSON object of PostgreSQL settings, like {"work_mem":"16MB"}, not "${given}".`,
+    );
 }
 
 /** --command: the server command line the program passes, as a JSON list. */
@@ -74,13 +83,19 @@ export function commandFlag(f: Flags): string[] | undefined {
 }
 
 function listFlag(f: Flags, name: "drop" | "drop-access-rules"): string[] {
-    return (f.opt(name) ?? "").split(",").map((n) => n.trim()).filter(Boolean);
+    return (f.opt(name) ?? "")
+        .split(",")
+        .map((n) => n.trim())
+        .filter(Boolean);
 }
 
 export function password(required: true): string;
 export function password(required: false): string | undefined;
 export function password(required: boolean): string | undefined {
     const pw = process.env[PASSWORD_ENV];
-    if (required && !pw) throw new StepError(`Set ${PASSWORD_ENV} in the environment to the database password; it is never taken from the command line.`);
+    if (required && !pw)
+        throw new StepError(
+            `Set ${PASSWORD_ENV} in the environment to the database password; it is never taken from the command line.`,
+        );
     return pw || undefined;
 }

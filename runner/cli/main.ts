@@ -24,11 +24,19 @@ export function flagsOf(step: Step): FlagSpecs {
 function help(name?: string): string {
     const step = name === undefined ? undefined : STEPS[name];
     if (step) {
-        return [`synapse-pg ${name}: ${step.summary}`, "", ...describeFlags(flagsOf(step)), "",
-            `The database password is read from ${PASSWORD_ENV}, never from the command line.`].join("\n");
+        return [
+            `synapse-pg ${name}: ${step.summary}`,
+            "",
+            ...describeFlags(flagsOf(step)),
+            "",
+            `The database password is read from ${PASSWORD_ENV}, never from the command line.`,
+        ].join("\n");
     }
-    return ["synapse-pg <step> [flags]   (synapse-pg <step> --help for its flags)", "",
-        ...Object.entries(STEPS).map(([n, s]) => `  ${n.padEnd(16)} ${s.summary}`)].join("\n");
+    return [
+        "synapse-pg <step> [flags]   (synapse-pg <step> --help for its flags)",
+        "",
+        ...Object.entries(STEPS).map(([n, s]) => `  ${n.padEnd(16)} ${s.summary}`),
+    ].join("\n");
 }
 
 /** After a failure before the switch: the old cluster's fence lifted, Synapse started; what happened, as a sentence. */
@@ -57,10 +65,14 @@ async function runStep(name: string, step: Step, argv: string[], out: Out): Prom
         }
         await step.run(flags, out);
     } catch (err) {
-        let message = err instanceof StepError || err instanceof ProcessError ? err.message : `unexpected failure: ${(err as Error).stack}`;
+        let message =
+            err instanceof StepError || err instanceof ProcessError
+                ? err.message
+                : `unexpected failure: ${(err as Error).stack}`;
         // Before the switch the old cluster is untouched and still the one Synapse is configured for: its fence
         // comes down first, so Synapse finds it.
-        if (step.stopsSynapse === "before") message += await backToOldCluster(step.fencesOld ? flags?.opt("old") : undefined, synapse);
+        if (step.stopsSynapse === "before")
+            message += await backToOldCluster(step.fencesOld ? flags?.opt("old") : undefined, synapse);
         console.error(`synapse-pg ${name}: ${message}`);
         process.exitCode = 1;
     }

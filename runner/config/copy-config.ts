@@ -6,7 +6,14 @@
 // reloads them, and pg_file_settings, pg_hba_file_rules and pg_ident_file_mappings name every line it rejects.
 // Then either nothing needs a restart (done), a restart applies the rest, or the new cluster's own files are put
 // back and the step stops, while Synapse is still on the old cluster.
-import { containerLogTail, requireContainer, resumeStaging, startContainer, stopContainer, superuserOf } from "../docker/containers";
+import {
+    containerLogTail,
+    requireContainer,
+    resumeStaging,
+    startContainer,
+    stopContainer,
+    superuserOf,
+} from "../docker/containers";
 import { query, waitUntilAccepting } from "../docker/psql";
 import { writeFileIn } from "../docker/files";
 import { checkSettings } from "./settings";
@@ -64,7 +71,8 @@ const ACCESS_FILES: readonly string[] = ["pg_hba.conf", "pg_ident.conf"];
  * for the advice in the message: what is rejected is decided by the new server itself.
  */
 export const REMOVED_PARAMETERS: Record<string, string> = {
-    wal_keep_segments: "removed in 13: use wal_keep_size = <segments x 16MB>, e.g. wal_keep_segments = 64 becomes wal_keep_size = 1GB",
+    wal_keep_segments:
+        "removed in 13: use wal_keep_size = <segments x 16MB>, e.g. wal_keep_segments = 64 becomes wal_keep_size = 1GB",
     checkpoint_segments: "removed in 9.5: use max_wal_size",
     stats_temp_directory: "removed in 15 (statistics now live in shared memory): delete the line",
     vacuum_defer_cleanup_age: "removed in 16: delete the line (use hot_standby_feedback or a replication slot instead)",
@@ -83,7 +91,9 @@ export async function copyConfig(input: CopyConfigInput): Promise<CopyConfigResu
     // which names the setting, is the one reported when both refuse.
     const settings = input.settings ?? {};
     const [parsed, started] = await Promise.allSettled([
-        Object.keys(settings).length > 0 ? checkSettings(input.to, settings, "old cluster").then((r) => r.settings) : Promise.resolve(undefined),
+        Object.keys(settings).length > 0
+            ? checkSettings(input.to, settings, "old cluster").then((r) => r.settings)
+            : Promise.resolve(undefined),
         requireServerStarts({ from: input.to, command: serverCommand(settings) }, "old cluster"),
     ]);
     if (parsed.status === "rejected") throw parsed.reason;
@@ -104,8 +114,14 @@ async function filesArchiveMode(container: string): Promise<string> {
 }
 
 async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
-    const [from, to] = await Promise.all([requireContainer(input.from, "old"), requireContainer(input.to, "new").then(resumeStaging)]);
-    if (!from.running) throw new StepError(`The old container "${input.from}" is not running; copy-config reads its configuration from the live server.`);
+    const [from, to] = await Promise.all([
+        requireContainer(input.from, "old"),
+        requireContainer(input.to, "new").then(resumeStaging),
+    ]);
+    if (!from.running)
+        throw new StepError(
+            `The old container "${input.from}" is not running; copy-config reads its configuration from the live server.`,
+        );
     if (!to.running) throw new StepError(`The new container "${input.to}" is not running; run the restore step first.`);
     const toUser = superuserOf(to);
     // Both clusters' four files in one psql each, side by side: each docker exec is a tenth of a second of downtime.
@@ -137,7 +153,8 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
             const lines = copiedTexts[file]!.split("\n");
             for (const r of rejected.filter((x) => x.file === file)) {
                 const key = ACCESS_FILES.includes(file) ? "postgres:dropAccessRules" : "postgres:dropSettings";
-                lines[r.line - 1] = `# ${lines[r.line - 1]}    # left out by synapse-postgres (${key}): ${r.hint ?? r.error}`;
+                lines[r.line - 1] =
+                    `# ${lines[r.line - 1]}    # left out by synapse-postgres (${key}): ${r.hint ?? r.error}`;
             }
             await writeFileIn(input.to, now[file as ConfigFile].path, lines.join("\n"));
         }
@@ -145,9 +162,13 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
         [rejected, restartOnly] = await reloadAndCheck(input.to, toUser, copiedTexts);
     }
     if (rejected.length > 0) {
-        for (const file of copied) if (now[file].text !== undefined) await writeFileIn(input.to, now[file].path, now[file].text!);
+        for (const file of copied)
+            if (now[file].text !== undefined) await writeFileIn(input.to, now[file].path, now[file].text!);
         await query(input.to, toUser, "SELECT pg_reload_conf()");
-        throw new StepError(refusal(rejected), rejected.map((r) => JSON.stringify(r)));
+        throw new StepError(
+            refusal(rejected),
+            rejected.map((r) => JSON.stringify(r)),
+        );
     }
     if (restartOnly.length === 0) return { copied, unchanged, restarted: false, dropped };
 
@@ -170,26 +191,47 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
  * that is missing. Read by the server as bytes (base64), so no encoding of a comment can break the read; up to
  * 16 MB each, far beyond any configuration file.
  */
-async function configFiles(container: string, user: string): Promise<Record<ConfigFile, { path: string; text?: string }>> {
-    const rows = await query(container, user,
+async function configFiles(
+    container: string,
+    user: string,
+): Promise<Record<ConfigFile, { path: string; text?: string }>> {
+    const rows = await query(
+        container,
+        user,
         `SELECT v.file, v.path, f IS NOT NULL, coalesce(encode(f, 'base64'), '')
            FROM (VALUES ('postgresql.conf', current_setting('config_file')),
                         ('postgresql.auto.conf', current_setting('data_directory') || '/postgresql.auto.conf'),
                         ('pg_hba.conf', current_setting('hba_file')),
                         ('pg_ident.conf', current_setting('ident_file'))) AS v(file, path),
-                LATERAL pg_read_binary_file(v.path, 0, 16777216, true) AS f`);
-    return Object.fromEntries(rows.map(([file, path, found, base64]) =>
-        [file, { path, text: found === "t" ? Buffer.from(base64, "base64").toString("utf8") : undefined }])) as Record<ConfigFile, { path: string; text?: string }>;
+                LATERAL pg_read_binary_file(v.path, 0, 16777216, true) AS f`,
+    );
+    return Object.fromEntries(
+        rows.map(([file, path, found, base64]) => [
+            file,
+            { path, text: found === "t" ? Buffer.from(base64, "base64").toString("utf8") : undefined },
+        ]),
+    ) as Record<ConfigFile, { path: string; text?: string }>;
 }
 
 /**
  * The server reads the files again, and its own parser says what it rejects and what applies only at a restart.
  * pg_file_settings parses the files as they are on disk when asked, so it needs no wait for the reload.
  */
-async function reloadAndCheck(container: string, user: string, texts: Partial<Record<string, string>>): Promise<[RejectedSetting[], string[]]> {
-    const [, errors, rules] = await Promise.all([query(container, user, "SELECT pg_reload_conf()"), fileSettingErrors(container, user), accessRuleErrors(container, user)]);
+async function reloadAndCheck(
+    container: string,
+    user: string,
+    texts: Partial<Record<string, string>>,
+): Promise<[RejectedSetting[], string[]]> {
+    const [, errors, rules] = await Promise.all([
+        query(container, user, "SELECT pg_reload_conf()"),
+        fileSettingErrors(container, user),
+        accessRuleErrors(container, user),
+    ]);
     const withText = rules.map((r) => ({ ...r, rule: (texts[r.file] ?? "").split("\n")[r.line - 1]?.trim() }));
-    return [[...rejectedFrom(errors), ...withText], errors.filter(([, , , error]) => NEEDS_RESTART.test(error)).map(([, , name, error]) => name || error)];
+    return [
+        [...rejectedFrom(errors), ...withText],
+        errors.filter(([, , , error]) => NEEDS_RESTART.test(error)).map(([, , name, error]) => name || error),
+    ];
 }
 
 /**
@@ -200,9 +242,12 @@ async function reloadAndCheck(container: string, user: string, texts: Partial<Re
  * its fields filled in the view and is carried as it is.
  */
 async function accessRuleErrors(container: string, user: string): Promise<RejectedSetting[]> {
-    const rows = await query(container, user,
+    const rows = await query(
+        container,
+        user,
         `SELECT 'pg_hba.conf', line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL AND type IS NULL
-         UNION ALL SELECT 'pg_ident.conf', line_number, error FROM pg_ident_file_mappings WHERE error IS NOT NULL AND map_name IS NULL ORDER BY 1, 2`);
+         UNION ALL SELECT 'pg_ident.conf', line_number, error FROM pg_ident_file_mappings WHERE error IS NOT NULL AND map_name IS NULL ORDER BY 1, 2`,
+    );
     return rows.map(([file, line, error]) => ({ file, line: Number(line), name: `${file}:${line}`, error }));
 }
 
@@ -217,8 +262,12 @@ function refusal(rejected: RejectedSetting[]): string {
     const settings = rejected.filter((r) => !ACCESS_FILES.includes(r.file));
     const list = rejected.map(describeRejected).join("; ");
     const ways = [
-        ...(settings.length ? [`\`pulumi config set postgres:dropSettings ${[...new Set(settings.map((r) => r.name))].join(",")}\``] : []),
-        ...(rules.length ? [`\`pulumi config set postgres:dropAccessRules ${rules.map((r) => r.name).join(",")}\``] : []),
+        ...(settings.length
+            ? [`\`pulumi config set postgres:dropSettings ${[...new Set(settings.map((r) => r.name))].join(",")}\``]
+            : []),
+        ...(rules.length
+            ? [`\`pulumi config set postgres:dropAccessRules ${rules.map((r) => r.name).join(",")}\``]
+            : []),
     ].join(" and ");
     const what = rules.length === 0 ? "setting(s)" : settings.length === 0 ? "access rule(s)" : "line(s)";
     return `The new PostgreSQL rejects ${rejected.length} ${what} of the old configuration, so the upgrade stops before the switch: ${list}. Change them in the old cluster (ALTER SYSTEM RESET <name>, or edit the file and reload), or leave them out of the new cluster only with ${ways}, and run pulumi up again.`;
@@ -232,17 +281,22 @@ function refusal(rejected: RejectedSetting[]): string {
 const NEEDS_RESTART = /cannot be changed without restarting the server|setting could not be applied/;
 
 async function fileSettingErrors(container: string, user: string): Promise<string[][]> {
-    return query(container, user,
-        "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline");
+    return query(
+        container,
+        user,
+        "SELECT coalesce(sourcefile, ''), coalesce(sourceline, 0), coalesce(name, ''), error FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline",
+    );
 }
 
 /** What the server's own parser rejected in the files it read (PostgreSQL 9.5+). */
 function rejectedFrom(errors: string[][]): RejectedSetting[] {
-    return errors.filter(([, , , error]) => !NEEDS_RESTART.test(error)).map(([file, line, name, error]) => ({
-        file: file.replace(/^.*\//, ""),
-        line: Number(line),
-        name: name || "(line)",
-        error,
-        hint: REMOVED_PARAMETERS[name],
-    }));
+    return errors
+        .filter(([, , , error]) => !NEEDS_RESTART.test(error))
+        .map(([file, line, name, error]) => ({
+            file: file.replace(/^.*\//, ""),
+            line: Number(line),
+            name: name || "(line)",
+            error,
+            hint: REMOVED_PARAMETERS[name],
+        }));
 }

@@ -22,7 +22,11 @@ async function postgresC(container: string, name: string, settings: Record<strin
 }
 
 /** Checks `settings` against the cluster running in `container`; throws one sentence naming what is refused. */
-export async function checkSettings(container: string, settings: Record<string, string>, role = "running cluster"): Promise<CheckSettingsResult> {
+export async function checkSettings(
+    container: string,
+    settings: Record<string, string>,
+    role = "running cluster",
+): Promise<CheckSettingsResult> {
     const info = await inspectContainer(container);
     if (!info?.running) return { checked: false, settings };
     const effective: Record<string, string> = {};
@@ -34,14 +38,20 @@ export async function checkSettings(container: string, settings: Record<string, 
     } catch (err) {
         if (!(err instanceof ProcessError)) throw err;
         const reason = /FATAL:\s*(.*)/.exec(err.stderrTail)?.[1] ?? err.stderrTail;
-        throw new StepError(`PostgreSQL in "${container}" refuses postgres:settings: ${reason}; fix the setting and run pulumi up again (the ${role} was not changed).`);
+        throw new StepError(
+            `PostgreSQL in "${container}" refuses postgres:settings: ${reason}; fix the setting and run pulumi up again (the ${role} was not changed).`,
+        );
     }
     // PostgreSQL checks these after -C has exited, at the start that would fail.
     if (effective.wal_level === "minimal" && Number(effective.max_wal_senders) > 0) {
-        throw new StepError(`PostgreSQL would not start with postgres:settings: wal_level is minimal while max_wal_senders is ${effective.max_wal_senders}; set max_wal_senders to 0 or wal_level to replica (the ${role} was not changed).`);
+        throw new StepError(
+            `PostgreSQL would not start with postgres:settings: wal_level is minimal while max_wal_senders is ${effective.max_wal_senders}; set max_wal_senders to 0 or wal_level to replica (the ${role} was not changed).`,
+        );
     }
     if (effective.wal_level === "minimal" && effective.archive_mode !== "off") {
-        throw new StepError(`PostgreSQL would not start with postgres:settings: wal_level is minimal while archive_mode is ${effective.archive_mode}; set archive_mode to off or wal_level to replica (the ${role} was not changed).`);
+        throw new StepError(
+            `PostgreSQL would not start with postgres:settings: wal_level is minimal while archive_mode is ${effective.archive_mode}; set archive_mode to off or wal_level to replica (the ${role} was not changed).`,
+        );
     }
     return { checked: true, settings };
 }

@@ -6,7 +6,14 @@
 // The throw-away server runs the declared image and command with the cluster's own configuration (every file in
 // PGDATA that is not data: postgresql.conf, the access rules, SSL keys, include folders) over an empty cluster
 // in memory, with no network, no listening address and no archiving: nothing it does reaches anything real.
-import { ContainerInfo, mountsHoldingPgdata, ourContainer, pgdataOf, removeContainer, requireContainer } from "../docker/containers";
+import {
+    ContainerInfo,
+    mountsHoldingPgdata,
+    ourContainer,
+    pgdataOf,
+    removeContainer,
+    requireContainer,
+} from "../docker/containers";
 import { run, runPiped, ProcessError } from "../docker/process";
 import { settingsOf, shmSizeFor } from "./server-command";
 import { NO_ARCHIVING, STANDBY_FOLDER } from "../pg-upgrade/standby";
@@ -27,9 +34,30 @@ export interface StartCheckInput {
  * prepare makes lives in the new cluster's PGDATA too: a whole copy of the old data, written while it is read.
  */
 export const NOT_CONFIGURATION = [
-    "base", "global", "pg_wal", "pg_xact", "pg_multixact", "pg_subtrans", "pg_commit_ts", "pg_notify", "pg_serial",
-    "pg_snapshots", "pg_stat", "pg_stat_tmp", "pg_twophase", "pg_replslot", "pg_logical", "pg_dynshmem", "pg_tblspc",
-    "pg_upgrade_output.d", "log", "pg_log", "PG_VERSION", "postmaster.pid", "postmaster.opts", "current_logfiles",
+    "base",
+    "global",
+    "pg_wal",
+    "pg_xact",
+    "pg_multixact",
+    "pg_subtrans",
+    "pg_commit_ts",
+    "pg_notify",
+    "pg_serial",
+    "pg_snapshots",
+    "pg_stat",
+    "pg_stat_tmp",
+    "pg_twophase",
+    "pg_replslot",
+    "pg_logical",
+    "pg_dynshmem",
+    "pg_tblspc",
+    "pg_upgrade_output.d",
+    "log",
+    "pg_log",
+    "PG_VERSION",
+    "postmaster.pid",
+    "postmaster.opts",
+    "current_logfiles",
     STANDBY_FOLDER,
 ];
 
@@ -73,27 +101,64 @@ export async function requireServerStarts(input: StartCheckInput, role: string):
     const output = await startThrowAway(from, { ...input, image }, name);
     if (output === undefined) return;
     const said = /(?:FATAL|PANIC):\s*(.*)/.exec(output)?.[1] ?? output.trim().split("\n").slice(-2).join(" ");
-    throw new StepError(`${image} would not start with postgres:settings and the configuration files of "${input.from}": ${said.trim()}; fix the setting or the file and run pulumi up again (the ${role} was not changed).`);
+    throw new StepError(
+        `${image} would not start with postgres:settings and the configuration files of "${input.from}": ${said.trim()}; fix the setting or the file and run pulumi up again (the ${role} was not changed).`,
+    );
 }
 
 /** The server's refusal and last log lines when it did not start, undefined when it did. */
-async function startThrowAway(from: ContainerInfo, input: StartCheckInput & { image: string }, name: string): Promise<string | undefined> {
+async function startThrowAway(
+    from: ContainerInfo,
+    input: StartCheckInput & { image: string },
+    name: string,
+): Promise<string | undefined> {
     const pgdata = pgdataOf(from);
     const mount = mountsHoldingPgdata(from)[0]?.destination ?? pgdata;
     const uid = (await run("docker", ["exec", from.name, "stat", "-c", "%u", pgdata])).stdout.trim();
     const excludes = NOT_CONFIGURATION.map((entry) => `--exclude=./${entry}`);
     let failed: string | undefined;
     await runPiped(
-        (stdout) => run("docker", ["exec", "-u", uid, from.name, "tar", "-c", "-f", "-", "-C", pgdata, ...excludes, "."], { stdout }),
-        (stdin) => run("docker", [
-            "run", "--rm", "-i", "--name", name, "--network", "none", "--user", uid,
-            ...ourLabels("start-check"),
-            "--shm-size", `${shmSizeFor(settingsOf(input.command))}m`, "--tmpfs", `${mount}:uid=${uid},mode=0700`,
-            "-e", `PGDATA=${pgdata}`, "--entrypoint", "sh", input.image, "-c", SCRIPT, "sh", ...input.command, ...NO_ARCHIVING,
-        ], { stdin }).then(() => undefined, (err: Error) => {
-            if (!(err instanceof ProcessError)) throw err;
-            failed = err.stderrTail;
-        }),
+        (stdout) =>
+            run("docker", ["exec", "-u", uid, from.name, "tar", "-c", "-f", "-", "-C", pgdata, ...excludes, "."], {
+                stdout,
+            }),
+        (stdin) =>
+            run(
+                "docker",
+                [
+                    "run",
+                    "--rm",
+                    "-i",
+                    "--name",
+                    name,
+                    "--network",
+                    "none",
+                    "--user",
+                    uid,
+                    ...ourLabels("start-check"),
+                    "--shm-size",
+                    `${shmSizeFor(settingsOf(input.command))}m`,
+                    "--tmpfs",
+                    `${mount}:uid=${uid},mode=0700`,
+                    "-e",
+                    `PGDATA=${pgdata}`,
+                    "--entrypoint",
+                    "sh",
+                    input.image,
+                    "-c",
+                    SCRIPT,
+                    "sh",
+                    ...input.command,
+                    ...NO_ARCHIVING,
+                ],
+                { stdin },
+            ).then(
+                () => undefined,
+                (err: Error) => {
+                    if (!(err instanceof ProcessError)) throw err;
+                    failed = err.stderrTail;
+                },
+            ),
     );
     return failed;
 }

@@ -46,7 +46,11 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     }
     const networks: ContainerInfo["networks"] = {};
     for (const [net, n] of Object.entries<any>(raw.NetworkSettings?.Networks ?? {})) {
-        networks[net] = { aliases: n.Aliases ?? [], ip: n.IPAddress ?? "", staticIp: n.IPAMConfig?.IPv4Address || undefined };
+        networks[net] = {
+            aliases: n.Aliases ?? [],
+            ip: n.IPAddress ?? "",
+            staticIp: n.IPAMConfig?.IPv4Address || undefined,
+        };
     }
     return {
         name: String(raw.Name).replace(/^\//, ""),
@@ -86,10 +90,15 @@ export function mountsHoldingPgdata(info: ContainerInfo): ContainerInfo["mounts"
  * The container by this name, if any, when it is ours in this role (its synapse-postgres.role label); one we did
  * not create is never ours to replace or remove.
  */
-export async function ourContainer(name: string, role: "staging" | "standby" | "start-check"): Promise<ContainerInfo | undefined> {
+export async function ourContainer(
+    name: string,
+    role: "staging" | "standby" | "start-check",
+): Promise<ContainerInfo | undefined> {
     const existing = await inspectContainer(name);
     if (existing && existing.labels[ROLE_LABEL] !== role) {
-        throw new StepError(`A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`);
+        throw new StepError(
+            `A container named "${name}" exists that synapse-postgres did not create; rename or remove it, it is not ours to replace.`,
+        );
     }
     return existing;
 }
@@ -172,7 +181,9 @@ export async function containersUsing(data: DataLocation): Promise<ContainerInfo
         const info = await inspectContainer(id);
         if (!info) continue;
         const uses = info.mounts.some((m) =>
-            data.kind === "volume" ? m.type === "volume" && m.name === data.name : m.type === "bind" && m.source === data.path,
+            data.kind === "volume"
+                ? m.type === "volume" && m.name === data.name
+                : m.type === "bind" && m.source === data.path,
         );
         if (uses) found.push(info);
     }
@@ -184,6 +195,9 @@ export async function containersUsing(data: DataLocation): Promise<ContainerInfo
  * its local id (sha256:...), which `docker run` and postgres:image accept as well.
  */
 export async function pinnedReference(imageId: string): Promise<string> {
-    const digests = await run("docker", ["image", "inspect", "-f", "{{json .RepoDigests}}", imageId]).then((r) => JSON.parse(r.stdout) as string[] | null, () => null);
+    const digests = await run("docker", ["image", "inspect", "-f", "{{json .RepoDigests}}", imageId]).then(
+        (r) => JSON.parse(r.stdout) as string[] | null,
+        () => null,
+    );
     return digests?.[0] ?? imageId;
 }

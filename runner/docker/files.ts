@@ -22,10 +22,18 @@ export async function existsIn(container: string, file: string): Promise<boolean
 /** `docker cp <container>:<path> -`, each chunk of the tar stream to `onChunk`; false when the path is missing. */
 async function copyOut(container: string, path: string, onChunk: (chunk: Buffer) => void): Promise<boolean> {
     try {
-        await run("docker", ["cp", `${container}:${path}`, "-"], { stdout: new Writable({ write(chunk, _enc, done) { onChunk(chunk); done(); } }) });
+        await run("docker", ["cp", `${container}:${path}`, "-"], {
+            stdout: new Writable({
+                write(chunk, _enc, done) {
+                    onChunk(chunk);
+                    done();
+                },
+            }),
+        });
         return true;
     } catch (err) {
-        if (err instanceof ProcessError && /Could not find the file|No such container:path/i.test(err.message)) return false;
+        if (err instanceof ProcessError && /Could not find the file|No such container:path/i.test(err.message))
+            return false;
         throw err;
     }
 }
@@ -36,6 +44,11 @@ async function copyOut(container: string, path: string, onChunk: (chunk: Buffer)
  * copy's input early) leaves the previous file whole, never a torn marker or configuration.
  */
 export async function writeFileIn(container: string, file: string, text: string): Promise<void> {
-    const script = 'cat > "$1.partial" && [ "$(wc -c < "$1.partial")" -eq "$2" ] && sync "$1.partial" && mv -f "$1.partial" "$1" && sync "$(dirname "$1")"';
-    await run("docker", ["exec", "-i", "-u", "postgres", container, "sh", "-c", script, "sh", file, String(Buffer.byteLength(text))], { stdin: text });
+    const script =
+        'cat > "$1.partial" && [ "$(wc -c < "$1.partial")" -eq "$2" ] && sync "$1.partial" && mv -f "$1.partial" "$1" && sync "$(dirname "$1")"';
+    await run(
+        "docker",
+        ["exec", "-i", "-u", "postgres", container, "sh", "-c", script, "sh", file, String(Buffer.byteLength(text))],
+        { stdin: text },
+    );
 }

@@ -45,7 +45,9 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
         return await runChild(cmd, args, opts);
     } finally {
         // Arguments only (never the environment, where passwords travel), shortened.
-        process.stderr.write(`trace +${start - T0}ms ${Date.now() - start}ms ${[cmd, ...args].join(" ").replace(/\s+/g, " ").slice(0, 160)}\n`);
+        process.stderr.write(
+            `trace +${start - T0}ms ${Date.now() - start}ms ${[cmd, ...args].join(" ").replace(/\s+/g, " ").slice(0, 160)}\n`,
+        );
     }
 }
 
@@ -77,7 +79,10 @@ async function runChild(cmd: string, args: string[], opts: RunOptions): Promise<
     const feeding =
         opts.stdin === undefined
             ? Promise.resolve(child.stdin.end())
-            : pipeline(typeof opts.stdin === "string" ? Readable.from([Buffer.from(opts.stdin)]) : opts.stdin, child.stdin);
+            : pipeline(
+                  typeof opts.stdin === "string" ? Readable.from([Buffer.from(opts.stdin)]) : opts.stdin,
+                  child.stdin,
+              );
     const draining = opts.stdout
         ? pipeline(child.stdout, opts.stdout)
         : new Promise<void>((resolve) => {

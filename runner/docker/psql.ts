@@ -12,12 +12,34 @@ const RECORD = "\x1e";
  * rows. Fields and records are split on ASCII separators, so text with commas or newlines survives. `socketDir`
  * for a server whose socket is not in psql's default folder (pg_upgrade's standby).
  */
-export async function query(container: string, user: string, sql: string, database = "postgres", socketDir?: string): Promise<string[][]> {
+export async function query(
+    container: string,
+    user: string,
+    sql: string,
+    database = "postgres",
+    socketDir?: string,
+): Promise<string[][]> {
     const { stdout } = await run("docker", [
-        "exec", container,
-        "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+        "exec",
+        container,
+        "psql",
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
         ...(socketDir ? ["-h", socketDir] : []),
-        "-F", FIELD, "-R", RECORD, "-U", user, "-d", dbConninfo(database), "-c", sql,
+        "-F",
+        FIELD,
+        "-R",
+        RECORD,
+        "-U",
+        user,
+        "-d",
+        dbConninfo(database),
+        "-c",
+        sql,
     ]);
     const text = stdout.replace(/\n$/, "");
     if (text === "") return [];
@@ -29,13 +51,33 @@ export async function query(container: string, user: string, sql: string, databa
  * superuser cannot reach over the socket (a pg_hba.conf rule of the user's) is named in one sentence: the upgrade
  * reads every database so (the write horizon, verify), so it cannot go on without it.
  */
-export async function queryEachDatabase(container: string, user: string, sql: string, socketDir?: string): Promise<{ database: string; rows: string[][] }[]> {
-    const databases = (await query(container, user, "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1", "postgres", socketDir)).map(([d]) => d);
-    const read = await Promise.allSettled(databases.map((database) => query(container, user, sql, database, socketDir)));
+export async function queryEachDatabase(
+    container: string,
+    user: string,
+    sql: string,
+    socketDir?: string,
+): Promise<{ database: string; rows: string[][] }[]> {
+    const databases = (
+        await query(
+            container,
+            user,
+            "SELECT datname FROM pg_database WHERE datallowconn ORDER BY 1",
+            "postgres",
+            socketDir,
+        )
+    ).map(([d]) => d);
+    const read = await Promise.allSettled(
+        databases.map((database) => query(container, user, sql, database, socketDir)),
+    );
     const unread = databases.filter((_, i) => read[i].status === "rejected");
     if (unread.length > 0) {
-        const reason = ((read.find((r) => r.status === "rejected") as PromiseRejectedResult).reason as Error).message.trim().split("\n").pop();
-        throw new StepError(`"${container}" refuses its superuser ${user} a local connection to the database(s) ${unread.join(", ")} (${reason}), and the upgrade reads every database so: allow it there in pg_hba.conf and run pulumi up again.`);
+        const reason = ((read.find((r) => r.status === "rejected") as PromiseRejectedResult).reason as Error).message
+            .trim()
+            .split("\n")
+            .pop();
+        throw new StepError(
+            `"${container}" refuses its superuser ${user} a local connection to the database(s) ${unread.join(", ")} (${reason}), and the upgrade reads every database so: allow it there in pg_hba.conf and run pulumi up again.`,
+        );
     }
     return databases.map((database, i) => ({ database, rows: (read[i] as PromiseFulfilledResult<string[][]>).value }));
 }
@@ -46,17 +88,51 @@ export async function queryEachDatabase(container: string, user: string, sql: st
  * also ends a record here: for values without newlines (names, numbers, settings). A nested psql gets the same
  * separators with \pset fieldsep '\x1f' and recordsep '\x1e'.
  */
-export async function queryScript(container: string, user: string, script: string, database = "postgres"): Promise<{ rows: string[][]; stderr: string }> {
-    const { stdout, stderr } = await run("docker", [
-        "exec", "-i", container,
-        "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-        "-F", FIELD, "-R", RECORD, "-U", user, "-d", dbConninfo(database),
-    ], { stdin: script });
-    return { rows: stdout.split(new RegExp(`${RECORD}|\n`)).filter((r) => r !== "").map((r) => r.split(FIELD)), stderr };
+export async function queryScript(
+    container: string,
+    user: string,
+    script: string,
+    database = "postgres",
+): Promise<{ rows: string[][]; stderr: string }> {
+    const { stdout, stderr } = await run(
+        "docker",
+        [
+            "exec",
+            "-i",
+            container,
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-F",
+            FIELD,
+            "-R",
+            RECORD,
+            "-U",
+            user,
+            "-d",
+            dbConninfo(database),
+        ],
+        { stdin: script },
+    );
+    return {
+        rows: stdout
+            .split(new RegExp(`${RECORD}|\n`))
+            .filter((r) => r !== "")
+            .map((r) => r.split(FIELD)),
+        stderr,
+    };
 }
 
 export async function serverVersion(container: string, user: string): Promise<{ text: string; major: number }> {
-    const [[num, text]] = await query(container, user, "SELECT current_setting('server_version_num'), current_setting('server_version')");
+    const [[num, text]] = await query(
+        container,
+        user,
+        "SELECT current_setting('server_version_num'), current_setting('server_version')",
+    );
     return { text, major: Math.floor(Number(num) / 10000) };
 }
 
@@ -75,7 +151,20 @@ export async function waitUntilAccepting(container: string, user: string, timeou
             throw new StepError(`PostgreSQL in "${container}" stopped while starting: ${logs}`);
         }
         try {
-            await run("docker", ["exec", container, "psql", "-X", "-h", "127.0.0.1", "-U", user, "-d", "postgres", "-Atc", "SELECT 1"]);
+            await run("docker", [
+                "exec",
+                container,
+                "psql",
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-Atc",
+                "SELECT 1",
+            ]);
             return;
         } catch (err) {
             last = (err as Error).message;
@@ -83,11 +172,14 @@ export async function waitUntilAccepting(container: string, user: string, timeou
         // Often: during an upgrade's downtime each wait for a server is on the clock (a check is ~0.07 s).
         await sleep(100);
     }
-    throw new StepError(`PostgreSQL in "${container}" did not accept connections within ${timeoutSeconds} s (${last}).`);
+    throw new StepError(
+        `PostgreSQL in "${container}" did not accept connections within ${timeoutSeconds} s (${last}).`,
+    );
 }
 
 /** What psql says while a server is still starting (or not listening yet), as opposed to a real refusal. */
-const NOT_YET_ACCEPTING = /starting up|not yet accepting|could not connect|Connection refused|No such file or directory/;
+const NOT_YET_ACCEPTING =
+    /starting up|not yet accepting|could not connect|Connection refused|No such file or directory/;
 
 /**
  * Runs `work` against the container's server; when that fails because the server is not up yet, waits until it

@@ -66,7 +66,15 @@ export interface DumpManifest {
     sha256: string;
     createdAt: string;
     /** The old cluster; `pinned` names exactly the image that wrote its data (recorded for a revert). */
-    source: { container: string; image: string; imageId: string; pinned?: string; version: string; major: number; superuser: string };
+    source: {
+        container: string;
+        image: string;
+        imageId: string;
+        pinned?: string;
+        version: string;
+        major: number;
+        superuser: string;
+    };
     tool: { image: string };
     databases: DatabaseLocale[];
     /** On-disk size of the old cluster's databases: what the restore's progress is measured against. */
@@ -99,7 +107,8 @@ export function dumpPathOf(outDir: string, name: string, method: DumpMethod): st
 
 export async function listDatabases(container: string, user: string): Promise<DatabaseLocale[]> {
     const rows = await query(
-        container, user,
+        container,
+        user,
         "SELECT datname, pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database ORDER BY datname",
     );
     return rows.map(([name, encoding, collate, ctype]) => ({ name, encoding, collate, ctype }));
@@ -116,7 +125,8 @@ export async function databasesSize(container: string, user: string): Promise<nu
  */
 export async function ensureBackupDir(outDir: string): Promise<boolean> {
     const stat = await fs.stat(outDir).catch(() => undefined);
-    if (stat && !stat.isDirectory()) throw new StepError(`postgres:backupDir ${outDir} is not a folder; set it to a folder for the dump.`);
+    if (stat && !stat.isDirectory())
+        throw new StepError(`postgres:backupDir ${outDir} is not a folder; set it to a folder for the dump.`);
     if (stat) return false;
     await fs.mkdir(outDir, { recursive: true, mode: 0o700 });
     await fs.chmod(outDir, 0o700);
@@ -126,7 +136,10 @@ export async function ensureBackupDir(outDir: string): Promise<boolean> {
 /** Refuses before writing anything when backupDir is missing or too small for the dump. */
 export async function checkBackupSpace(outDir: string, needed: number): Promise<void> {
     const stat = await fs.stat(outDir).catch(() => undefined);
-    if (!stat?.isDirectory()) throw new StepError(`The backup folder ${outDir} does not exist; create it (mode 0700) or set postgres:backupDir to an existing folder.`);
+    if (!stat?.isDirectory())
+        throw new StepError(
+            `The backup folder ${outDir} does not exist; create it (mode 0700) or set postgres:backupDir to an existing folder.`,
+        );
     const free = await freeBytes(outDir);
     if (free < needed) {
         throw new StepError(
@@ -137,10 +150,15 @@ export async function checkBackupSpace(outDir: string, needed: number): Promise<
 
 export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
     const info = await requireContainer(input.container, "old");
-    if (!info.running) throw new StepError(`The old container "${input.container}" is not running, so there is nothing to dump from; start it first.`);
+    if (!info.running)
+        throw new StepError(
+            `The old container "${input.container}" is not running, so there is nothing to dump from; start it first.`,
+        );
     const method = input.method ?? "directory";
     const superuser = superuserOf(info);
-    const { fence, copyPoint } = input.fence ? await takeCopyPoint(info, superuser) : { fence: undefined, copyPoint: undefined };
+    const { fence, copyPoint } = input.fence
+        ? await takeCopyPoint(info, superuser)
+        : { fence: undefined, copyPoint: undefined };
     const version = await serverVersion(input.container, superuser);
     const databases = await listDatabases(input.container, superuser);
     const outDir = path.resolve(input.outDir);
@@ -168,11 +186,18 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
         }
     } catch (err) {
         await fs.rm(partialPath, { recursive: true, force: true });
-        if ((err as NodeJS.ErrnoException).code === "ENOSPC" || /No space left on device/.test((err as Error).message)) {
-            throw new StepError(`The backup folder ${outDir} ran out of space during the dump; the partial dump was removed and nothing else changed.`);
+        if (
+            (err as NodeJS.ErrnoException).code === "ENOSPC" ||
+            /No space left on device/.test((err as Error).message)
+        ) {
+            throw new StepError(
+                `The backup folder ${outDir} ran out of space during the dump; the partial dump was removed and nothing else changed.`,
+            );
         }
         if (err instanceof StepError) throw err;
-        throw new StepError(`The dump of "${input.container}" failed; the partial dump was removed and nothing else changed: ${(err as Error).message}`);
+        throw new StepError(
+            `The dump of "${input.container}" failed; the partial dump was removed and nothing else changed: ${(err as Error).message}`,
+        );
     } finally {
         if (passfile) await fs.rm(path.dirname(passfile), { recursive: true, force: true });
     }
@@ -190,9 +215,19 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
         dump: path.relative(outDir, finalPath),
         files,
         bytes,
-        sha256: createHash("sha256").update(files.map((f) => `${f.sha256}  ${f.path}\n`).join("")).digest("hex"),
+        sha256: createHash("sha256")
+            .update(files.map((f) => `${f.sha256}  ${f.path}\n`).join(""))
+            .digest("hex"),
         createdAt: new Date().toISOString(),
-        source: { container: info.name, image: info.image, imageId: info.imageId, pinned: await pinnedReference(info.imageId), version: version.text, major: version.major, superuser },
+        source: {
+            container: info.name,
+            image: info.image,
+            imageId: info.imageId,
+            pinned: await pinnedReference(info.imageId),
+            version: version.text,
+            major: version.major,
+            superuser,
+        },
         tool: { image: toolImage },
         databases,
         databasesBytes,
@@ -234,8 +269,18 @@ async function writePassfile(password: string): Promise<string> {
  * (trusted by the official image) and nothing is published. As the calling user, so what it writes is ours.
  */
 function toolArgs(tool: DumpTool, entrypoint: string, extra: string[] = []): string[] {
-    const args = ["run", "--rm", "--network", `container:${tool.container}`, "--entrypoint", entrypoint,
-        "--label", `${MANAGED_LABEL}=true`, "--label", `${TOOL_OF_LABEL}=${tool.container}/${tool.dump}`];
+    const args = [
+        "run",
+        "--rm",
+        "--network",
+        `container:${tool.container}`,
+        "--entrypoint",
+        entrypoint,
+        "--label",
+        `${MANAGED_LABEL}=true`,
+        "--label",
+        `${TOOL_OF_LABEL}=${tool.container}/${tool.dump}`,
+    ];
     if (process.getuid && process.getgid) args.push("--user", `${process.getuid()}:${process.getgid()}`);
     if (tool.passfile) args.push("-v", `${tool.passfile}:${PASSFILE_MOUNT}:ro`, "-e", `PGPASSFILE=${PASSFILE_MOUNT}`);
     return [...args, ...extra, tool.image, "-h", "127.0.0.1", "-U", tool.superuser, "--no-password"];
@@ -253,7 +298,13 @@ async function removeLeftoverTools(toolOf: string): Promise<void> {
 }
 
 /** Streams one pg_dumpall invocation into a 0600 file, checking for its completion line when `complete`. */
-async function pgDumpAllTo(tool: DumpTool, file: string, args: string[], progress?: Progress, complete = true): Promise<void> {
+async function pgDumpAllTo(
+    tool: DumpTool,
+    file: string,
+    args: string[],
+    progress?: Progress,
+    complete = true,
+): Promise<void> {
     let bytes = 0;
     let tail = "";
     const meter = new Transform({
@@ -268,12 +319,16 @@ async function pgDumpAllTo(tool: DumpTool, file: string, args: string[], progres
     const out = createWriteStream(file, { mode: 0o600 });
     // A write error (ENOSPC) destroys the meter, which closes pg_dumpall's stdout: it stops instead of blocking.
     const writing = pipeline(meter, out);
-    const dumping = run("docker", [...toolArgs(tool, "pg_dumpall"), "--quote-all-identifiers", ...args], { stdout: meter });
+    const dumping = run("docker", [...toolArgs(tool, "pg_dumpall"), "--quote-all-identifiers", ...args], {
+        stdout: meter,
+    });
     const [written, dumped] = await Promise.allSettled([writing, dumping]);
     if (written.status === "rejected") throw written.reason;
     if (dumped.status === "rejected") throw dumped.reason;
     if (complete && !tail.includes(COMPLETION_LINE)) {
-        throw new StepError(`pg_dumpall of "${tool.container}" ended without its completion line after ${formatBytes(bytes)}.`);
+        throw new StepError(
+            `pg_dumpall of "${tool.container}" ended without its completion line after ${formatBytes(bytes)}.`,
+        );
     }
 }
 
@@ -281,12 +336,25 @@ async function dumpAllToFile(tool: DumpTool, file: string, progress: Progress): 
     await pgDumpAllTo(tool, file, [], progress);
 }
 
-async function dumpToDirectory(tool: DumpTool, databases: DatabaseLocale[], dir: string, jobs: number, progress: Progress): Promise<Record<string, string>> {
+async function dumpToDirectory(
+    tool: DumpTool,
+    databases: DatabaseLocale[],
+    dir: string,
+    jobs: number,
+    progress: Progress,
+): Promise<Record<string, string>> {
     await fs.mkdir(dir, { mode: 0o700 });
     // Roles with their password hashes, tablespaces; no completion line is written in globals-only mode.
     await pgDumpAllTo(tool, path.join(dir, "globals.sql"), ["--globals-only"], undefined, false);
     const dirs: Record<string, string> = {};
-    const watcher = setInterval(() => folderSize(dir).then((n) => progress.update(n), () => undefined), 1000);
+    const watcher = setInterval(
+        () =>
+            folderSize(dir).then(
+                (n) => progress.update(n),
+                () => undefined,
+            ),
+        1000,
+    );
     try {
         // template0 is never dumped; template1 carries nothing Synapse needs and is recreated by initdb.
         for (const [i, db] of databases.filter((d) => d.name !== "template0" && d.name !== "template1").entries()) {
@@ -295,8 +363,13 @@ async function dumpToDirectory(tool: DumpTool, databases: DatabaseLocale[], dir:
             dirs[db.name] = sub;
             await run("docker", [
                 ...toolArgs(tool, "pg_dump", ["-v", `${dir}:/out`]),
-                "--format=directory", "--compress=0", `--jobs=${jobs}`, "--quote-all-identifiers",
-                "--file", `/out/${sub}`, `--dbname=${dbConninfo(db.name)}`,
+                "--format=directory",
+                "--compress=0",
+                `--jobs=${jobs}`,
+                "--quote-all-identifiers",
+                "--file",
+                `/out/${sub}`,
+                `--dbname=${dbConninfo(db.name)}`,
             ]);
         }
     } finally {
@@ -308,7 +381,8 @@ async function dumpToDirectory(tool: DumpTool, databases: DatabaseLocale[], dir:
 async function folderSize(dir: string): Promise<number> {
     let total = 0;
     for (const entry of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
-        if (entry.isFile()) total += (await fs.stat(path.join(entry.parentPath ?? (entry as any).path, entry.name))).size;
+        if (entry.isFile())
+            total += (await fs.stat(path.join(entry.parentPath ?? (entry as any).path, entry.name))).size;
     }
     return total;
 }
@@ -352,22 +426,31 @@ export async function checkDump(dumpPath: string): Promise<DumpManifest> {
     const manifestPath = manifestPathOf(dumpPath);
     const manifestText = await fs.readFile(manifestPath, "utf8").catch(() => undefined);
     if (manifestText === undefined) {
-        throw new StepError(`The dump ${dumpPath} has no manifest (${path.basename(manifestPath)}), so it may be incomplete; run the dump step again.`);
+        throw new StepError(
+            `The dump ${dumpPath} has no manifest (${path.basename(manifestPath)}), so it may be incomplete; run the dump step again.`,
+        );
     }
     const manifest: DumpManifest = JSON.parse(manifestText);
     const outDir = path.dirname(manifestPath);
     for (const f of manifest.files) {
         const file = path.join(outDir, f.path);
         const stat = await fs.stat(file).catch(() => undefined);
-        if (!stat) throw new StepError(`The dump file ${file} is missing although the manifest lists it; run the dump step again.`);
+        if (!stat)
+            throw new StepError(
+                `The dump file ${file} is missing although the manifest lists it; run the dump step again.`,
+            );
         if (stat.size !== f.bytes) {
-            throw new StepError(`The dump file ${file} is ${stat.size} bytes but the manifest says ${f.bytes}: it was truncated or changed; run the dump step again.`);
+            throw new StepError(
+                `The dump file ${file} is ${stat.size} bytes but the manifest says ${f.bytes}: it was truncated or changed; run the dump step again.`,
+            );
         }
     }
     for (const f of manifest.files) {
         const file = path.join(outDir, f.path);
         if ((await hashFile(file)).sha256 !== f.sha256) {
-            throw new StepError(`The dump file ${file} does not match the sha256 in its manifest: it was corrupted or changed; run the dump step again.`);
+            throw new StepError(
+                `The dump file ${file} does not match the sha256 in its manifest: it was corrupted or changed; run the dump step again.`,
+            );
         }
     }
     return manifest;

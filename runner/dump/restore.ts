@@ -12,7 +12,15 @@ import { DataLocation, formatDataLocation } from "../target/layout";
 import { run, runPiped, ProcessError } from "../docker/process";
 import { Progress } from "./progress";
 import { StepError } from "../step-error";
-import { advanceMarker, emptyTarget, makeRoomForStaging, Marker, ourStaging, readTargetState, writeMarkerIn } from "../target/markers";
+import {
+    advanceMarker,
+    emptyTarget,
+    makeRoomForStaging,
+    Marker,
+    ourStaging,
+    readTargetState,
+    writeMarkerIn,
+} from "../target/markers";
 import * as path from "node:path";
 import { PhaseClock, rehashLoginRole, startStagingContainer } from "../target/staging";
 
@@ -74,13 +82,20 @@ async function explainFailure(input: RestoreInput, err: unknown): Promise<unknow
     const info = await inspectContainer(input.container).catch(() => undefined);
     // The server's line that says so comes before its shutdown lines: read enough of the log to find it.
     const log = info ? await containerLogTail(input.container, 40).catch(() => "") : "";
-    const full = `${(err as Error)?.message ?? ""}\n${log}`.split(/\n| \| /).find((l) => /No space left on device|could not extend file/.test(l));
+    const full = `${(err as Error)?.message ?? ""}\n${log}`
+        .split(/\n| \| /)
+        .find((l) => /No space left on device|could not extend file/.test(l));
     if (full) {
         await removeContainer(input.container).catch(() => undefined);
         // Only what this restore made: its own marker (or none yet, on the location makeRoomForStaging emptied).
         const state = await readTargetState(input.data, input.major, input.image).catch(() => undefined);
         const ours = state !== undefined && (!state.marker || state.marker.state === "restoring");
-        const emptied = ours && (await emptyTarget(input.data, input.major, input.image).then(() => true, () => false));
+        const emptied =
+            ours &&
+            (await emptyTarget(input.data, input.major, input.image).then(
+                () => true,
+                () => false,
+            ));
         return new StepError(
             `The new cluster's disk (${formatDataLocation(input.data)}) filled up during the restore; ${emptied ? "the partial copy was removed to give the space back" : "the partial copy could not be removed, free the space by hand"}, the old cluster is unchanged, and the next run starts the restore again once there is room (${full.trim()}).`,
         );
@@ -91,12 +106,20 @@ async function explainFailure(input: RestoreInput, err: unknown): Promise<unknow
         );
     }
     if (err instanceof ProcessError) {
-        return new StepError(`The restore into "${input.container}" failed; the old cluster is unchanged and the next run starts the restore again: ${err.message}`);
+        return new StepError(
+            `The restore into "${input.container}" failed; the old cluster is unchanged and the next run starts the restore again: ${err.message}`,
+        );
     }
     return err;
 }
 
-async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, superuser: string, phases: PhaseClock, setAsideTo: string | undefined): Promise<RestoreResult> {
+async function loadIntoStaging(
+    input: RestoreInput,
+    manifest: DumpManifest,
+    superuser: string,
+    phases: PhaseClock,
+    setAsideTo: string | undefined,
+): Promise<RestoreResult> {
     await startStaging(input, manifest);
     phases.lap("new server initialised");
     const now = new Date().toISOString();
@@ -105,7 +128,12 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
         state: "restoring",
         major: input.major,
         method: manifest.method,
-        source: { container: manifest.source.container, version: manifest.source.version, imageId: manifest.source.imageId, pinned: manifest.source.pinned },
+        source: {
+            container: manifest.source.container,
+            version: manifest.source.version,
+            imageId: manifest.source.imageId,
+            pinned: manifest.source.pinned,
+        },
         dump: { path: input.dumpPath, sha256: manifest.sha256 },
         // The copy point is where the dump step fenced the old cluster, just before the dump began.
         copiedAt: manifest.copyPoint?.at ?? manifest.createdAt,
@@ -118,16 +146,32 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
     // memory. Safe because a failed or interrupted restore is thrown away and redone from the dump, and the old
     // cluster is never touched. All of them take effect on reload, so the server is not restarted.
     await setSettings(input.container, superuser, RESTORE_ONLY_SETTINGS);
-    const filtered = manifest.method === "dumpall" ? await loadScript(input, manifest) : await loadDirectory(input, manifest);
+    const filtered =
+        manifest.method === "dumpall" ? await loadScript(input, manifest) : await loadDirectory(input, manifest);
     phases.lap("data and indexes loaded");
     // A dump carries no planner statistics: without this Synapse's first queries on the new cluster crawl.
-    await run("docker", ["exec", input.container, "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+    await run("docker", [
+        "exec",
+        input.container,
+        "vacuumdb",
+        "-U",
+        superuser,
+        "--all",
+        "--analyze-only",
+        "--quiet",
+        "--jobs",
+        "2",
+    ]);
     phases.lap("statistics gathered");
     const rehashed = await rehashLoginRole(input, superuser);
 
     // Back to normal settings; CHECKPOINT writes every dirty page and sync makes all of it durable, including
     // what was written while fsync was off.
-    await setSettings(input.container, superuser, RESTORE_ONLY_SETTINGS.map(([name]) => [name, undefined]));
+    await setSettings(
+        input.container,
+        superuser,
+        RESTORE_ONLY_SETTINGS.map(([name]) => [name, undefined]),
+    );
     await query(input.container, superuser, "CHECKPOINT");
     await run("docker", ["exec", input.container, "sync"]);
     phases.lap("made durable");
@@ -142,15 +186,28 @@ async function loadIntoStaging(input: RestoreInput, manifest: DumpManifest, supe
  * their COPY, so their data is WAL-logged either way.
  */
 export const RESTORE_ONLY_SETTINGS: [string, string][] = [
-    ["fsync", "off"], ["full_page_writes", "off"], ["synchronous_commit", "off"], ["autovacuum", "off"],
-    ["maintenance_work_mem", "512MB"], ["max_wal_size", "16GB"], ["checkpoint_timeout", "1h"],
+    ["fsync", "off"],
+    ["full_page_writes", "off"],
+    ["synchronous_commit", "off"],
+    ["autovacuum", "off"],
+    ["maintenance_work_mem", "512MB"],
+    ["max_wal_size", "16GB"],
+    ["checkpoint_timeout", "1h"],
     ["max_parallel_maintenance_workers", "2"],
 ];
 
 /** ALTER SYSTEM SET (or RESET, for an undefined value) and reload. */
-export async function setSettings(container: string, user: string, settings: [string, string | undefined][]): Promise<void> {
+export async function setSettings(
+    container: string,
+    user: string,
+    settings: [string, string | undefined][],
+): Promise<void> {
     for (const [name, value] of settings) {
-        await query(container, user, value === undefined ? `ALTER SYSTEM RESET ${name}` : `ALTER SYSTEM SET ${name} = '${value}'`);
+        await query(
+            container,
+            user,
+            value === undefined ? `ALTER SYSTEM RESET ${name}` : `ALTER SYSTEM SET ${name} = '${value}'`,
+        );
     }
     await query(container, user, "SELECT pg_reload_conf()");
 }
@@ -168,7 +225,22 @@ async function startStaging(input: RestoreInput, manifest: DumpManifest): Promis
 const DUMP_MOUNT = "/dump";
 
 function psqlArgs(input: RestoreInput, superuser: string, database: string): string[] {
-    return ["exec", "-i", input.container, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", dbConninfo(database), "-o", "/dev/null"];
+    return [
+        "exec",
+        "-i",
+        input.container,
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-U",
+        superuser,
+        "-d",
+        dbConninfo(database),
+        "-o",
+        "/dev/null",
+    ];
 }
 
 /** Turns a failed load into the step's one sentence; the old cluster is never involved in a restore. */
@@ -214,7 +286,9 @@ async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promi
     };
     const globals = new DumpFilter(su);
     try {
-        await run("docker", psqlArgs(input, su, "postgres"), { stdin: createReadStream(path.join(input.dumpPath, "globals.sql")).pipe(globals) });
+        await run("docker", psqlArgs(input, su, "postgres"), {
+            stdin: createReadStream(path.join(input.dumpPath, "globals.sql")).pipe(globals),
+        });
     } catch (err) {
         restoreFailed(input, "the roles (globals.sql)", err);
     }
@@ -236,14 +310,31 @@ async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promi
             const create = db === "postgres" ? [] : ["--create"];
             const schema = new DumpFilter(su);
             await runPiped(
-                (stdout) => run("docker", ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir], { stdout }),
+                (stdout) =>
+                    run(
+                        "docker",
+                        ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir],
+                        { stdout },
+                    ),
                 (stdin) => run("docker", psqlArgs(input, su, "postgres"), { stdin }),
                 schema,
             ).catch((err) => restoreFailed(input, `the schema of ${db}`, err));
             add(schema.counts);
             for (const section of ["data", "post-data"]) {
                 try {
-                    await run("docker", ["exec", input.container, "pg_restore", `--section=${section}`, "--jobs=2", "--exit-on-error", "-U", su, "-d", dbConninfo(db), dir]);
+                    await run("docker", [
+                        "exec",
+                        input.container,
+                        "pg_restore",
+                        `--section=${section}`,
+                        "--jobs=2",
+                        "--exit-on-error",
+                        "-U",
+                        su,
+                        "-d",
+                        dbConninfo(db),
+                        dir,
+                    ]);
                 } catch (err) {
                     restoreFailed(input, `the ${section} of ${db}`, err);
                 }

@@ -10,7 +10,12 @@ import { queryEachDatabase } from "../docker/psql";
 const USER_COLUMNS = "attrelid >= 16384 AND attoptions::text LIKE '%pg\\_attver=%'";
 
 /** The sum, over every database, of the number the query's last row ends with. */
-async function sumOverDatabases(container: string, superuser: string, sql: string, socketDir?: string): Promise<number> {
+async function sumOverDatabases(
+    container: string,
+    superuser: string,
+    sql: string,
+    socketDir?: string,
+): Promise<number> {
     const results = await queryEachDatabase(container, superuser, sql, socketDir);
     return results.reduce((sum, { rows }) => sum + Number(rows[rows.length - 1][0]), 0);
 }
@@ -22,9 +27,14 @@ export function countAttver(container: string, superuser: string, socketDir?: st
 
 /** Clears the marker from every user column of a cluster that is ours to change (the promoted standby). */
 export function clearAttver(container: string, superuser: string, socketDir?: string): Promise<number> {
-    return sumOverDatabases(container, superuser, `SET allow_system_table_mods = on;
+    return sumOverDatabases(
+        container,
+        superuser,
+        `SET allow_system_table_mods = on;
         WITH cleared AS (
             UPDATE pg_attribute SET attoptions = NULLIF(array(SELECT o FROM unnest(attoptions) o WHERE o NOT LIKE 'pg\\_attver=%'), '{}')
             WHERE ${USER_COLUMNS} RETURNING 1)
-        SELECT count(*) FROM cleared`, socketDir);
+        SELECT count(*) FROM cleared`,
+        socketDir,
+    );
 }

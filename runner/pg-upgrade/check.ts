@@ -71,22 +71,70 @@ export async function requirePgUpgradeCompatible(input: PgUpgradeCheckInput): Pr
     const name = pgUpgradeCheckName(input.staging);
     // One left by a killed step: created or running on, holding the new location and the name.
     if (await ourContainer(name, "staging")) await removeContainer(name);
-    const exited = await run("docker", [
-        "run", "--rm", "--init", "--name", name, "--network", `container:${old.name}`, "--user", "postgres",
-        ...ourLabels("staging"), "-e", "PGPASSWORD", "-e", `NEW_PGDATA=${layout.pgdata}`,
-        ...mountsHoldingPgdata(old).flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}:ro`]),
-        "-v", `${formatDataLocation(input.data)}:${layout.mountTarget}`, "-v", `${input.binaries}:${OLD_ROOT}:ro`,
-        "--workdir", "/tmp", "--entrypoint", "sh", input.image, "-c", SCRIPT, "sh", `${OLD_DATA}${pgdata}`,
-        "--old-bindir", WRAPPERS, "--new-datadir", layout.pgdata, "--username", input.superuser, "--socketdir", "/tmp",
-        `--new-options=${NO_ARCHIVING.join(" ")}`,
-    ], { stdout: log, env: { PGPASSWORD: input.password } }).then(() => undefined, (err: Error) => err);
+    const exited = await run(
+        "docker",
+        [
+            "run",
+            "--rm",
+            "--init",
+            "--name",
+            name,
+            "--network",
+            `container:${old.name}`,
+            "--user",
+            "postgres",
+            ...ourLabels("staging"),
+            "-e",
+            "PGPASSWORD",
+            "-e",
+            `NEW_PGDATA=${layout.pgdata}`,
+            ...mountsHoldingPgdata(old).flatMap((m) => [
+                "-v",
+                `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}:ro`,
+            ]),
+            "-v",
+            `${formatDataLocation(input.data)}:${layout.mountTarget}`,
+            "-v",
+            `${input.binaries}:${OLD_ROOT}:ro`,
+            "--workdir",
+            "/tmp",
+            "--entrypoint",
+            "sh",
+            input.image,
+            "-c",
+            SCRIPT,
+            "sh",
+            `${OLD_DATA}${pgdata}`,
+            "--old-bindir",
+            WRAPPERS,
+            "--new-datadir",
+            layout.pgdata,
+            "--username",
+            input.superuser,
+            "--socketdir",
+            "/tmp",
+            `--new-options=${NO_ARCHIVING.join(" ")}`,
+        ],
+        { stdout: log, env: { PGPASSWORD: input.password } },
+    ).then(
+        () => undefined,
+        (err: Error) => err,
+    );
     if (exited && !(exited instanceof ProcessError)) throw exited;
     const listed = listedItems(log.lines.filter((l) => l.startsWith(LISTED)).map((l) => l.slice(LISTED.length).trim()));
-    const said = pgUpgradeFailure(log.lines.filter((l) => !l.startsWith(LISTED) && l.trim() !== "Failure, exiting"), exited !== undefined);
+    const said = pgUpgradeFailure(
+        log.lines.filter((l) => !l.startsWith(LISTED) && l.trim() !== "Failure, exiting"),
+        exited !== undefined,
+    );
     if (said === undefined) return;
     // The list pg_upgrade names by a file in the folder just removed: given here instead.
-    const reason = listed.length > 0 ? said.replace(/ is in the file: \S*pg_upgrade_output\.d\/\S+/, `: ${listed.join(", ")}`) : said;
-    throw new StepError(`pg_upgrade --check of ${input.image} refuses the old cluster before the downtime, with Synapse serving on: ${reason}; fix it in the old cluster and run pulumi up again, or set postgres:method to directory.`);
+    const reason =
+        listed.length > 0
+            ? said.replace(/ is in the file: \S*pg_upgrade_output\.d\/\S+/, `: ${listed.join(", ")}`)
+            : said;
+    throw new StepError(
+        `pg_upgrade --check of ${input.image} refuses the old cluster before the downtime, with Synapse serving on: ${reason}; fix it in the old cluster and run pulumi up again, or set postgres:method to directory.`,
+    );
 }
 
 /** pg_upgrade's list files name a database on a line of its own, then its items: each item with its database. */

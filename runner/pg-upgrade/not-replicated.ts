@@ -51,7 +51,14 @@ ORDER BY 1`;
 /** Every database's unlogged tables (and whether they hold rows) and sequences (and where they stand). */
 export async function relationsNotReplicated(container: string, superuser: string): Promise<Relation[]> {
     return (await queryEachDatabase(container, superuser, INVENTORY)).flatMap(({ database, rows }) =>
-        rows.map(([name, kind, unlogged, content]) => ({ database, name, kind: kind as Relation["kind"], unlogged: unlogged === "t", content })));
+        rows.map(([name, kind, unlogged, content]) => ({
+            database,
+            name,
+            kind: kind as Relation["kind"],
+            unlogged: unlogged === "t",
+            content,
+        })),
+    );
 }
 
 /** For prepare's report: the unlogged relations a standby will hold empty, in words ("" when there are none). */
@@ -66,37 +73,103 @@ export function describeUnlogged(found: Relation[]): string {
  * unlogged tables' rows by COPY, every sequence's position by setval (one statement per database).
  * `found` was read on the old server after writes stopped.
  */
-export async function carryNotReplicated(found: Relation[], old: string, oldSuperuser: string, target: string, superuser: string): Promise<Carried> {
-    const carried: Carried = { unlogged: found.filter((r) => r.unlogged).map((r) => `${r.database}.${r.name}`), tables: [], emptyTables: 0, sequences: 0 };
+export async function carryNotReplicated(
+    found: Relation[],
+    old: string,
+    oldSuperuser: string,
+    target: string,
+    superuser: string,
+): Promise<Carried> {
+    const carried: Carried = {
+        unlogged: found.filter((r) => r.unlogged).map((r) => `${r.database}.${r.name}`),
+        tables: [],
+        emptyTables: 0,
+        sequences: 0,
+    };
     const sequencesByDatabase = new Map<string, Relation[]>();
     for (const r of found) {
-        if (r.kind === "sequence") sequencesByDatabase.set(r.database, [...(sequencesByDatabase.get(r.database) ?? []), r]);
+        if (r.kind === "sequence")
+            sequencesByDatabase.set(r.database, [...(sequencesByDatabase.get(r.database) ?? []), r]);
     }
-    await Promise.all([...sequencesByDatabase].map(async ([database, sequences]) => {
-        const values = sequences.map((s) => {
-            const [last, called] = s.content.split(",");
-            return `(${quoteLiteral(s.name)}, ${quoteLiteral(last)}::bigint, ${called === "true"})`;
-        });
-        await query(target, superuser, `SELECT count(setval(s::regclass, v, c)) FROM (VALUES ${values.join(", ")}) AS t(s, v, c)`, database);
-        carried.sequences += sequences.length;
-    }));
+    await Promise.all(
+        [...sequencesByDatabase].map(async ([database, sequences]) => {
+            const values = sequences.map((s) => {
+                const [last, called] = s.content.split(",");
+                return `(${quoteLiteral(s.name)}, ${quoteLiteral(last)}::bigint, ${called === "true"})`;
+            });
+            await query(
+                target,
+                superuser,
+                `SELECT count(setval(s::regclass, v, c)) FROM (VALUES ${values.join(", ")}) AS t(s, v, c)`,
+                database,
+            );
+            carried.sequences += sequences.length;
+        }),
+    );
     for (const r of found.filter((t) => t.kind === "table")) {
-        if (r.content === "true") carried.tables.push({ name: `${r.database}.${r.name}`, rows: await copyTable(r, old, oldSuperuser, target, superuser) });
+        if (r.content === "true")
+            carried.tables.push({
+                name: `${r.database}.${r.name}`,
+                rows: await copyTable(r, old, oldSuperuser, target, superuser),
+            });
         else carried.emptyTables++;
     }
     return carried;
 }
 
 /** One table's rows, old server to new, as text COPY through a pipe (never held in memory). */
-async function copyTable(r: Relation, old: string, oldSuperuser: string, target: string, superuser: string): Promise<number> {
+async function copyTable(
+    r: Relation,
+    old: string,
+    oldSuperuser: string,
+    target: string,
+    superuser: string,
+): Promise<number> {
     let report = "";
     await runPiped(
-        (stdout) => run("docker", ["exec", old, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", oldSuperuser, "-d", dbConninfo(r.database),
-            "-c", `COPY ${r.name} TO STDOUT`], { stdout }),
+        (stdout) =>
+            run(
+                "docker",
+                [
+                    "exec",
+                    old,
+                    "psql",
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    oldSuperuser,
+                    "-d",
+                    dbConninfo(r.database),
+                    "-c",
+                    `COPY ${r.name} TO STDOUT`,
+                ],
+                { stdout },
+            ),
         async (stdin) => {
             // session_replication_role=replica: triggers and foreign keys do not fire, as in a data-only restore.
-            const result = await run("docker", ["exec", "-i", "-e", "PGOPTIONS=-c session_replication_role=replica", target,
-                "psql", "-X", "-v", "ON_ERROR_STOP=1", "-U", superuser, "-d", dbConninfo(r.database), "-c", `COPY ${r.name} FROM STDIN`], { stdin });
+            const result = await run(
+                "docker",
+                [
+                    "exec",
+                    "-i",
+                    "-e",
+                    "PGOPTIONS=-c session_replication_role=replica",
+                    target,
+                    "psql",
+                    "-X",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    superuser,
+                    "-d",
+                    dbConninfo(r.database),
+                    "-c",
+                    `COPY ${r.name} FROM STDIN`,
+                ],
+                { stdin },
+            );
             report = result.stdout;
         },
     );
@@ -106,9 +179,13 @@ async function copyTable(r: Relation, old: string, oldSuperuser: string, target:
 
 /** What the upgrade step says it did. */
 export function describeCarried(c: Carried): string {
-    const parts = [`set ${c.sequences} sequence(s) to the old cluster's positions (a standby's stand up to 32 values ahead)`];
+    const parts = [
+        `set ${c.sequences} sequence(s) to the old cluster's positions (a standby's stand up to 32 values ahead)`,
+    ];
     if (c.tables.length + c.emptyTables > 0) {
-        const copied = c.tables.length ? `copied ${c.tables.map((t) => `${t.rows} row(s) of ${t.name}`).join(", ")}` : "";
+        const copied = c.tables.length
+            ? `copied ${c.tables.map((t) => `${t.rows} row(s) of ${t.name}`).join(", ")}`
+            : "";
         const empty = c.emptyTables ? `${c.emptyTables} empty once writes stopped, nothing to copy` : "";
         parts.push(`unlogged tables, which a standby holds empty: ${[copied, empty].filter(Boolean).join("; ")}`);
     }

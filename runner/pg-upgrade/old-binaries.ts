@@ -38,10 +38,26 @@ export async function oldBinaries(old: ContainerInfo, newImage: string, major?: 
     const id = old.imageId.replace(/^sha256:/, "").slice(0, 16);
     const volume = binariesVolume(old);
     const helper = new OldRootHelper(volume, newImage);
-    if (!(await run("docker", ["volume", "inspect", volume]).then(() => true, () => false))) {
-        await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `${BINARIES_OF_LABEL}=${old.imageId}`, volume]);
+    if (
+        !(await run("docker", ["volume", "inspect", volume]).then(
+            () => true,
+            () => false,
+        ))
+    ) {
+        await run("docker", [
+            "volume",
+            "create",
+            "--label",
+            `${MANAGED_LABEL}=true`,
+            "--label",
+            `${BINARIES_OF_LABEL}=${old.imageId}`,
+            volume,
+        ]);
     }
-    let found: { bindir: string; loader: string } | undefined = await helper.read(COMPLETE).then((t) => JSON.parse(t), () => undefined);
+    let found: { bindir: string; loader: string } | undefined = await helper.read(COMPLETE).then(
+        (t) => JSON.parse(t),
+        () => undefined,
+    );
     if (!found) {
         await unpackImage(old.imageId, `synapse-pg-export-${id}`, helper);
         const bindir = await findBindir(helper, (await imageEnv(old.imageId)).PATH ?? "");
@@ -50,33 +66,63 @@ export async function oldBinaries(old: ContainerInfo, newImage: string, major?: 
             // pg_ctl finds postgres beside itself, so it must believe it lives among the wrappers; postgres finds
             // its share and lib folders from its real place in the old image's tree.
             const argv0 = program === "pg_ctl" ? `${WRAPPERS}/${program}` : `${OLD_ROOT}${bindir}/${program}`;
-            const libraryPath = libraryDirs(loader).map((d) => `${OLD_ROOT}${d}`).join(":");
-            await helper.write(`${WRAPPERS}/${program}`,
-                `#!/bin/sh\nexec '${OLD_ROOT}${loader}' --library-path '${libraryPath}' --argv0 '${argv0}' '${OLD_ROOT}${bindir}/${program}' "$@"\n`);
+            const libraryPath = libraryDirs(loader)
+                .map((d) => `${OLD_ROOT}${d}`)
+                .join(":");
+            await helper.write(
+                `${WRAPPERS}/${program}`,
+                `#!/bin/sh\nexec '${OLD_ROOT}${loader}' --library-path '${libraryPath}' --argv0 '${argv0}' '${OLD_ROOT}${bindir}/${program}' "$@"\n`,
+            );
         }
         found = { bindir, loader };
         // Written last: a volume without it is unpacked again.
         await helper.write(`${OLD_ROOT}/${COMPLETE}`, JSON.stringify(found) + "\n");
     }
     const { stdout } = await helper.run([`${WRAPPERS}/postgres`, "-V"], "postgres").catch((err: Error) => {
-        throw new StepError(`The old image's PostgreSQL cannot run inside ${newImage} (${err.message.split("\n").pop()}), so pg_upgrade cannot be used with these two images; set postgres:method to directory (dump and restore) and run pulumi up again.`);
+        throw new StepError(
+            `The old image's PostgreSQL cannot run inside ${newImage} (${err.message.split("\n").pop()}), so pg_upgrade cannot be used with these two images; set postgres:method to directory (dump and restore) and run pulumi up again.`,
+        );
     });
     const version = stdout.trim();
     if (major !== undefined && !new RegExp(`\\(PostgreSQL\\) ${major}[.\\s]`).test(version + " ")) {
-        throw new StepError(`The old image's binaries say "${version}", not PostgreSQL ${major} as the old server runs; set postgres:method to directory.`);
+        throw new StepError(
+            `The old image's binaries say "${version}", not PostgreSQL ${major} as the old server runs; set postgres:method to directory.`,
+        );
     }
     return { volume, ...found!, version };
 }
 
 /** Throw-away containers of the new image with the old image's file system mounted at OLD_ROOT. */
 class OldRootHelper {
-    constructor(readonly volume: string, readonly image: string) {}
+    constructor(
+        readonly volume: string,
+        readonly image: string,
+    ) {}
 
-    run(argv: string[], user = "root", opts: { stdin?: string | Readable; stdout?: Writable; writable?: boolean } = {}) {
-        return run("docker", [
-            "run", "--rm", "-i", "--network", "none", "--user", user,
-            "-v", `${this.volume}:${OLD_ROOT}${opts.writable ? "" : ":ro"}`, "--entrypoint", argv[0], this.image, ...argv.slice(1),
-        ], { stdin: opts.stdin, stdout: opts.stdout });
+    run(
+        argv: string[],
+        user = "root",
+        opts: { stdin?: string | Readable; stdout?: Writable; writable?: boolean } = {},
+    ) {
+        return run(
+            "docker",
+            [
+                "run",
+                "--rm",
+                "-i",
+                "--network",
+                "none",
+                "--user",
+                user,
+                "-v",
+                `${this.volume}:${OLD_ROOT}${opts.writable ? "" : ":ro"}`,
+                "--entrypoint",
+                argv[0],
+                this.image,
+                ...argv.slice(1),
+            ],
+            { stdin: opts.stdin, stdout: opts.stdout },
+        );
     }
 
     async read(file: string): Promise<string> {
@@ -95,9 +141,12 @@ async function unpackImage(imageId: string, holder: string, helper: OldRootHelpe
     await run("docker", ["create", "--name", holder, "--network", "none", imageId]);
     try {
         await runPiped(
-            (stdout) => run("docker", ["export", holder], { stdout }).catch((err: Error) => {
-                throw new StepError(`docker export of the old image ${imageId.slice(0, 19)} failed: ${err.message}`);
-            }),
+            (stdout) =>
+                run("docker", ["export", holder], { stdout }).catch((err: Error) => {
+                    throw new StepError(
+                        `docker export of the old image ${imageId.slice(0, 19)} failed: ${err.message}`,
+                    );
+                }),
             (stdin) => helper.run(["tar", "-x", "-f", "-", "-C", OLD_ROOT], "root", { stdin, writable: true }),
         );
     } finally {
@@ -107,15 +156,28 @@ async function unpackImage(imageId: string, holder: string, helper: OldRootHelpe
 
 async function imageEnv(imageId: string): Promise<Record<string, string>> {
     const { stdout } = await run("docker", ["image", "inspect", "-f", "{{json .Config.Env}}", imageId]);
-    return Object.fromEntries((JSON.parse(stdout) as string[] ?? []).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+    return Object.fromEntries(
+        ((JSON.parse(stdout) as string[]) ?? []).map((kv) => [
+            kv.slice(0, kv.indexOf("=")),
+            kv.slice(kv.indexOf("=") + 1),
+        ]),
+    );
 }
 
 /** The first folder of the old image's PATH that holds pg_ctl (Debian: /usr/lib/postgresql/<major>/bin, Alpine: /usr/local/bin). */
 async function findBindir(helper: OldRootHelper, pathVar: string): Promise<string> {
     for (const dir of pathVar.split(":").filter((d) => d.startsWith("/"))) {
-        if (await helper.run(["test", "-x", `${OLD_ROOT}${dir}/pg_ctl`]).then(() => true, () => false)) return dir;
+        if (
+            await helper.run(["test", "-x", `${OLD_ROOT}${dir}/pg_ctl`]).then(
+                () => true,
+                () => false,
+            )
+        )
+            return dir;
     }
-    throw new StepError(`The old image has no pg_ctl on its PATH (${pathVar}), so pg_upgrade cannot use its binaries; set postgres:method to directory.`);
+    throw new StepError(
+        `The old image has no pg_ctl on its PATH (${pathVar}), so pg_upgrade cannot use its binaries; set postgres:method to directory.`,
+    );
 }
 
 /**
@@ -126,10 +188,18 @@ async function findLoader(helper: OldRootHelper, bindir: string): Promise<string
     // The first bytes of a binary: kept as bytes (the helper's usual stdout is decoded as text).
     const chunks: Buffer[] = [];
     await helper.run(["head", "-c", "8192", `${OLD_ROOT}${bindir}/postgres`], "root", {
-        stdout: new Writable({ write(chunk, _enc, done) { chunks.push(chunk); done(); } }),
+        stdout: new Writable({
+            write(chunk, _enc, done) {
+                chunks.push(chunk);
+                done();
+            },
+        }),
     });
     const interp = elfInterpreter(Buffer.concat(chunks));
-    if (!interp) throw new StepError(`The old image's postgres is not a dynamically linked ELF program this tool can run elsewhere; set postgres:method to directory.`);
+    if (!interp)
+        throw new StepError(
+            `The old image's postgres is not a dynamically linked ELF program this tool can run elsewhere; set postgres:method to directory.`,
+        );
     const { stdout } = await helper.run(["chroot", OLD_ROOT, "readlink", "-f", interp]);
     return stdout.trim();
 }
@@ -147,7 +217,10 @@ export function elfInterpreter(head: Buffer): string | undefined {
         const offset = Number(head.readBigUInt64LE(at + 8));
         const size = Number(head.readBigUInt64LE(at + 32));
         if (offset + size > head.length) return undefined;
-        return head.subarray(offset, offset + size).toString("latin1").replace(/\0+$/, "");
+        return head
+            .subarray(offset, offset + size)
+            .toString("latin1")
+            .replace(/\0+$/, "");
     }
     return undefined;
 }

@@ -14,9 +14,12 @@ export function pgUpgradeFailure(output: string[], exitedNonZero: boolean): stri
     const workerFailed = lines.findIndex((l) => l === "Failure, exiting");
     if (!exitedNonZero && workerFailed < 0 && !lines.includes("*failure*")) return undefined;
     const first = lines.findIndex((l) => /fatal$|failed check|^\*failure\*$/.test(l));
-    const said = first >= 0 ? lines.slice(first, first + 10)
-        : workerFailed > 0 ? lines.slice(workerFailed - 1, workerFailed + 1)
-        : lines.slice(-4);
+    const said =
+        first >= 0
+            ? lines.slice(first, first + 10)
+            : workerFailed > 0
+              ? lines.slice(workerFailed - 1, workerFailed + 1)
+              : lines.slice(-4);
     return said.join(" ").replace(/\s+/g, " ").slice(0, 700);
 }
 
@@ -33,7 +36,8 @@ export class TailWriter extends Writable {
         this.partial = parts.pop()!;
         for (const line of parts) {
             // SYNAPSE_PG_TRACE=1 (see process.ts): with the time since pg_upgrade started.
-            if (line.trim()) process.stderr.write(`${this.prefix}${TRACE ? `+${Date.now() - this.started}ms ` : ""}${line}\n`);
+            if (line.trim())
+                process.stderr.write(`${this.prefix}${TRACE ? `+${Date.now() - this.started}ms ` : ""}${line}\n`);
             // All of it (pg_upgrade prints about 60 lines): a failure line early on must not scroll away.
             this.lines.push(line);
             if (this.lines.length > 1000) this.lines.shift();

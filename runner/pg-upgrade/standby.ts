@@ -13,7 +13,14 @@
 // through the whole upgrade. Where a standby cannot be made (wal_level minimal, no WAL senders, a replication
 // connection refused), the upgrade copies the data during the downtime instead (pg_upgrade --copy). Unlogged
 // tables, whose rows a standby never receives, are carried across at the downtime (not-replicated.ts).
-import { containerLogTail, ContainerInfo, inspectContainer, ourContainer, removeContainer, stopContainer } from "../docker/containers";
+import {
+    containerLogTail,
+    ContainerInfo,
+    inspectContainer,
+    ourContainer,
+    removeContainer,
+    stopContainer,
+} from "../docker/containers";
 import { query } from "../docker/psql";
 import { sleep } from "../host";
 import { DataLocation, dataLayout, formatDataLocation } from "../target/layout";
@@ -41,7 +48,11 @@ export function standbyDatadirFor(major: number): string {
 
 /** Why this old cluster cannot be followed by a standby, in words for the step's output; undefined when it can. */
 export async function standbyBlocker(container: string, superuser: string): Promise<string | undefined> {
-    const [[walLevel, senders]] = await query(container, superuser, "SELECT current_setting('wal_level'), current_setting('max_wal_senders')");
+    const [[walLevel, senders]] = await query(
+        container,
+        superuser,
+        "SELECT current_setting('wal_level'), current_setting('max_wal_senders')",
+    );
     if (walLevel === "minimal") return "the old cluster runs with wal_level = minimal, which streams no WAL";
     if (Number(senders) === 0) return "the old cluster has max_wal_senders = 0";
     // Unlogged tables are no reason: the upgrade carries what they hold once writes stopped (not-replicated.ts).
@@ -52,40 +63,106 @@ export async function standbyBlocker(container: string, superuser: string): Prom
  * pg_basebackup of the live old cluster into the standby folder, then the old image's postgres on it as a hot
  * standby streaming from the old server. Returns once it streams. Throws a StepError saying why when it cannot.
  */
-export async function startStandby(old: ContainerInfo, superuser: string, name: string, data: DataLocation): Promise<void> {
+export async function startStandby(
+    old: ContainerInfo,
+    superuser: string,
+    name: string,
+    data: DataLocation,
+): Promise<void> {
     await removeStandby(name);
     const [[port]] = await query(old.name, superuser, "SELECT current_setting('port')");
     const folder = `${STANDBY_MOUNT}/${STANDBY_FOLDER}`;
     const mount = `${formatDataLocation(data)}:${STANDBY_MOUNT}`;
     // The mount's root belongs to root for a new volume (18+: the parent of PGDATA): the folder is made for the
     // postgres user, empty, every time (a standby is made again, never resumed).
-    await run("docker", ["run", "--rm", "--network", "none", "-v", mount, "--entrypoint", "sh", old.imageId, "-c",
-        `rm -rf '${folder}' && install -d -m 0700 -o postgres -g postgres '${folder}'`]);
+    await run("docker", [
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        mount,
+        "--entrypoint",
+        "sh",
+        old.imageId,
+        "-c",
+        `rm -rf '${folder}' && install -d -m 0700 -o postgres -g postgres '${folder}'`,
+    ]);
     try {
         // From inside the old container's network namespace: 127.0.0.1 is the old server, whose replication rule
         // for 127.0.0.1 is trust in the official image. -X stream (with pg_basebackup's temporary slot) keeps the
         // WAL it needs; no slot is created in the old cluster. --no-sync: the files are made durable, or thrown
         // away, by the upgrade.
         await run("docker", [
-            "run", "--rm", "--network", `container:${old.name}`, "--user", "postgres", "-v", mount,
+            "run",
+            "--rm",
+            "--network",
+            `container:${old.name}`,
+            "--user",
+            "postgres",
+            "-v",
+            mount,
             ...ourLabels("standby"),
-            "--entrypoint", "pg_basebackup", old.imageId,
-            "-h", "127.0.0.1", "-p", port, "-U", superuser, "-D", folder, "-X", "stream", "-R", "--checkpoint", "fast", "--no-sync",
-            "--label", "synapse-postgres standby",
+            "--entrypoint",
+            "pg_basebackup",
+            old.imageId,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-U",
+            superuser,
+            "-D",
+            folder,
+            "-X",
+            "stream",
+            "-R",
+            "--checkpoint",
+            "fast",
+            "--no-sync",
+            "--label",
+            "synapse-postgres standby",
         ]);
     } catch (err) {
         if (!(err instanceof ProcessError)) throw err;
         throw new StepError(`pg_basebackup from "${old.name}" failed: ${err.stderrTail.trim().split("\n").pop()}`);
     }
     await run("docker", [
-        "run", "-d", "--name", name, "--network", `container:${old.name}`, "--user", "postgres", "-v", mount,
-        ...ourLabels("standby"), "--label", `${STANDBY_OF_LABEL}=${old.name}`, "--stop-signal", "SIGINT",
-        "--entrypoint", "postgres", old.imageId, "-D", folder,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        `container:${old.name}`,
+        "--user",
+        "postgres",
+        "-v",
+        mount,
+        ...ourLabels("standby"),
+        "--label",
+        `${STANDBY_OF_LABEL}=${old.name}`,
+        "--stop-signal",
+        "SIGINT",
+        "--entrypoint",
+        "postgres",
+        old.imageId,
+        "-D",
+        folder,
         // The old container's own -c options first (a hot standby needs max_connections and the like at least as
         // high as its primary's), then ours: no TCP listener beside the old server, small shared memory, and no
         // WAL archiving (promoted, it would push its WAL and timeline history into the old cluster's archive).
-        ...serverOptions(old), "-c", "listen_addresses=", "-c", `unix_socket_directories=${STANDBY_SOCKET}`,
-        "-c", "shared_buffers=128MB", "-c", "hot_standby=on", "-c", "max_wal_size=1GB", ...NO_ARCHIVING,
+        ...serverOptions(old),
+        "-c",
+        "listen_addresses=",
+        "-c",
+        `unix_socket_directories=${STANDBY_SOCKET}`,
+        "-c",
+        "shared_buffers=128MB",
+        "-c",
+        "hot_standby=on",
+        "-c",
+        "max_wal_size=1GB",
+        ...NO_ARCHIVING,
     ]);
     await waitStreaming(name, superuser, 60);
 }
@@ -104,7 +181,8 @@ function serverOptions(old: ContainerInfo): string[] {
     const options: string[] = [];
     for (let i = 1; i < cmd.length; i++) {
         if (cmd[i] === "-c" && cmd[i + 1] !== undefined) options.push("-c", cmd[++i]);
-        else if (cmd[i].startsWith("--") && cmd[i].includes("=")) options.push("-c", cmd[i].slice(2).replace(/-/g, "_"));
+        else if (cmd[i].startsWith("--") && cmd[i].includes("="))
+            options.push("-c", cmd[i].slice(2).replace(/-/g, "_"));
     }
     return options;
 }
@@ -116,7 +194,9 @@ function standbyQuery(name: string, superuser: string, sql: string): Promise<str
 
 /** The standby's WAL receiver status ("streaming" once it follows the old server), or why there is none. */
 async function receiverStatus(name: string, superuser: string): Promise<string> {
-    const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch((err: Error) => [[err.message]]);
+    const rows = await standbyQuery(name, superuser, "SELECT status FROM pg_stat_wal_receiver").catch((err: Error) => [
+        [err.message],
+    ]);
     return rows[0]?.[0] ?? "no WAL receiver";
 }
 
@@ -125,12 +205,15 @@ async function waitStreaming(name: string, superuser: string, timeoutSeconds: nu
     let last = "";
     while (Date.now() < deadline) {
         const info = await inspectContainer(name);
-        if (!info?.running) throw new StepError(`the standby "${name}" stopped while starting: ${await containerLogTail(name, 4)}`);
+        if (!info?.running)
+            throw new StepError(`the standby "${name}" stopped while starting: ${await containerLogTail(name, 4)}`);
         last = await receiverStatus(name, superuser);
         if (last === "streaming") return;
         await sleep(250);
     }
-    throw new StepError(`the standby "${name}" did not stream from the old server within ${timeoutSeconds} s (${last})`);
+    throw new StepError(
+        `the standby "${name}" did not stream from the old server within ${timeoutSeconds} s (${last})`,
+    );
 }
 
 /** Whether the standby is there, ours, running and streaming: a standby that is not is never used. */
@@ -145,8 +228,11 @@ export async function isStreaming(name: string, superuser: string): Promise<bool
  * written ends where its last WAL record ends. Read once, at the start of the downtime.
  */
 export async function lastWritePosition(old: string, oldSuperuser: string): Promise<string> {
-    const [[insert, segmentBytes, blockBytes]] = await query(old, oldSuperuser,
-        "SELECT pg_current_wal_insert_lsn(), (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), current_setting('wal_block_size')");
+    const [[insert, segmentBytes, blockBytes]] = await query(
+        old,
+        oldSuperuser,
+        "SELECT pg_current_wal_insert_lsn(), (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), current_setting('wal_block_size')",
+    );
     return formatLsn(lastRecordEnd(parseLsn(insert), BigInt(segmentBytes), BigInt(blockBytes)));
 }
 
@@ -156,22 +242,43 @@ export async function lastWritePosition(old: string, oldSuperuser: string): Prom
  * fast shutdown. The check and the promotion
  * are one statement: promoted only once caught up, with no round trip between.
  */
-export async function catchUpAndPromote(name: string, superuser: string, lsn: string, lap: (what: string) => void, timeoutSeconds = 120): Promise<void> {
+export async function catchUpAndPromote(
+    name: string,
+    superuser: string,
+    lsn: string,
+    lap: (what: string) => void,
+    timeoutSeconds = 120,
+): Promise<void> {
     const deadline = Date.now() + timeoutSeconds * 1000;
     for (;;) {
-        const [[promoted, receiving]] = await standbyQuery(name, superuser,
+        const [[promoted, receiving]] = await standbyQuery(
+            name,
+            superuser,
             `SELECT CASE WHEN pg_last_wal_replay_lsn() >= '${lsn}'::pg_lsn THEN pg_promote(true, 60)::text ELSE 'behind' END,
-                    (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming')`);
+                    (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming')`,
+        );
         if (promoted === "true") break;
-        if (promoted === "false") throw new StepError(`the standby "${name}" did not finish its promotion within 60 s: ${await containerLogTail(name, 4)}`);
-        if (receiving === "0") throw new StepError(`the standby "${name}" stopped streaming before it reached the old server's last write (${lsn})`);
-        if (Date.now() > deadline) throw new StepError(`the standby "${name}" did not replay up to the old server's last write (${lsn}) within ${timeoutSeconds} s`);
+        if (promoted === "false")
+            throw new StepError(
+                `the standby "${name}" did not finish its promotion within 60 s: ${await containerLogTail(name, 4)}`,
+            );
+        if (receiving === "0")
+            throw new StepError(
+                `the standby "${name}" stopped streaming before it reached the old server's last write (${lsn})`,
+            );
+        if (Date.now() > deadline)
+            throw new StepError(
+                `the standby "${name}" did not replay up to the old server's last write (${lsn}) within ${timeoutSeconds} s`,
+            );
         await sleep(100);
     }
     lap(`standby replayed the old server's WAL up to ${lsn} and was promoted`);
     // Promoted, it is a primary of its own, ours to change before its clean stop (pg-upgrade/attver.ts).
     const cleared = await clearAttver(name, superuser, STANDBY_SOCKET);
-    if (cleared) lap(`cleared PostgreSQL 17.12's internal pg_attver marker from ${cleared} column(s), which pg_upgrade's dump would carry into a server that rejects it`);
+    if (cleared)
+        lap(
+            `cleared PostgreSQL 17.12's internal pg_attver marker from ${cleared} column(s), which pg_upgrade's dump would carry into a server that rejects it`,
+        );
     await stopContainer(name);
     lap("standby stopped");
 }
@@ -181,7 +288,14 @@ export async function catchUpAndPromote(name: string, superuser: string, lsn: st
  * removed, so nothing keeps a replication connection to a cluster that serves again. Returns their names.
  */
 export async function removeStandbysOf(container: string): Promise<string[]> {
-    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${STANDBY_OF_LABEL}=${container}`, "--format", "{{.Names}}"]);
+    const { stdout } = await run("docker", [
+        "ps",
+        "-a",
+        "--filter",
+        `label=${STANDBY_OF_LABEL}=${container}`,
+        "--format",
+        "{{.Names}}",
+    ]);
     const names = stdout.split("\n").filter(Boolean);
     for (const name of names) await removeStandby(name);
     return names;

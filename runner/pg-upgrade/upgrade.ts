@@ -17,7 +17,20 @@
 // --link only ever on the standby, which is ours to give away; on the old data always --copy: the old cluster's
 // files are read, not shared, so it stays a complete, startable cluster whatever happens to the new one.
 import { promises as fs } from "node:fs";
-import { ContainerInfo, inspectContainer, mountsHoldingPgdata, ourContainer, pgdataOf, pinnedReference, removeContainer, requireContainer, runWithData, startContainer, stopContainer, superuserOf } from "../docker/containers";
+import {
+    ContainerInfo,
+    inspectContainer,
+    mountsHoldingPgdata,
+    ourContainer,
+    pgdataOf,
+    pinnedReference,
+    removeContainer,
+    requireContainer,
+    runWithData,
+    startContainer,
+    stopContainer,
+    superuserOf,
+} from "../docker/containers";
 import { existsIn } from "../docker/files";
 import { query, serverVersion, waitUntilAccepting, whenAccepting } from "../docker/psql";
 import { DataLocation, dataLayout } from "../target/layout";
@@ -30,13 +43,33 @@ import { databasesSize } from "../dump/dump";
 import { checkSpace, requireSafeRestartPolicy } from "../checks/preflight";
 import { copyConfig, CopyConfigResult } from "../config/copy-config";
 import { StepError } from "../step-error";
-import { catchUpAndPromote, isStreaming, lastWritePosition, NO_ARCHIVING, removeStandby, standbyBlocker, standbyContainerName, standbyDatadirFor, startStandby } from "./standby";
+import {
+    catchUpAndPromote,
+    isStreaming,
+    lastWritePosition,
+    NO_ARCHIVING,
+    removeStandby,
+    standbyBlocker,
+    standbyContainerName,
+    standbyDatadirFor,
+    startStandby,
+} from "./standby";
 import { countAttver } from "./attver";
 import { checkExtensions, ExtensionUpdate } from "../checks/extensions";
 import { requireSameCollationRules } from "./collation";
 import { Fence, raiseFence, readWriteHorizon, requireFenceable } from "../switch/fence";
 import { Carried, carryNotReplicated, describeUnlogged, relationsNotReplicated } from "./not-replicated";
-import { advanceMarker, makeRoomForStaging, Marker, markerPath, ourStaging, markerText, readMarkerThrough, readTargetState, writeMarkerAt } from "../target/markers";
+import {
+    advanceMarker,
+    makeRoomForStaging,
+    Marker,
+    markerPath,
+    ourStaging,
+    markerText,
+    readMarkerThrough,
+    readTargetState,
+    writeMarkerAt,
+} from "../target/markers";
 import { ourLabels } from "../names";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -93,17 +126,25 @@ export interface UpgradeResult {
  * (unless `config` is false) and stopped, and (unless `standby` is false) a standby of the old cluster streaming
  * into the new location.
  */
-export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: boolean; config?: boolean; check?: boolean } = {}): Promise<PrepareResult> {
+export async function preparePgUpgrade(
+    input: PgUpgradeInput,
+    opts: { standby?: boolean; config?: boolean; check?: boolean } = {},
+): Promise<PrepareResult> {
     const withStandby = opts.standby !== false;
     const old = await requireContainer(input.container, "old");
-    if (!old.running) throw new StepError(`The old container "${input.container}" is not running; start it so the upgrade can be prepared.`);
+    if (!old.running)
+        throw new StepError(
+            `The old container "${input.container}" is not running; start it so the upgrade can be prepared.`,
+        );
     requireSafeRestartPolicy(old);
     requireFenceable(old);
     const superuser = superuserOf(old);
     const version = await whenAccepting(input.container, superuser, () => serverVersion(input.container, superuser));
     const binaries = await oldBinaries(old, input.image, version.major);
     const [extensionUpdates] = await Promise.all([
-        checkExtensions(old.name, superuser, input.image), requireSameOwner(old, input.image), requireSameCollationRules(old.name, superuser, input.image, version.major),
+        checkExtensions(old.name, superuser, input.image),
+        requireSameOwner(old, input.image),
+        requireSameCollationRules(old.name, superuser, input.image, version.major),
     ]);
 
     const standbyName = standbyContainerName(input.staging);
@@ -111,8 +152,14 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
     const existing = await ourStaging(input.staging);
     const target = await readTargetState(input.data, input.major, input.image);
     const m = target.marker;
-    if (m?.state === "prepared" && m.source.container === old.name && m.source.imageId === old.imageId && existing && !existing.running
-        && !(await hasPgUpgradeLeftovers(input.staging, input.major))) {
+    if (
+        m?.state === "prepared" &&
+        m.source.container === old.name &&
+        m.source.imageId === old.imageId &&
+        existing &&
+        !existing.running &&
+        !(await hasPgUpgradeLeftovers(input.staging, input.major))
+    ) {
         // The configuration again, as it is now (the user may have changed it since): the new cluster is started
         // for it and stopped cleanly again, as pg_upgrade wants it.
         let config: CopyConfigResult | undefined;
@@ -123,18 +170,26 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
             await stopContainer(input.staging);
         }
         // Again too: the old cluster may have changed since (a new column, a new extension).
-        if (opts.check !== false) await requirePgUpgradeCompatible({ ...input, old, superuser, binaries: binaries.volume });
-        if (!withStandby || (await isStreaming(standbyName, superuser))) return { binaries, reused: true, config, standby: withStandby ? standbyName : undefined, extensionUpdates };
+        if (opts.check !== false)
+            await requirePgUpgradeCompatible({ ...input, old, superuser, binaries: binaries.volume });
+        if (!withStandby || (await isStreaming(standbyName, superuser)))
+            return { binaries, reused: true, config, standby: withStandby ? standbyName : undefined, extensionUpdates };
         return { binaries, reused: true, config, extensionUpdates, ...(await prepareStandby(old, superuser, input)) };
     }
     // The standby mounts the new location: it goes first, so nothing of ours holds the location being made again.
     await removeStandby(standbyName);
     const setAsideTo = await makeRoomForStaging(input.data, input.major, input.image, target, existing);
 
-    const [[encoding, collate, ctype, checksums]] = await query(input.container, superuser,
-        "SELECT pg_encoding_to_char(encoding), datcollate, datctype, current_setting('data_checksums') FROM pg_database WHERE datname = 'template1'");
+    const [[encoding, collate, ctype, checksums]] = await query(
+        input.container,
+        superuser,
+        "SELECT pg_encoding_to_char(encoding), datcollate, datctype, current_setting('data_checksums') FROM pg_database WHERE datname = 'template1'",
+    );
     await startStagingContainer({
-        ...input, container: input.staging, superuser, locale: { encoding, collate, ctype },
+        ...input,
+        container: input.staging,
+        superuser,
+        locale: { encoding, collate, ctype },
         // pg_upgrade needs both clusters alike in data checksums; 18's initdb turns them on by default.
         initdbExtra: checksums === "on" ? "--data-checksums" : input.major >= 18 ? "--no-data-checksums" : undefined,
     });
@@ -145,14 +200,26 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
         state: "prepared",
         major: input.major,
         method: "pg_upgrade",
-        source: { container: old.name, version: version.text, imageId: old.imageId, pinned: await pinnedReference(old.imageId) },
+        source: {
+            container: old.name,
+            version: version.text,
+            imageId: old.imageId,
+            pinned: await pinnedReference(old.imageId),
+        },
         history: [{ state: "prepared", at: now }],
     };
     await writeMarkerAt(input.staging, input.major, marker);
     await stopContainer(input.staging);
     // On the stopped new cluster as pg_upgrade will find it, before a standby is made for nothing.
     if (opts.check !== false) await requirePgUpgradeCompatible({ ...input, old, superuser, binaries: binaries.volume });
-    return { binaries, reused: false, setAsideTo, config, extensionUpdates, ...(withStandby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }) };
+    return {
+        binaries,
+        reused: false,
+        setAsideTo,
+        config,
+        extensionUpdates,
+        ...(withStandby ? await prepareStandby(old, superuser, input) : { noStandby: "not asked for" }),
+    };
 }
 
 /**
@@ -164,7 +231,13 @@ export async function preparePgUpgrade(input: PgUpgradeInput, opts: { standby?: 
  */
 async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
     try {
-        return await copyConfig({ from: input.container, to: input.staging, settings: input.settings, drop: input.drop, dropAccessRules: input.dropAccessRules });
+        return await copyConfig({
+            from: input.container,
+            to: input.staging,
+            settings: input.settings,
+            drop: input.drop,
+            dropAccessRules: input.dropAccessRules,
+        });
     } catch (err) {
         await stopContainer(input.staging).catch(() => undefined);
         throw err;
@@ -172,7 +245,11 @@ async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
 }
 
 /** A standby of the old cluster in the new location, or why there is none; the upgrade works either way. */
-async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUpgradeInput): Promise<Pick<PrepareResult, "standby" | "noStandby" | "unlogged">> {
+async function prepareStandby(
+    old: ContainerInfo,
+    superuser: string,
+    input: PgUpgradeInput,
+): Promise<Pick<PrepareResult, "standby" | "noStandby" | "unlogged">> {
     const name = standbyContainerName(input.staging);
     const blocker = await standbyBlocker(old.name, superuser);
     if (blocker) return { noStandby: blocker };
@@ -180,7 +257,10 @@ async function prepareStandby(old: ContainerInfo, superuser: string, input: PgUp
         // The copy is written while Synapse serves, maybe on the disk the old server writes its WAL to: a full
         // disk there would stop the live server. Not enough room: no standby (preflight then says what to free).
         await checkSpace({ targetData: input.data }, await databasesSize(old.name, superuser));
-        const [relations] = await Promise.all([relationsNotReplicated(old.name, superuser), startStandby(old, superuser, name, input.data)]);
+        const [relations] = await Promise.all([
+            relationsNotReplicated(old.name, superuser),
+            startStandby(old, superuser, name, input.data),
+        ]);
         return { standby: name, unlogged: describeUnlogged(relations) || undefined };
     } catch (err) {
         if (!(err instanceof StepError)) throw err;
@@ -212,12 +292,14 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
     // server's last write ends (needed only with a standby; a failure to read it counts only then).
     const [marker, leftover, streaming, lastWrite, horizon] = staging
         ? await Promise.all([
-            readMarkerThrough(input.staging, input.major),
-            hasPgUpgradeLeftovers(input.staging, input.major),
-            old.running ? isStreaming(standby, superuser) : Promise.resolve(false),
-            old.running ? lastWritePosition(input.container, superuser).catch((err: Error) => err) : Promise.resolve(undefined),
-            old.running ? readWriteHorizon(input.container, superuser) : Promise.resolve(undefined),
-        ])
+              readMarkerThrough(input.staging, input.major),
+              hasPgUpgradeLeftovers(input.staging, input.major),
+              old.running ? isStreaming(standby, superuser) : Promise.resolve(false),
+              old.running
+                  ? lastWritePosition(input.container, superuser).catch((err: Error) => err)
+                  : Promise.resolve(undefined),
+              old.running ? readWriteHorizon(input.container, superuser) : Promise.resolve(undefined),
+          ])
         : [undefined, false, false, undefined, undefined];
     if (staging && (marker?.state === "restored" || marker?.state === "verified")) {
         if (!staging.running) await startContainer(input.staging);
@@ -225,7 +307,12 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         return { alreadyDone: true, seconds: 0, fence };
     }
     // A new cluster that pg_upgrade already worked on (or that prepare never made) must be made again.
-    const clean = staging && !staging.running && marker?.state === "prepared" && marker.source.imageId === old.imageId && !leftover;
+    const clean =
+        staging &&
+        !staging.running &&
+        marker?.state === "prepared" &&
+        marker.source.imageId === old.imageId &&
+        !leftover;
     if (!clean) {
         if (!old.running) await startAndWait(input.container, superuser);
         // Synapse is down: no new standby now (its copy would take as long as --copy does; prepare removes the old
@@ -235,20 +322,32 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         phases.lap(again.reused ? "new cluster as prepared before" : "new cluster prepared again");
     }
     const prepared = clean ? marker : (await readMarkerThrough(input.staging, input.major))!;
-    const copied: CopiedAt = { copiedAt: new Date(started).toISOString(), copyPoint: { at: new Date(started).toISOString(), horizon: horizon ?? await readWriteHorizon(input.container, superuser) } };
+    const copied: CopiedAt = {
+        copiedAt: new Date(started).toISOString(),
+        copyPoint: {
+            at: new Date(started).toISOString(),
+            horizon: horizon ?? (await readWriteHorizon(input.container, superuser)),
+        },
+    };
     if (clean && streaming && lastWrite !== undefined) {
         if (lastWrite instanceof Error) throw lastWrite;
-        return { ...await linkStandby(input, old, superuser, prepared, standby, lastWrite, phases, copied), fence };
+        return { ...(await linkStandby(input, old, superuser, prepared, standby, lastWrite, phases, copied)), fence };
     }
     await removeStandby(standby);
     if (await existsIn(input.staging, standbyDatadirFor(input.major))) {
         // A standby that stopped streaming (or was promoted by an attempt that failed) is not used: its folder goes.
-        await runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["rm", "-rf", standbyDatadirFor(input.major)]);
+        await runWithData(
+            input.image,
+            [{ data: input.data, target: dataLayout(input.major).mountTarget }],
+            ["rm", "-rf", standbyDatadirFor(input.major)],
+        );
     }
 
     const marked = await countAttver(input.container, superuser);
     if (marked > 0) {
-        throw new StepError(`${marked} column(s) of the old cluster carry PostgreSQL 17.12's internal pg_attver marker, which pg_upgrade's own schema dump carries into the new server, which rejects it; a standby copy is cleared of it, but there is none to use, and the old data is never changed: set postgres:method to directory (its dump leaves the marker out) and run pulumi up again.`);
+        throw new StepError(
+            `${marked} column(s) of the old cluster carry PostgreSQL 17.12's internal pg_attver marker, which pg_upgrade's own schema dump carries into the new server, which rejects it; a standby copy is cleared of it, but there is none to use, and the old data is never changed: set postgres:method to directory (its dump leaves the marker out) and run pulumi up again.`,
+        );
     }
     // pg_upgrade wants the old cluster cleanly shut down: SIGINT, the fast shutdown, with its checkpoint.
     await Promise.all([stopContainer(input.container), flagPgUpgradeStarted(input.staging, input.major)]);
@@ -270,7 +369,10 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
         firstStatistics(input, superuser),
     ]);
     phases.lap(input.major < 18 ? "first statistics gathered, data made durable" : "data made durable");
-    const rehashed = await rehashLoginRole({ container: input.staging, password: input.password, loginUser: input.loginUser }, superuser);
+    const rehashed = await rehashLoginRole(
+        { container: input.staging, password: input.password, loginUser: input.loginUser },
+        superuser,
+    );
     await markUpgraded(input.staging, input.major, { ...advanceMarker(prepared, "restored"), ...copied });
     return { alreadyDone: false, via: "copy", rehashed, seconds: (Date.now() - started) / 1000, fence };
 }
@@ -282,7 +384,16 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
 /** When the copy was taken: the downtime's start, and the old cluster's write horizon under the fence. */
 type CopiedAt = Pick<Marker, "copiedAt" | "copyPoint">;
 
-async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser: string, prepared: Marker, standby: string, lastWrite: string, phases: PhaseClock, copied: CopiedAt): Promise<UpgradeResult> {
+async function linkStandby(
+    input: PgUpgradeInput,
+    old: ContainerInfo,
+    superuser: string,
+    prepared: Marker,
+    standby: string,
+    lastWrite: string,
+    phases: PhaseClock,
+    copied: CopiedAt,
+): Promise<UpgradeResult> {
     const started = Date.parse(copied.copiedAt!);
     let relations;
     try {
@@ -302,7 +413,9 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
     phases.lap("new server started");
     // First: sync, the statistics and the marker then cover what was carried.
     const carried = await carryNotReplicated(relations, input.container, superuser, input.staging, superuser);
-    phases.lap(`sequences and unlogged tables carried (${carried.sequences} sequence(s), ${carried.tables.length} table(s) with rows)`);
+    phases.lap(
+        `sequences and unlogged tables carried (${carried.sequences} sequence(s), ${carried.tables.length} table(s) with rows)`,
+    );
     const [, , rehashed] = await Promise.all([
         run("docker", ["exec", input.staging, "sh", "-c", `rm -rf '${standbyDatadirFor(input.major)}' && sync`]),
         firstStatistics(input, superuser),
@@ -320,8 +433,20 @@ async function linkStandby(input: PgUpgradeInput, old: ContainerInfo, superuser:
  */
 async function firstStatistics(input: PgUpgradeInput, superuser: string): Promise<void> {
     if (input.major >= 18) return;
-    await run("docker", ["exec", "-e", `PGOPTIONS=-c default_statistics_target=1 -c vacuum_cost_delay=0`, input.staging,
-        "vacuumdb", "-U", superuser, "--all", "--analyze-only", "--quiet", "--jobs", "2"]);
+    await run("docker", [
+        "exec",
+        "-e",
+        `PGOPTIONS=-c default_statistics_target=1 -c vacuum_cost_delay=0`,
+        input.staging,
+        "vacuumdb",
+        "-U",
+        superuser,
+        "--all",
+        "--analyze-only",
+        "--quiet",
+        "--jobs",
+        "2",
+    ]);
 }
 
 /**
@@ -332,7 +457,10 @@ async function firstStatistics(input: PgUpgradeInput, superuser: string): Promis
  */
 async function hasPgUpgradeLeftovers(staging: string, major: number): Promise<boolean> {
     const { pgdata } = dataLayout(major);
-    const found = await Promise.all([existsIn(staging, `${pgdata}/pg_upgrade_output.d`), existsIn(staging, startedFlagPath(major))]);
+    const found = await Promise.all([
+        existsIn(staging, `${pgdata}/pg_upgrade_output.d`),
+        existsIn(staging, startedFlagPath(major)),
+    ]);
     return found.some(Boolean);
 }
 
@@ -356,8 +484,23 @@ async function flagPgUpgradeStarted(staging: string, major: number): Promise<voi
 
 /** The marker that says the upgrade is complete, and the started flag gone with it, in one docker exec. */
 async function markUpgraded(staging: string, major: number, marker: Marker): Promise<void> {
-    await run("docker", ["exec", "-i", "-u", "postgres", staging, "sh", "-c", 'cat > "$1" && rm -f "$2"', "sh",
-        markerPath(major), startedFlagPath(major)], { stdin: markerText(marker) });
+    await run(
+        "docker",
+        [
+            "exec",
+            "-i",
+            "-u",
+            "postgres",
+            staging,
+            "sh",
+            "-c",
+            'cat > "$1" && rm -f "$2"',
+            "sh",
+            markerPath(major),
+            startedFlagPath(major),
+        ],
+        { stdin: markerText(marker) },
+    );
 }
 
 function pgUpgradeContainerName(staging: string): string {
@@ -384,40 +527,79 @@ async function startAndWait(container: string, superuser: string): Promise<void>
  * pg_upgrade in a throw-away container of the new image, the old binaries mounted beside the new data, and either
  * the old data (copied: --copy) or the promoted standby in the new location itself (given away: --link).
  */
-async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: string, volume: string, from: "old" | "standby"): Promise<void> {
+async function pgUpgrade(
+    input: PgUpgradeInput,
+    old: ContainerInfo,
+    superuser: string,
+    volume: string,
+    from: "old" | "standby",
+): Promise<void> {
     const pgdata = pgdataOf(old);
     const dataMounts = from === "old" ? mountsHoldingPgdata(old) : [];
-    if (from === "old" && dataMounts.length === 0) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`);
+    if (from === "old" && dataMounts.length === 0)
+        throw new StepError(
+            `The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}; pg_upgrade needs its data files.`,
+        );
     const layout = dataLayout(input.major);
     const log = new TailWriter("upgrade: ");
     const args = [
-        "run", "--rm", "--init", "--name", pgUpgradeContainerName(input.staging), "--network", "none", "--user", "postgres",
+        "run",
+        "--rm",
+        "--init",
+        "--name",
+        pgUpgradeContainerName(input.staging),
+        "--network",
+        "none",
+        "--user",
+        "postgres",
         ...ourLabels("staging"),
         ...dataMounts.flatMap((m) => ["-v", `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}`]),
-        "-v", `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
-        "-v", `${volume}:${OLD_ROOT}:ro`,
-        "--workdir", "/tmp", "--entrypoint", "pg_upgrade", input.image,
-        "--old-bindir", `${WRAPPERS}`, "--old-datadir", from === "old" ? `${OLD_DATA}${pgdata}` : standbyDatadirFor(input.major),
-        "--new-datadir", layout.pgdata, "--username", superuser, "--socketdir", "/tmp",
+        "-v",
+        `${input.data.kind === "volume" ? input.data.name : input.data.path}:${layout.mountTarget}`,
+        "-v",
+        `${volume}:${OLD_ROOT}:ro`,
+        "--workdir",
+        "/tmp",
+        "--entrypoint",
+        "pg_upgrade",
+        input.image,
+        "--old-bindir",
+        `${WRAPPERS}`,
+        "--old-datadir",
+        from === "old" ? `${OLD_DATA}${pgdata}` : standbyDatadirFor(input.major),
+        "--new-datadir",
+        layout.pgdata,
+        "--username",
+        superuser,
+        "--socketdir",
+        "/tmp",
         // The standby's files (one mount, one file system) are linked, never the old data's. --copy-file-range
         // (17+) copies inside the kernel; --no-sync because the step syncs while the servers start.
-        ...(from === "standby" ? ["--link"] : input.major >= 17 ? ["--copy-file-range"] : ["--copy"]), "--no-sync",
+        ...(from === "standby" ? ["--link"] : input.major >= 17 ? ["--copy-file-range"] : ["--copy"]),
+        "--no-sync",
         // Each database's schema dumped and restored side by side. Only under --init (above): without it, at
         // 1 GB, workers failed ("Failure, exiting") in each of 4 runs while pg_upgrade said "Upgrade Complete"
         // with exit 0 and tables had no files (verify caught it); with it, none of 5 did. The likely reason: as
         // a container's PID 1, pg_upgrade also inherits the postmasters its pg_ctl starts, and its waitpid(-1)
         // for "a worker finished" can reap one of those instead and go on too early.
-        "--jobs", String(Math.min(os.availableParallelism(), 8)),
+        "--jobs",
+        String(Math.min(os.availableParallelism(), 8)),
         // The servers pg_upgrade starts archive no WAL, except the real old cluster's (--copy), whose archive is
         // its own: a promoted standby's or the new cluster's WAL does not belong there (standby.ts, NO_ARCHIVING).
-        `--new-options=${NO_ARCHIVING.join(" ")}`, ...(from === "standby" ? [`--old-options=${NO_ARCHIVING.join(" ")}`] : []),
+        `--new-options=${NO_ARCHIVING.join(" ")}`,
+        ...(from === "standby" ? [`--old-options=${NO_ARCHIVING.join(" ")}`] : []),
     ];
-    const exited = await run("docker", args, { stdout: log }).then(() => undefined, (err: Error) => err);
+    const exited = await run("docker", args, { stdout: log }).then(
+        () => undefined,
+        (err: Error) => err,
+    );
     if (exited && !(exited instanceof ProcessError)) throw exited;
     const said = pgUpgradeFailure(log.lines, exited !== undefined);
     if (said !== undefined) {
         const server = await serverLogTail(input, layout.pgdata, log.lines.join("\n"));
-        throw new StepError(`pg_upgrade stopped before the switch, the old cluster is unchanged and running${from === "old" ? " again" : ""}: ${said}${server ? ` (server log: ${server})` : ""}`);
+        throw new StepError(
+            `pg_upgrade stopped before the switch, the old cluster is unchanged and running${from === "old" ? " again" : ""}: ${said}${server ? ` (server log: ${server})` : ""}`,
+        );
     }
 }
 
@@ -425,17 +607,26 @@ async function pgUpgrade(input: PgUpgradeInput, old: ContainerInfo, superuser: s
 async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: string): Promise<string> {
     const file = /"([^"]*pg_upgrade_(?:server|internal)\.log)"/.exec(output)?.[1];
     if (!file || !file.startsWith(pgdata)) return "";
-    return runWithData(input.image, [{ data: input.data, target: dataLayout(input.major).mountTarget }], ["tail", "-n", "3", file])
-        .then((t) => t.trim().split("\n").join(" | "), () => "");
+    return runWithData(
+        input.image,
+        [{ data: input.data, target: dataLayout(input.major).mountTarget }],
+        ["tail", "-n", "3", file],
+    ).then(
+        (t) => t.trim().split("\n").join(" | "),
+        () => "",
+    );
 }
 
 /** The old data's owner must be the new image's postgres user, or pg_upgrade cannot read it (mode 0700). */
 async function requireSameOwner(old: ContainerInfo, image: string): Promise<void> {
     const pgdata = pgdataOf(old);
     const owner = (await run("docker", ["exec", old.name, "stat", "-c", "%u", pgdata])).stdout.trim();
-    const uid = (await run("docker", ["run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u", "postgres"])).stdout.trim();
+    const uid = (
+        await run("docker", ["run", "--rm", "--network", "none", "--entrypoint", "id", image, "-u", "postgres"])
+    ).stdout.trim();
     if (owner !== uid) {
-        throw new StepError(`The old data belongs to uid ${owner} but ${image} runs PostgreSQL as uid ${uid} (an Alpine image against a Debian one?), so pg_upgrade cannot read it; use the same image family, or set postgres:method to directory.`);
+        throw new StepError(
+            `The old data belongs to uid ${owner} but ${image} runs PostgreSQL as uid ${uid} (an Alpine image against a Debian one?), so pg_upgrade cannot read it; use the same image family, or set postgres:method to directory.`,
+        );
     }
 }
-

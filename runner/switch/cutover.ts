@@ -3,14 +3,28 @@
 // volume or folder, where Pulumi's serving container of the new major picks it up), and the old container is
 // stopped cleanly and given its networks back. The old data is never touched; its container stays, stopped, for a
 // revert.
-import { ContainerInfo, inspectContainer, removeContainer, resumeStaging, stopContainer, superuserOf } from "../docker/containers";
+import {
+    ContainerInfo,
+    inspectContainer,
+    removeContainer,
+    resumeStaging,
+    stopContainer,
+    superuserOf,
+} from "../docker/containers";
 import { query } from "../docker/psql";
 import { Fence, liftFence, raiseFence, readWriteHorizon, requireNoWritesSince } from "./fence";
 import { DataLocation } from "../target/layout";
 import { removeStandbysOf } from "../pg-upgrade/standby";
 import { StepError } from "../step-error";
 import { requireCopyAfterSynapse } from "./synapse";
-import { advanceMarker, hasServed, readMarkerIn, readMarkerThrough, readTargetState, writeMarkerIn } from "../target/markers";
+import {
+    advanceMarker,
+    hasServed,
+    readMarkerIn,
+    readMarkerThrough,
+    readTargetState,
+    writeMarkerIn,
+} from "../target/markers";
 
 export interface CutoverInput {
     old: string;
@@ -45,7 +59,12 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
         // A switch killed after it recorded itself (the marker says cutover) and stopped the staging container:
         // finish it rather than refuse every re-run.
         await requireCopyAfterSynapse(input.synapse ?? [], recorded.copiedAt);
-        if (oldInfo?.running) requireNoWritesSince(recorded.copyPoint, input.old, await readWriteHorizon(input.old, superuserOf(oldInfo)));
+        if (oldInfo?.running)
+            requireNoWritesSince(
+                recorded.copyPoint,
+                input.old,
+                await readWriteHorizon(input.old, superuserOf(oldInfo)),
+            );
         await removeContainer(input.new);
         result.stopped.push(input.new);
     } else if (staging) {
@@ -53,7 +72,9 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
     } else {
         const target = await readTargetState(input.data, input.major, input.image);
         if (!target.marker || !hasServed(target.marker)) {
-            throw new StepError(`There is no staging container "${input.new}" and the new data has not been switched to; run restore and verify first.`);
+            throw new StepError(
+                `There is no staging container "${input.new}" and the new data has not been switched to; run restore and verify first.`,
+            );
         }
     }
     const old = await inspectContainer(input.old);
@@ -68,10 +89,18 @@ export async function cutover(input: CutoverInput): Promise<CutoverResult> {
 }
 
 /** The switch proper, from a staging container that verify passed: checked, recorded, then both servers stop. */
-async function switchFromStaging(input: CutoverInput, stagingInfo: ContainerInfo, old: ContainerInfo | undefined, result: CutoverResult): Promise<void> {
+async function switchFromStaging(
+    input: CutoverInput,
+    stagingInfo: ContainerInfo,
+    old: ContainerInfo | undefined,
+    result: CutoverResult,
+): Promise<void> {
     // Stopped by a Docker daemon restart (it has no restart policy): started again, it is ours.
     const staging = await resumeStaging(stagingInfo);
-    if (!staging.running) throw new StepError(`The staging container "${input.new}" is stopped; run restore and verify again before the switch.`);
+    if (!staging.running)
+        throw new StepError(
+            `The staging container "${input.new}" is stopped; run restore and verify again before the switch.`,
+        );
     const user = superuserOf(staging);
     const database = input.database ?? "synapse";
     // Read side by side (each docker exec is downtime): the marker, and under the fence the old server's write
@@ -84,14 +113,20 @@ async function switchFromStaging(input: CutoverInput, stagingInfo: ContainerInfo
     ]);
     // A marker that says cutover is this step's own, from a run killed before the staging container was gone.
     if (marker?.state !== "verified" && marker?.state !== "cutover") {
-        throw new StepError(`The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`);
+        throw new StepError(
+            `The new cluster in "${input.new}" has not passed verify (state: ${marker?.state ?? "no marker"}); the switch happens only after verify.`,
+        );
     }
     await requireCopyAfterSynapse(input.synapse ?? [], marker.copiedAt);
     if (marker.state === "verified") {
-        if (!horizon) throw new StepError(`The old container "${input.old}" is not running, so the switch cannot check that it took no writes since the copy was taken; start it (docker start ${input.old}) and run pulumi up again.`);
+        if (!horizon)
+            throw new StepError(
+                `The old container "${input.old}" is not running, so the switch cannot check that it took no writes since the copy was taken; start it (docker start ${input.old}) and run pulumi up again.`,
+            );
         requireNoWritesSince(marker.copyPoint, input.old, horizon);
         const switched = advanceMarker(marker, "cutover");
-        if (position !== undefined) switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
+        if (position !== undefined)
+            switched.switchedAt = { database, eventsStreamOrdering: position, at: new Date().toISOString() };
         await writeMarkerIn(input.new, user, switched);
     }
     // Both servers stop side by side (Synapse is down: each second counts); the old one is only stopped.
@@ -107,9 +142,12 @@ async function switchFromStaging(input: CutoverInput, stagingInfo: ContainerInfo
 
 /** Synapse's newest event stream position, or undefined where there is no Synapse schema. */
 export async function eventsPosition(container: string, user: string, database: string): Promise<number | undefined> {
-    const rows = await query(container, user,
+    const rows = await query(
+        container,
+        user,
         "SELECT CASE WHEN to_regclass('public.events') IS NULL THEN NULL ELSE (SELECT coalesce(max(stream_ordering), 0) FROM public.events) END",
-        database).catch(() => [] as string[][]);
+        database,
+    ).catch(() => [] as string[][]);
     const value = rows[0]?.[0];
     return value === undefined || value === "" ? undefined : Number(value);
 }

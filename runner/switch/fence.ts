@@ -49,7 +49,9 @@ export interface Fence {
 /** A container on the host's network (or another container's) cannot be taken off it: refused before the downtime. */
 export function requireFenceable(old: ContainerInfo): void {
     if (old.networkMode !== "host" && !old.networkMode.startsWith("container:")) return;
-    throw new StepError(`The old container "${old.name}" uses ${old.networkMode === "host" ? "the host's network" : `the network of ${old.networkMode.slice("container:".length)}`}, so nothing could keep other clients from writing to it while the new cluster is made, and what they wrote would be lost; put it on a Docker network that Synapse uses (docker compose does) and run pulumi up again.`);
+    throw new StepError(
+        `The old container "${old.name}" uses ${old.networkMode === "host" ? "the host's network" : `the network of ${old.networkMode.slice("container:".length)}`}, so nothing could keep other clients from writing to it while the new cluster is made, and what they wrote would be lost; put it on a Docker network that Synapse uses (docker compose does) and run pulumi up again.`,
+    );
 }
 
 /**
@@ -60,10 +62,19 @@ export async function raiseFence(old: ContainerInfo, superuser: string): Promise
     requireFenceable(old);
     const records = await fenceRecords(old.name);
     const recorded = new Set(records.flatMap((r) => r.networks.map((n) => n.name)));
-    const current = Object.entries(old.networks).map(([name, n]) => ({ name, aliases: aliasesToKeep(old, n.aliases), ip: n.staticIp }));
+    const current = Object.entries(old.networks).map(([name, n]) => ({
+        name,
+        aliases: aliasesToKeep(old, n.aliases),
+        ip: n.staticIp,
+    }));
     const unrecorded = current.filter((n) => !recorded.has(n.name));
     // Recorded first: a kill after a disconnect must still find what to put back.
-    if (unrecorded.length) await writeFenceRecord(old, records.map((r) => r.name), unrecorded);
+    if (unrecorded.length)
+        await writeFenceRecord(
+            old,
+            records.map((r) => r.name),
+            unrecorded,
+        );
     for (const n of current) {
         await run("docker", ["network", "disconnect", n.name, old.name]).catch((err: Error) => {
             if (!/is not connected/.test(err.message)) throw err;
@@ -81,13 +92,25 @@ export async function liftFence(container: string): Promise<string[] | undefined
     const records = await fenceRecords(container);
     if (records.length === 0) return undefined;
     const info = await inspectContainer(container);
-    if (!info) throw new StepError(`The old container "${container}" is gone, so the networks the upgrade took it off cannot be given back.`);
+    if (!info)
+        throw new StepError(
+            `The old container "${container}" is gone, so the networks the upgrade took it off cannot be given back.`,
+        );
     const reconnected: string[] = [];
     for (const n of records.flatMap((r) => r.networks)) {
         if (info.networks[n.name] || reconnected.includes(n.name)) continue;
         const aliases = n.aliases.flatMap((a) => ["--alias", a]);
-        await run("docker", ["network", "connect", ...aliases, ...(n.ip ? ["--ip", n.ip] : []), n.name, container]).catch((err: Error) => {
-            throw new StepError(`The old container "${container}" could not be put back on the Docker network "${n.name}" (${err.message.trim().split("\n").pop()}); reconnect it with docker network connect${n.aliases.map((a) => ` --alias ${a}`).join("")} ${n.name} ${container} and run pulumi up again.`);
+        await run("docker", [
+            "network",
+            "connect",
+            ...aliases,
+            ...(n.ip ? ["--ip", n.ip] : []),
+            n.name,
+            container,
+        ]).catch((err: Error) => {
+            throw new StepError(
+                `The old container "${container}" could not be put back on the Docker network "${n.name}" (${err.message.trim().split("\n").pop()}); reconnect it with docker network connect${n.aliases.map((a) => ` --alias ${a}`).join("")} ${n.name} ${container} and run pulumi up again.`,
+            );
         });
         reconnected.push(n.name);
     }
@@ -101,29 +124,55 @@ function aliasesToKeep(info: ContainerInfo, aliases: string[]): string[] {
 }
 
 async function fenceRecords(container: string): Promise<{ name: string; networks: FencedNetwork[] }[]> {
-    const { stdout } = await run("docker", ["ps", "-a", "--filter", `label=${FENCE_OF_LABEL}=${container}`, "--format", `{{.Names}}\t{{.Label "${FENCE_NETWORKS_LABEL}"}}`]);
-    return stdout.split("\n").filter(Boolean).map((line) => {
-        const [name, json] = line.split("\t");
-        return { name, networks: JSON.parse(json) as FencedNetwork[] };
-    });
+    const { stdout } = await run("docker", [
+        "ps",
+        "-a",
+        "--filter",
+        `label=${FENCE_OF_LABEL}=${container}`,
+        "--format",
+        `{{.Names}}\t{{.Label "${FENCE_NETWORKS_LABEL}"}}`,
+    ]);
+    return stdout
+        .split("\n")
+        .filter(Boolean)
+        .map((line) => {
+            const [name, json] = line.split("\t");
+            return { name, networks: JSON.parse(json) as FencedNetwork[] };
+        });
 }
 
 async function writeFenceRecord(old: ContainerInfo, taken: string[], networks: FencedNetwork[]): Promise<void> {
     let n = taken.length + 1;
     while (taken.includes(`${old.name}-fence-${n}`)) n++;
-    await run("docker", ["create", "--name", `${old.name}-fence-${n}`, "--network", "none", "--restart", "no",
+    await run("docker", [
+        "create",
+        "--name",
+        `${old.name}-fence-${n}`,
+        "--network",
+        "none",
+        "--restart",
+        "no",
         ...ourLabels("fence"),
-        "--label", `${FENCE_OF_LABEL}=${old.name}`, "--label", `${FENCE_NETWORKS_LABEL}=${JSON.stringify(networks)}`,
-        "--entrypoint", "true", old.imageId]);
+        "--label",
+        `${FENCE_OF_LABEL}=${old.name}`,
+        "--label",
+        `${FENCE_NETWORKS_LABEL}=${JSON.stringify(networks)}`,
+        "--entrypoint",
+        "true",
+        old.imageId,
+    ]);
 }
 
 /** Sessions that were already connected; bounded, for a client that keeps connecting from inside the container. */
 async function endOtherSessions(container: string, superuser: string): Promise<number> {
     let ended = 0;
     for (let round = 0; round < 40; round++) {
-        const [[signalled, left]] = await query(container, superuser,
+        const [[signalled, left]] = await query(
+            container,
+            superuser,
             `SELECT count(pg_terminate_backend(pid)) FILTER (WHERE pid <> pg_backend_pid()), count(*) - 1
-               FROM pg_stat_activity WHERE backend_type = 'client backend'`);
+               FROM pg_stat_activity WHERE backend_type = 'client backend'`,
+        );
         if (Number(left) === 0) {
             // Before 15 an ended session's last counters reach the statistics collector a moment later.
             if (ended > 0) await sleep(1000);
@@ -132,7 +181,9 @@ async function endOtherSessions(container: string, superuser: string): Promise<n
         ended += Number(signalled);
         await sleep(250);
     }
-    throw new StepError(`Client sessions keep connecting to "${container}" from inside its container although it is off every network; stop whatever runs there (docker exec) and run pulumi up again.`);
+    throw new StepError(
+        `Client sessions keep connecting to "${container}" from inside its container although it is off every network; stop whatever runs there (docker exec) and run pulumi up again.`,
+    );
 }
 
 const HORIZON_SQL = `
@@ -145,7 +196,10 @@ SELECT coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0),
 /** Every database's horizon; one that cannot be read refuses (queryEachDatabase), since its writes could not be told. */
 export async function readWriteHorizon(container: string, superuser: string): Promise<WriteHorizon> {
     const horizon: WriteHorizon = {};
-    for (const { database, rows: [[rows, tables, sequences]] } of await queryEachDatabase(container, superuser, HORIZON_SQL)) {
+    for (const {
+        database,
+        rows: [[rows, tables, sequences]],
+    } of await queryEachDatabase(container, superuser, HORIZON_SQL)) {
         horizon[database] = { rows: Number(rows), tables, sequences };
     }
     return horizon;
@@ -158,10 +212,15 @@ export function horizonChanges(before: WriteHorizon, now: WriteHorizon): string[
         const [b, n] = [before[db], now[db]];
         if (!n) changes.push(`database ${db} is gone`);
         else if (!b) changes.push(`database ${db} was created`);
-        else if (n.rows < b.rows) changes.push(`database ${db}'s write statistics were reset (a crash or pg_stat_reset), so its writes cannot be counted`);
+        else if (n.rows < b.rows)
+            changes.push(
+                `database ${db}'s write statistics were reset (a crash or pg_stat_reset), so its writes cannot be counted`,
+            );
         else {
-            if (n.rows > b.rows) changes.push(`${n.rows - b.rows} row(s) inserted, updated or deleted in database ${db}`);
-            else if (n.tables !== b.tables) changes.push(`tables created, dropped, truncated or rewritten in database ${db}`);
+            if (n.rows > b.rows)
+                changes.push(`${n.rows - b.rows} row(s) inserted, updated or deleted in database ${db}`);
+            else if (n.tables !== b.tables)
+                changes.push(`tables created, dropped, truncated or rewritten in database ${db}`);
             if (n.sequences !== b.sequences) changes.push(`sequences advanced in database ${db}`);
         }
     }
@@ -171,15 +230,22 @@ export function horizonChanges(before: WriteHorizon, now: WriteHorizon): string[
 /** Refuses the switch when the old cluster took a write after the copy point: `now` is read under the fence. */
 export function requireNoWritesSince(copyPoint: CopyPoint | undefined, container: string, now: WriteHorizon): void {
     if (!copyPoint) {
-        throw new StepError(`The new cluster's copy records no write horizon of "${container}" (an earlier version of synapse-postgres made it), so the switch cannot check that nothing was written since; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`);
+        throw new StepError(
+            `The new cluster's copy records no write horizon of "${container}" (an earlier version of synapse-postgres made it), so the switch cannot check that nothing was written since; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`,
+        );
     }
     const changes = horizonChanges(copyPoint.horizon, now);
     if (changes.length === 0) return;
-    throw new StepError(`The old cluster "${container}" took writes after the new cluster's copy was taken (${copyPoint.at}): ${changes.slice(0, 3).join("; ")}; the copy lacks them, so the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`);
+    throw new StepError(
+        `The old cluster "${container}" took writes after the new cluster's copy was taken (${copyPoint.at}): ${changes.slice(0, 3).join("; ")}; the copy lacks them, so the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`,
+    );
 }
 
 /** Raises the fence and reads the horizon under it: the copy point, taken just before the copy starts. */
-export async function takeCopyPoint(old: ContainerInfo, superuser: string): Promise<{ fence: Fence; copyPoint: CopyPoint }> {
+export async function takeCopyPoint(
+    old: ContainerInfo,
+    superuser: string,
+): Promise<{ fence: Fence; copyPoint: CopyPoint }> {
     const fence = await raiseFence(old, superuser);
     return { fence, copyPoint: { at: new Date().toISOString(), horizon: await readWriteHorizon(old.name, superuser) } };
 }
@@ -187,7 +253,8 @@ export async function takeCopyPoint(old: ContainerInfo, superuser: string): Prom
 /** "took it off net1 and net2, ended 2 client session(s)" or "" when the fence was already up. */
 export function describeFence(f: Fence): string {
     const parts = [];
-    if (f.disconnected.length) parts.push(`took it off the network${f.disconnected.length > 1 ? "s" : ""} ${f.disconnected.join(", ")}`);
+    if (f.disconnected.length)
+        parts.push(`took it off the network${f.disconnected.length > 1 ? "s" : ""} ${f.disconnected.join(", ")}`);
     if (f.ended) parts.push(`ended ${f.ended} client session(s)`);
     return parts.join(", ");
 }

@@ -28,7 +28,12 @@ export async function eventsWrittenSinceSwitch(peers: ContainerInfo[]): Promise<
         try {
             marker = await readMarker(peer);
         } catch (err) {
-            return { ...NONE, served: true, from: peer.name, uncounted: `its upgrade marker cannot be read (${firstLine(err)})` };
+            return {
+                ...NONE,
+                served: true,
+                from: peer.name,
+                uncounted: `its upgrade marker cannot be read (${firstLine(err)})`,
+            };
         }
         if (!marker || (marker.state !== "serving" && marker.state !== "cutover")) continue;
         const since = marker.switchedAt;
@@ -36,7 +41,9 @@ export async function eventsWrittenSinceSwitch(peers: ContainerInfo[]): Promise<
         if (!since) return { ...found, lost: 0, at: "" };
         const sql = `SELECT count(*) FROM public.events WHERE stream_ordering > ${Number(since.eventsStreamOrdering)}`;
         try {
-            const [[n]] = peer.running ? await query(peer.name, superuserOf(peer), sql, since.database) : await queryOffline(peer, sql, since.database);
+            const [[n]] = peer.running
+                ? await query(peer.name, superuserOf(peer), sql, since.database)
+                : await queryOffline(peer, sql, since.database);
             return { ...found, lost: Number(n), at: since.at };
         } catch (err) {
             return { ...found, lost: 0, at: since.at, uncounted: `its events cannot be counted (${firstLine(err)})` };
@@ -60,9 +67,23 @@ async function queryOffline(peer: ContainerInfo, sql: string, database: string):
     const user = superuserOf(peer);
     await removeOurCounter(name);
     await run("docker", [
-        "run", "-d", "--name", name, ...ourLabels("count"),
-        "--network", "none", "--volumes-from", peer.name, "-e", `PGDATA=${pgdataOf(peer)}`, "-e", `POSTGRES_USER=${user}`,
-        "--stop-signal", "SIGINT", peer.imageId, "postgres",
+        "run",
+        "-d",
+        "--name",
+        name,
+        ...ourLabels("count"),
+        "--network",
+        "none",
+        "--volumes-from",
+        peer.name,
+        "-e",
+        `PGDATA=${pgdataOf(peer)}`,
+        "-e",
+        `POSTGRES_USER=${user}`,
+        "--stop-signal",
+        "SIGINT",
+        peer.imageId,
+        "postgres",
     ]);
     try {
         await waitUntilAccepting(name, user, 120);
@@ -75,7 +96,14 @@ async function queryOffline(peer: ContainerInfo, sql: string, database: string):
 
 /** A counting container a killed run left, removed only when it carries our label and role. */
 async function removeOurCounter(name: string): Promise<void> {
-    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `name=^${name}$`, "--filter", `label=${ROLE_LABEL}=count`]);
+    const { stdout } = await run("docker", [
+        "ps",
+        "-aq",
+        "--filter",
+        `name=^${name}$`,
+        "--filter",
+        `label=${ROLE_LABEL}=count`,
+    ]);
     if (stdout.trim()) await run("docker", ["rm", "--force", stdout.trim()]);
 }
 

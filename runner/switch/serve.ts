@@ -52,12 +52,16 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
     const fenceLifted = await liftFence(input.container);
     if (fenceLifted !== undefined) info = (await inspectContainer(input.container))!;
     if (!info.networks[input.network]?.aliases.includes(input.alias)) {
-        throw new StepError(`The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`);
+        throw new StepError(
+            `The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`,
+        );
     }
     const others = (await holdersOf(input.network, input.alias)).filter((o) => o.name !== input.container);
     for (const other of others) {
         if (other.labels[MANAGED_LABEL] !== "true") {
-            throw new StepError(`The container "${other.name}", which synapse-postgres does not manage, also answers to "${input.alias}" on "${input.network}"; stop it so Synapse reaches only one server.`);
+            throw new StepError(
+                `The container "${other.name}", which synapse-postgres does not manage, also answers to "${input.alias}" on "${input.network}"; stop it so Synapse reaches only one server.`,
+            );
         }
     }
     // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
@@ -102,7 +106,17 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
             // pg_upgrade before 18 carries no statistics; the upgrade gathered a quick first stage. The full
             // ANALYZE runs now, in the background, while Synapse works (pg_upgrade's own advice).
             marker.method === "pg_upgrade" && marker.major < 18
-                ? run("docker", ["exec", "-d", input.container, "vacuumdb", "-U", user, "--all", "--analyze-only", "--quiet"])
+                ? run("docker", [
+                      "exec",
+                      "-d",
+                      input.container,
+                      "vacuumdb",
+                      "-U",
+                      user,
+                      "--all",
+                      "--analyze-only",
+                      "--quiet",
+                  ])
                 : undefined,
         ]);
     }
@@ -112,12 +126,27 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         // still lists as unclaimed; clear them before Synapse starts, so they are uploaded afresh. Only when
         // Synapse's stream moved past the old cluster: a revert without writes leaves the old data exactly as it was.
         const db = input.database ?? "synapse";
-        const rows = await query(input.container, user,
-            "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone", db).catch(() => [["0"]]);
+        const rows = await query(
+            input.container,
+            user,
+            "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone",
+            db,
+        ).catch(() => [["0"]]);
         oneTimeKeysCleared = Number(rows[0][0]);
     }
     const synapseStarted = [...new Set([...startedEarly, ...(await startSynapse(input.synapse ?? []))])];
-    return { started, stoppedOthers, version, synapseStarted, oneTimeKeysCleared, eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost, standbysRemoved, fenceLifted, passwordSet, extensions };
+    return {
+        started,
+        stoppedOthers,
+        version,
+        synapseStarted,
+        oneTimeKeysCleared,
+        eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost,
+        standbysRemoved,
+        fenceLifted,
+        passwordSet,
+        extensions,
+    };
 }
 
 /**
@@ -145,22 +174,48 @@ function revertRefusal(input: ServeInput, info: ContainerInfo, leaving: RevertLo
  * older one (the source an upgrade just stopped) is not being left by this serve, so it is not counted.
  */
 async function stoppedPeers(input: ServeInput, self: ContainerInfo): Promise<ContainerInfo[]> {
-    const { stdout } = await run("docker", ["ps", "-aq", "--filter", `label=${MANAGED_LABEL}=true`, "--filter", "status=exited", "--filter", "status=created", "--filter", "status=dead"]);
+    const { stdout } = await run("docker", [
+        "ps",
+        "-aq",
+        "--filter",
+        `label=${MANAGED_LABEL}=true`,
+        "--filter",
+        "status=exited",
+        "--filter",
+        "status=created",
+        "--filter",
+        "status=dead",
+    ]);
     // An adopted container carries no major label: every cluster of ours beside it is newer.
     const major = Number(self.labels[CLUSTER_LABEL] ?? 0);
     const found: ContainerInfo[] = [];
     for (const id of stdout.split("\n").filter(Boolean)) {
         const c = await inspectContainer(id);
         const newer = Number(c?.labels[CLUSTER_LABEL] ?? 0) > major;
-        if (c && !c.running && newer && c.name !== input.container && c.networks[input.network]?.aliases.includes(input.alias)) found.push(c);
+        if (
+            c &&
+            !c.running &&
+            newer &&
+            c.name !== input.container &&
+            c.networks[input.network]?.aliases.includes(input.alias)
+        )
+            found.push(c);
     }
     return found;
 }
 
 /** Running containers on the network that answer to the alias. */
 async function holdersOf(network: string, alias: string) {
-    const { stdout } = await run("docker", ["network", "inspect", "--format", "{{range $id, $c := .Containers}}{{$c.Name}}\n{{end}}", network]).catch(() => {
-        throw new StepError(`The Docker network "${network}" does not exist; create it or set postgres:network to the one Synapse uses.`);
+    const { stdout } = await run("docker", [
+        "network",
+        "inspect",
+        "--format",
+        "{{range $id, $c := .Containers}}{{$c.Name}}\n{{end}}",
+        network,
+    ]).catch(() => {
+        throw new StepError(
+            `The Docker network "${network}" does not exist; create it or set postgres:network to the one Synapse uses.`,
+        );
     });
     const holders = [];
     for (const name of stdout.split("\n").filter(Boolean)) {

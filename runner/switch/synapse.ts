@@ -6,7 +6,10 @@ import { run } from "../docker/process";
 import { StepError } from "../step-error";
 
 export function parseContainerList(text: string | undefined): string[] {
-    return (text ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+    return (text ?? "")
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean);
 }
 
 /** Stops the running ones; says which it stopped. Synapse shuts down on SIGTERM; 60 s before a kill. */
@@ -14,7 +17,10 @@ export async function stopSynapse(containers: string[]): Promise<string[]> {
     const stopped: string[] = [];
     for (const name of containers) {
         const info = await inspectContainer(name);
-        if (!info) throw new StepError(`The Synapse container "${name}" (postgres:synapseContainers) does not exist; fix the name or remove it from the list.`);
+        if (!info)
+            throw new StepError(
+                `The Synapse container "${name}" (postgres:synapseContainers) does not exist; fix the name or remove it from the list.`,
+            );
         if (!info.running) continue;
         await run("docker", ["stop", "--time", "60", name]);
         stopped.push(name);
@@ -32,7 +38,9 @@ export async function requireCopyAfterSynapse(containers: string[], copiedAt: st
     for (const name of containers) {
         const info = await inspectContainer(name);
         if (info && Date.parse(info.startedAt) > Date.parse(copiedAt)) {
-            throw new StepError(`Synapse ("${name}") was started again on the old cluster at ${info.startedAt}, after the new cluster's copy was taken (${copiedAt}), so the copy may lack what it wrote and the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`);
+            throw new StepError(
+                `Synapse ("${name}") was started again on the old cluster at ${info.startedAt}, after the new cluster's copy was taken (${copiedAt}), so the copy may lack what it wrote and the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy.`,
+            );
         }
     }
 }
@@ -41,7 +49,10 @@ export async function startSynapse(containers: string[]): Promise<string[]> {
     const started: string[] = [];
     for (const name of containers) {
         const info = await inspectContainer(name);
-        if (!info) throw new StepError(`The Synapse container "${name}" (postgres:synapseContainers) does not exist; fix the name or remove it from the list.`);
+        if (!info)
+            throw new StepError(
+                `The Synapse container "${name}" (postgres:synapseContainers) does not exist; fix the name or remove it from the list.`,
+            );
         if (info.running) continue;
         await run("docker", ["start", name]);
         started.push(name);

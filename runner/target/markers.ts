@@ -56,15 +56,24 @@ export function markerPath(major: number): string {
 /** Whether the volume or host folder exists; asked without a helper container, whose mount would create it. */
 export async function locationExists(data: DataLocation): Promise<boolean> {
     return data.kind === "volume"
-        ? run("docker", ["volume", "inspect", data.name]).then(() => true, () => false)
-        : fs.stat(data.path).then(() => true, () => false);
+        ? run("docker", ["volume", "inspect", data.name]).then(
+              () => true,
+              () => false,
+          )
+        : fs.stat(data.path).then(
+              () => true,
+              () => false,
+          );
 }
 
 export async function readTargetState(data: DataLocation, major: number, image: string): Promise<TargetState> {
     const { mountTarget } = dataLayout(major);
     const mounts = [{ data, target: mountTarget }];
     const listing = await runWithData(image, mounts, ["find", mountTarget, "-mindepth", "1", "-maxdepth", "1"]);
-    const entries = listing.split("\n").filter(Boolean).map((p) => p.slice(mountTarget.length + 1));
+    const entries = listing
+        .split("\n")
+        .filter(Boolean)
+        .map((p) => p.slice(mountTarget.length + 1));
     if (entries.length === 0) return { isEmpty: true, entries };
     let marker: Marker | undefined;
     try {
@@ -121,7 +130,13 @@ export function ourStaging(name: string): Promise<ContainerInfo | undefined> {
  * elsewhere first. Data we did not create is refused. What is left is empty, or a staging copy of ours that never
  * served: safe to make again. Returns where a served copy was set aside.
  */
-export async function makeRoomForStaging(data: DataLocation, major: number, image: string, target: TargetState, staging: ContainerInfo | undefined): Promise<string | undefined> {
+export async function makeRoomForStaging(
+    data: DataLocation,
+    major: number,
+    image: string,
+    target: TargetState,
+    staging: ContainerInfo | undefined,
+): Promise<string | undefined> {
     let setAsideTo: string | undefined;
     if (target.marker && hasServed(target.marker)) {
         if (staging) await removeContainer(staging.name);
@@ -139,9 +154,11 @@ export async function makeRoomForStaging(data: DataLocation, major: number, imag
 /** Removes everything in the location. Only ever called on a staging copy we made (see the callers' checks). */
 export async function emptyTarget(data: DataLocation, major: number, image: string): Promise<void> {
     const { mountTarget } = dataLayout(major);
-    await runWithData(image, [{ data, target: mountTarget }], [
-        "find", mountTarget, "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", "+",
-    ]);
+    await runWithData(
+        image,
+        [{ data, target: mountTarget }],
+        ["find", mountTarget, "-mindepth", "1", "-maxdepth", "1", "-exec", "rm", "-rf", "{}", "+"],
+    );
 }
 
 /**
@@ -157,8 +174,23 @@ export async function setAside(data: DataLocation, major: number, image: string)
         return aside;
     }
     const aside = `${data.name}-reverted-${stamp}`;
-    await run("docker", ["volume", "create", "--label", `${MANAGED_LABEL}=true`, "--label", `${SET_ASIDE_FROM_LABEL}=${data.name}`, aside]);
-    await runWithData(image, [{ data, target: "/from" }, { data: { kind: "volume", name: aside }, target: "/to" }], ["cp", "-a", "/from/.", "/to/"]);
+    await run("docker", [
+        "volume",
+        "create",
+        "--label",
+        `${MANAGED_LABEL}=true`,
+        "--label",
+        `${SET_ASIDE_FROM_LABEL}=${data.name}`,
+        aside,
+    ]);
+    await runWithData(
+        image,
+        [
+            { data, target: "/from" },
+            { data: { kind: "volume", name: aside }, target: "/to" },
+        ],
+        ["cp", "-a", "/from/.", "/to/"],
+    );
     await emptyTarget(data, major, image);
     return aside;
 }
@@ -168,7 +200,9 @@ export async function requireUnused(data: DataLocation, allowed: string[] = []):
     const users = (await containersUsing(data)).filter((c) => !allowed.includes(c.name));
     if (users.length > 0) {
         const names = users.map((c) => `"${c.name}"${c.running ? " (running)" : ""}`).join(", ");
-        throw new StepError(`The data location ${formatDataLocation(data)} is mounted by ${names}; remove that container before upgrading into it.`);
+        throw new StepError(
+            `The data location ${formatDataLocation(data)} is mounted by ${names}; remove that container before upgrading into it.`,
+        );
     }
 }
 
@@ -180,9 +214,12 @@ const dataDirectories = new Map<string, string>();
 
 /** Reads the marker through a running container (PGDATA from the server itself), in one psql. */
 export async function readMarkerIn(container: string, user: string): Promise<Marker | undefined> {
-    const [[dir, found, text]] = await query(container, user,
+    const [[dir, found, text]] = await query(
+        container,
+        user,
         `SELECT current_setting('data_directory'), f IS NOT NULL, coalesce(f, '')
-           FROM pg_read_file(current_setting('data_directory') || '/${MARKER_FILE}', 0, 1048576, true) AS f`);
+           FROM pg_read_file(current_setting('data_directory') || '/${MARKER_FILE}', 0, 1048576, true) AS f`,
+    );
     dataDirectories.set(container, dir);
     return found === "t" ? JSON.parse(text) : undefined;
 }

@@ -17,20 +17,44 @@ import { CLUSTER_LABEL, ourLabels } from "../names";
  * computes the scram verifier on the client and sends only that, so a server that logs statements (the carried
  * log_statement = ddl) never logs the password; psql reads it from stdin, never from argv.
  */
-export async function rehashLoginRole(input: { container: string; password: string; loginUser?: string }, superuser: string): Promise<string | undefined> {
+export async function rehashLoginRole(
+    input: { container: string; password: string; loginUser?: string },
+    superuser: string,
+): Promise<string | undefined> {
     const role = input.loginUser ?? "synapse";
-    const rows = await query(input.container, superuser, `SELECT rolpassword FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`);
+    const rows = await query(
+        input.container,
+        superuser,
+        `SELECT rolpassword FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`,
+    );
     const hash = rows[0]?.[0] ?? "";
     if (!hash.startsWith("md5")) return undefined;
-    if (hash !== "md5" + createHash("md5").update(input.password + role).digest("hex")) {
-        throw new StepError(`The role ${role} has an md5 password hash in the old cluster that postgres:password does not match, so it cannot be re-set as scram-sha-256; set postgres:password to the password Synapse uses.`);
+    if (
+        hash !==
+        "md5" +
+            createHash("md5")
+                .update(input.password + role)
+                .digest("hex")
+    ) {
+        throw new StepError(
+            `The role ${role} has an md5 password hash in the old cluster that postgres:password does not match, so it cannot be re-set as scram-sha-256; set postgres:password to the password Synapse uses.`,
+        );
     }
     if (/[\r\n]/.test(input.password)) {
-        throw new StepError(`The role ${role} has an md5 password hash and postgres:password holds a line break, which psql's \\password cannot read; set the role's password by hand as scram-sha-256 and run pulumi up again.`);
+        throw new StepError(
+            `The role ${role} has an md5 password hash and postgres:password holds a line break, which psql's \\password cannot read; set the role's password by hand as scram-sha-256 and run pulumi up again.`,
+        );
     }
     await setPassword(input.container, superuser, role, input.password);
-    const [[stored]] = await query(input.container, superuser, `SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`);
-    if (stored !== "SCRAM-SHA-256$") throw new StepError(`psql's \\password did not re-set the role ${role} as scram-sha-256; set its password by hand and run pulumi up again.`);
+    const [[stored]] = await query(
+        input.container,
+        superuser,
+        `SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = ${quoteLiteral(role)}`,
+    );
+    if (stored !== "SCRAM-SHA-256$")
+        throw new StepError(
+            `psql's \\password did not re-set the role ${role} as scram-sha-256; set its password by hand and run pulumi up again.`,
+        );
     return role;
 }
 
@@ -75,22 +99,36 @@ export async function startStagingContainer(spec: StagingSpec): Promise<void> {
     await run(
         "docker",
         [
-            "run", "-d", "--name", spec.container,
+            "run",
+            "-d",
+            "--name",
+            spec.container,
             ...ourLabels("staging"),
-            "--label", `${CLUSTER_LABEL}=${spec.major}`,
+            "--label",
+            `${CLUSTER_LABEL}=${spec.major}`,
             // The old roles and databases come from the dump (or pg_upgrade): bootstrap only the superuser the
             // old cluster has (a dump's CREATE ROLE of it is filtered) and no extra database.
-            "-e", `POSTGRES_USER=${spec.superuser}`,
-            "-e", "POSTGRES_PASSWORD",
-            "-e", "POSTGRES_DB=postgres",
-            "-e", `POSTGRES_INITDB_ARGS=${initdbArgs}`,
-            "-e", `PGDATA=${dataLayout(spec.major).pgdata}`,
-            "--shm-size", "256m",
-            "--stop-signal", "SIGINT",
-            "-v", mountArgument(spec.data, spec.major),
+            "-e",
+            `POSTGRES_USER=${spec.superuser}`,
+            "-e",
+            "POSTGRES_PASSWORD",
+            "-e",
+            "POSTGRES_DB=postgres",
+            "-e",
+            `POSTGRES_INITDB_ARGS=${initdbArgs}`,
+            "-e",
+            `PGDATA=${dataLayout(spec.major).pgdata}`,
+            "--shm-size",
+            "256m",
+            "--stop-signal",
+            "SIGINT",
+            "-v",
+            mountArgument(spec.data, spec.major),
             ...(spec.mounts ?? []).flatMap((m) => ["-v", m]),
             // A copy until the switch: it archives no WAL (standby.ts, NO_ARCHIVING), whatever the copied files say.
-            spec.image, "postgres", ...NO_ARCHIVING,
+            spec.image,
+            "postgres",
+            ...NO_ARCHIVING,
         ],
         { env: { POSTGRES_PASSWORD: randomBytes(24).toString("base64url") } },
     );

@@ -28,8 +28,27 @@ import * as path from "node:path";
  * Optional and computed in the provider: an input that becomes absent keeps the value the container has (no diff,
  * no replacement), so taking it out of the program changes nothing on the server.
  */
-const KEPT_WHEN_ABSENT = ["command", "entrypoints", "envs", "labels", "healthcheck", "stopSignal", "shmSize", "logDriver", "hostname", "init"];
-const IN_PLACE_CONTAINER_INPUTS = new Set(["restart", "destroyGraceSeconds", "wait", "waitTimeout", "removeVolumes", "mustRun", "start"]);
+const KEPT_WHEN_ABSENT = [
+    "command",
+    "entrypoints",
+    "envs",
+    "labels",
+    "healthcheck",
+    "stopSignal",
+    "shmSize",
+    "logDriver",
+    "hostname",
+    "init",
+];
+const IN_PLACE_CONTAINER_INPUTS = new Set([
+    "restart",
+    "destroyGraceSeconds",
+    "wait",
+    "waitTimeout",
+    "removeVolumes",
+    "mustRun",
+    "start",
+]);
 export const REPO = path.resolve(__dirname, "../..");
 
 interface Applied {
@@ -44,7 +63,10 @@ interface Applied {
 
 /** What the provider gives a command's update and delete of its last run. */
 function previousOutput(applied: Applied): Record<string, string> {
-    return { PULUMI_COMMAND_STDOUT: (applied.output?.stdout ?? "").replace(/\n$/, ""), PULUMI_COMMAND_STDERR: (applied.output?.stderr ?? "").replace(/\n$/, "") };
+    return {
+        PULUMI_COMMAND_STDOUT: (applied.output?.stdout ?? "").replace(/\n$/, ""),
+        PULUMI_COMMAND_STDERR: (applied.output?.stderr ?? "").replace(/\n$/, ""),
+    };
 }
 
 export interface CommandRun {
@@ -68,7 +90,13 @@ export class Applier {
     private readonly realIds = new Map<string, string>();
 
     /** `afterCommand` is called after each successful command (the tests run every step a second time there). */
-    constructor(private readonly afterCommand?: (r: DeclaredResource, env: Record<string, string>, line: string) => Promise<void>) {}
+    constructor(
+        private readonly afterCommand?: (
+            r: DeclaredResource,
+            env: Record<string, string>,
+            line: string,
+        ) => Promise<void>,
+    ) {}
 
     async up(declared: Declared): Promise<void> {
         const plain = declared.resources.map((r) => ({ ...r, inputs: unwrapSecrets(r.inputs) }));
@@ -91,12 +119,21 @@ export class Applier {
     }
 
     private withRealIds(inputs: Record<string, any>): Record<string, any> {
-        return JSON.parse(JSON.stringify(inputs), (_k, v) => (typeof v === "string" && this.realIds.has(v) ? this.realIds.get(v) : v));
+        return JSON.parse(JSON.stringify(inputs), (_k, v) =>
+            typeof v === "string" && this.realIds.has(v) ? this.realIds.get(v) : v,
+        );
     }
 
     private remember(r: DeclaredResource, output?: Applied["output"]): void {
         this.state.delete(r.name);
-        this.state.set(r.name, { type: r.type, inputs: r.inputs, retainOnDelete: r.retainOnDelete, dependencies: r.dependencies, urn: r.urn, output });
+        this.state.set(r.name, {
+            type: r.type,
+            inputs: r.inputs,
+            retainOnDelete: r.retainOnDelete,
+            dependencies: r.dependencies,
+            urn: r.urn,
+            output,
+        });
     }
 
     private async volume(r: DeclaredResource, prior?: Applied): Promise<void> {
@@ -106,16 +143,22 @@ export class Applier {
         const args = ["volume", "create"];
         for (const l of r.inputs.labels ?? []) args.push("--label", `${l.label}=${l.value}`);
         await run("docker", [...args, r.inputs.name]);
-        if (prior && !prior.retainOnDelete && prior.inputs.name !== r.inputs.name) await run("docker", ["volume", "rm", "--force", prior.inputs.name]);
+        if (prior && !prior.retainOnDelete && prior.inputs.name !== r.inputs.name)
+            await run("docker", ["volume", "rm", "--force", prior.inputs.name]);
         this.remember(r);
     }
 
     private async container(r: DeclaredResource, prior?: Applied): Promise<void> {
         if (prior) {
             // ignoreChanges: the engine diffs (and stores) the old value of an ignored input in place of the new one.
-            for (const k of r.ignoreChanges) if (k in prior.inputs) r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
-            for (const k of KEPT_WHEN_ABSENT) if (r.inputs[k] === undefined && prior.inputs[k] !== undefined) r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
-            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !same(prior.inputs[k], r.inputs[k]));
+            for (const k of r.ignoreChanges)
+                if (k in prior.inputs) r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
+            for (const k of KEPT_WHEN_ABSENT)
+                if (r.inputs[k] === undefined && prior.inputs[k] !== undefined)
+                    r = { ...r, inputs: { ...r.inputs, [k]: prior.inputs[k] } };
+            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter(
+                (k) => !same(prior.inputs[k], r.inputs[k]),
+            );
             if (changed.every((k) => IN_PLACE_CONTAINER_INPUTS.has(k))) return this.remember(r);
             await this.delete(r.name, prior); // deleteBeforeReplace
         }
@@ -140,8 +183,18 @@ export class Applier {
         if (i.healthcheck) {
             const [kind, ...cmd] = i.healthcheck.tests;
             if (kind !== "CMD") throw new Error(`healthcheck kind ${kind}`);
-            args.push("--health-cmd", cmd.join(" "), "--health-interval", i.healthcheck.interval, "--health-timeout", i.healthcheck.timeout,
-                "--health-retries", String(i.healthcheck.retries), "--health-start-period", i.healthcheck.startPeriod);
+            args.push(
+                "--health-cmd",
+                cmd.join(" "),
+                "--health-interval",
+                i.healthcheck.interval,
+                "--health-timeout",
+                i.healthcheck.timeout,
+                "--health-retries",
+                String(i.healthcheck.retries),
+                "--health-start-period",
+                i.healthcheck.startPeriod,
+            );
         }
         if (i.restart) args.push("--restart", i.restart);
         if (i.stopSignal) args.push("--stop-signal", i.stopSignal);
@@ -164,7 +217,9 @@ export class Applier {
                 r = { ...r, inputs: k in prior.inputs ? { ...rest, [k]: prior.inputs[k] } : rest };
             }
             const triggersChanged = !same(prior.inputs.triggers, r.inputs.triggers);
-            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter((k) => !same(prior.inputs[k], r.inputs[k]));
+            const changed = Object.keys({ ...prior.inputs, ...r.inputs }).filter(
+                (k) => !same(prior.inputs[k], r.inputs[k]),
+            );
             if (!triggersChanged && changed.length === 0) return this.remember(r, prior.output);
             if (triggersChanged) replaced = prior;
         }
@@ -184,13 +239,23 @@ export class Applier {
     private async delete(name: string, applied: Applied): Promise<void> {
         if (applied.type === "docker:index/container:Container") {
             const i = applied.inputs;
-            await run("docker", ["stop", "--signal", i.stopSignal ?? "SIGTERM", "--time", String(i.destroyGraceSeconds ?? 0), i.name]).catch(() => undefined);
+            await run("docker", [
+                "stop",
+                "--signal",
+                i.stopSignal ?? "SIGTERM",
+                "--time",
+                String(i.destroyGraceSeconds ?? 0),
+                i.name,
+            ]).catch(() => undefined);
             await run("docker", ["rm", "--force", ...(i.removeVolumes === false ? [] : ["--volumes"]), i.name]);
         } else if (applied.type === "docker:index/volume:Volume") {
             if (!applied.retainOnDelete) await run("docker", ["volume", "rm", "--force", applied.inputs.name]);
         } else if (applied.type === "command:local:Command") {
             if (applied.inputs.delete) {
-                const { stdout, stderr } = await runShell(applied.inputs.delete, { ...(applied.inputs.environment ?? {}), ...previousOutput(applied) });
+                const { stdout, stderr } = await runShell(applied.inputs.delete, {
+                    ...(applied.inputs.environment ?? {}),
+                    ...previousOutput(applied),
+                });
                 this.deleteRuns.push({ name, command: applied.inputs.delete, stdout, stderr });
             }
         }
@@ -232,7 +297,14 @@ export function runShell(command: string, env: Record<string, string>): Promise<
         child.on("error", reject);
         child.on("close", (code) => {
             if (code === 0) resolve({ stdout, stderr });
-            else reject(Object.assign(new Error(`command failed (${code}): ${command}\n${stderr.trim()}`), { stdout, stderr, code }));
+            else
+                reject(
+                    Object.assign(new Error(`command failed (${code}): ${command}\n${stderr.trim()}`), {
+                        stdout,
+                        stderr,
+                        code,
+                    }),
+                );
         });
     });
 }

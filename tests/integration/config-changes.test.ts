@@ -32,16 +32,41 @@ describe("config changes on a serving stack: done for real, or refused before an
     const loginWith = async (pw: string) => {
         const c = await connect({ port: PORT, user: "synapse", password: pw }, "synapse");
         try {
-            return (await c.query("SELECT current_setting('server_version_num')::int / 10000 AS v")).rows[0].v as number;
+            return (await c.query("SELECT current_setting('server_version_num')::int / 10000 AS v")).rows[0]
+                .v as number;
         } finally {
             await c.end();
         }
     };
     const containerId = async (name: string) => (await run("docker", ["inspect", "-f", "{{.Id}}", name])).stdout.trim();
     const show = async (container: string, setting: string, socket: string[] = []) =>
-        (await run("docker", ["exec", "-u", "postgres", container, "psql", ...socket, "-U", "synapse", "-d", "postgres", "-XAtc", `SHOW ${setting}`])).stdout.trim();
+        (
+            await run("docker", [
+                "exec",
+                "-u",
+                "postgres",
+                container,
+                "psql",
+                ...socket,
+                "-U",
+                "synapse",
+                "-d",
+                "postgres",
+                "-XAtc",
+                `SHOW ${setting}`,
+            ])
+        ).stdout.trim();
     const untilAccepting = async () => {
-        for (let i = 0; i < 60 && (await loginWith(password).then(() => false, () => true)); i++) await new Promise((r) => setTimeout(r, 500));
+        for (
+            let i = 0;
+            i < 60 &&
+            (await loginWith(password).then(
+                () => false,
+                () => true,
+            ));
+            i++
+        )
+            await new Promise((r) => setTimeout(r, 500));
     };
 
     before(async () => {
@@ -61,21 +86,33 @@ describe("config changes on a serving stack: done for real, or refused before an
         password = SECOND_PASSWORD;
         await up({ version: "15" });
         const before = applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout;
-        assert.match(before, /^before-replace: "sptest-cfg-pg15" will be replaced \(its password changes\); Synapse was not running here\.$/m);
+        assert.match(
+            before,
+            /^before-replace: "sptest-cfg-pg15" will be replaced \(its password changes\); Synapse was not running here\.$/m,
+        );
         const serve = applier.commandRuns.slice(mark).find((c) => c.name === "pg15-serve")!.stdout;
-        assert.match(serve, /^serve: the role synapse did not log in with postgres:password; its password was set to it \(as a scram-sha-256 verifier\), and it logs in over TCP now\.$/m);
+        assert.match(
+            serve,
+            /^serve: the role synapse did not log in with postgres:password; its password was set to it \(as a scram-sha-256 verifier\), and it logs in over TCP now\.$/m,
+        );
         assert.equal(await loginWith(SECOND_PASSWORD), 15);
         await assert.rejects(loginWith(FIRST_PASSWORD), /password authentication failed for user "synapse"/);
         // Again, unchanged: nothing runs, nothing is set.
         const again = applier.commandRuns.length;
         await up({ version: "15" });
-        assert.deepEqual(applier.commandRuns.slice(again).map((c) => c.name), []);
+        assert.deepEqual(
+            applier.commandRuns.slice(again).map((c) => c.name),
+            [],
+        );
     });
 
     it("postgres:port changed: before-replace sees the replacement coming; the server answers on the new port only", async () => {
         const mark = applier.commandRuns.length;
         await up({ version: "15", port: String(PORT + 100) });
-        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout, /will be replaced \(its published port changes\)/);
+        assert.match(
+            applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout,
+            /will be replaced \(its published port changes\)/,
+        );
         const c = await connect({ port: PORT + 100, user: "synapse", password }, "synapse");
         await c.end();
         await assert.rejects(loginWith(password), /ECONNREFUSED/);
@@ -85,10 +122,28 @@ describe("config changes on a serving stack: done for real, or refused before an
 
     it("postgres:hostAlias changed: the container is replaced and answers to the new name only on the network", async () => {
         const mark = applier.commandRuns.length;
-        const ready = (host: string) => run("docker", ["run", "--rm", "--network", `${PREFIX}net`, "--entrypoint", "pg_isready", `${TEST_IMAGE}:15`, "-h", host, "-t", "5"])
-            .then(() => true, () => false);
+        const ready = (host: string) =>
+            run("docker", [
+                "run",
+                "--rm",
+                "--network",
+                `${PREFIX}net`,
+                "--entrypoint",
+                "pg_isready",
+                `${TEST_IMAGE}:15`,
+                "-h",
+                host,
+                "-t",
+                "5",
+            ]).then(
+                () => true,
+                () => false,
+            );
         await up({ version: "15", hostAlias: "matrix-db" });
-        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout, /will be replaced \(its network or host name changes\)/);
+        assert.match(
+            applier.commandRuns.slice(mark).find((c) => c.name === "pg15-before-replace")!.stdout,
+            /will be replaced \(its network or host name changes\)/,
+        );
         assert.deepEqual([await ready("matrix-db"), await ready("db")], [true, false]);
         await up({ version: "15" });
         assert.deepEqual([await ready("matrix-db"), await ready("db")], [false, true]);
@@ -98,11 +153,21 @@ describe("config changes on a serving stack: done for real, or refused before an
     it("postgres:user or postgres:containerPrefix changed on a cluster with data: refused before anything changes", async () => {
         const id = await containerId(OLD);
         await assert.rejects(up({ version: "15", user: "matrix" }), (err: Error) => {
-            assert.ok(err.message.includes(`synapse-pg before-replace: postgres:user changes from synapse to matrix, but the image applies it only to an empty data folder, so "${OLD}" would keep synapse; set postgres:user back, or create the role matrix yourself (psql) and then change postgres:user.`), err.message);
+            assert.ok(
+                err.message.includes(
+                    `synapse-pg before-replace: postgres:user changes from synapse to matrix, but the image applies it only to an empty data folder, so "${OLD}" would keep synapse; set postgres:user back, or create the role matrix yourself (psql) and then change postgres:user.`,
+                ),
+                err.message,
+            );
             return true;
         });
         await assert.rejects(up({ version: "15", containerPrefix: `${PREFIX}db` }), (err: Error) => {
-            assert.ok(err.message.includes(`synapse-pg before-replace: "${OLD}" already serves PostgreSQL 15 as "db" on "${PREFIX}net"; a new name (postgres:containerPrefix) would start "${PREFIX}db15" beside it on other, empty data; set postgres:containerPrefix back.`), err.message);
+            assert.ok(
+                err.message.includes(
+                    `synapse-pg before-replace: "${OLD}" already serves PostgreSQL 15 as "db" on "${PREFIX}net"; a new name (postgres:containerPrefix) would start "${PREFIX}db15" beside it on other, empty data; set postgres:containerPrefix back.`,
+                ),
+                err.message,
+            );
             return true;
         });
         assert.equal(await containerId(OLD), id, "the serving container was not replaced");
@@ -115,12 +180,21 @@ describe("config changes on a serving stack: done for real, or refused before an
         const id = await containerId(OLD);
         const root = path.join(scratch, "data");
         await assert.rejects(up({ version: "15", dataRoot: root }), (err: Error) => {
-            assert.ok(err.message.includes(`synapse-pg before-replace: postgres:dataRoot would move "${OLD}" from ${PREFIX}pgsql15 to ${root}/pgsql15, which is empty: the new container would serve an empty database and Synapse would start a fresh one there; to move the data, stop "${OLD}", copy its data there yourself (keep the original) and run pulumi up again, or set postgres:dataRoot back.`), err.message);
+            assert.ok(
+                err.message.includes(
+                    `synapse-pg before-replace: postgres:dataRoot would move "${OLD}" from ${PREFIX}pgsql15 to ${root}/pgsql15, which is empty: the new container would serve an empty database and Synapse would start a fresh one there; to move the data, stop "${OLD}", copy its data there yourself (keep the original) and run pulumi up again, or set postgres:dataRoot back.`,
+                ),
+                err.message,
+            );
             return true;
         });
         assert.equal(await containerId(OLD), id, "the serving container was not replaced");
         assert.equal(await containerState(OLD), "running");
-        assert.deepEqual(logicalContent(await snapshotCluster({ port: PORT, user: "synapse", password })), logicalContent(before), "it serves the same data");
+        assert.deepEqual(
+            logicalContent(await snapshotCluster({ port: PORT, user: "synapse", password })),
+            logicalContent(before),
+            "it serves the same data",
+        );
         await assert.rejects(fs.stat(path.join(root, "pgsql15")), /ENOENT/, "the new location was not created");
         // Set back, the stack is as it was.
         await up({ version: "15" });
@@ -130,14 +204,26 @@ describe("config changes on a serving stack: done for real, or refused before an
     it("WAL archiving on in the old cluster: the standby and the staging copy archive nothing; the output says the new cluster archives after the switch", async () => {
         const archive = "/var/lib/postgresql/archive";
         await run("docker", ["exec", "-u", "postgres", OLD, "mkdir", "-p", archive]);
-        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET archive_mode = on",
-            "-c", `ALTER SYSTEM SET archive_command = 'test ! -f ${archive}/%f && cp %p ${archive}/%f'`]);
+        await run("docker", [
+            "exec",
+            OLD,
+            "psql",
+            "-U",
+            "synapse",
+            "-d",
+            "postgres",
+            "-c",
+            "ALTER SYSTEM SET archive_mode = on",
+            "-c",
+            `ALTER SYSTEM SET archive_command = 'test ! -f ${archive}/%f && cp %p ${archive}/%f'`,
+        ]);
         await run("docker", ["restart", OLD]);
         await untilAccepting();
         assert.equal(await show(OLD, "archive_mode"), "on");
         const seen: Record<string, string> = {};
         afterStep = async (name) => {
-            if (name.endsWith("-prepare")) seen.standby = await show(`${PREFIX}pg17-staging-standby`, "archive_mode", ["-h", "/tmp"]);
+            if (name.endsWith("-prepare"))
+                seen.standby = await show(`${PREFIX}pg17-staging-standby`, "archive_mode", ["-h", "/tmp"]);
             if (name.endsWith("-copy-config")) seen.staging = await show(`${PREFIX}pg17-staging`, "archive_mode");
         };
         const mark = applier.commandRuns.length;
@@ -147,10 +233,19 @@ describe("config changes on a serving stack: done for real, or refused before an
             afterStep = async () => undefined;
         }
         assert.deepEqual(seen, { standby: "off", staging: "off" }, "no copy of the old cluster archived");
-        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-prepare")!.stdout,
-            /^prepare: the old cluster archives WAL \(archive_mode=on\); the copies made for the upgrade archive nothing, but after the switch the new cluster archives with the same archive_command: a new major needs an archive of its own \(a new pgBackRest stanza, another folder\), so point it elsewhere with postgres:settings before the switch\.$/m);
-        assert.match(applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-upgrade")!.stdout, /pg_upgrade --link on the standby/);
-        assert.equal(await show(`${PREFIX}pg17`, "archive_mode"), "on", "serving, 17 archives as the old cluster's files say");
+        assert.match(
+            applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-prepare")!.stdout,
+            /^prepare: the old cluster archives WAL \(archive_mode=on\); the copies made for the upgrade archive nothing, but after the switch the new cluster archives with the same archive_command: a new major needs an archive of its own \(a new pgBackRest stanza, another folder\), so point it elsewhere with postgres:settings before the switch\.$/m,
+        );
+        assert.match(
+            applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-upgrade")!.stdout,
+            /pg_upgrade --link on the standby/,
+        );
+        assert.equal(
+            await show(`${PREFIX}pg17`, "archive_mode"),
+            "on",
+            "serving, 17 archives as the old cluster's files say",
+        );
         // Back to 15, and 17's data out of the way, for the next test's dump.
         await up({ version: "15" });
         for (const v of [`${PREFIX}pgsql17`]) await run("docker", ["volume", "rm", "-f", v]);
@@ -162,7 +257,12 @@ describe("config changes on a serving stack: done for real, or refused before an
         password = "config-Pässword-3";
         try {
             await assert.rejects(up({ version: "17", upgradeFrom: "15" }), (err: Error) => {
-                assert.ok(err.message.includes(`synapse-pg preflight: postgres:password does not log in to "${OLD}" as synapse (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (set postgres:version back to 15 and pulumi up, which sets it) or after it.`), err.message);
+                assert.ok(
+                    err.message.includes(
+                        `synapse-pg preflight: postgres:password does not log in to "${OLD}" as synapse (password authentication failed), and the new cluster gets the old one's password hashes, so Synapse could not log in after the switch either: if it is mistyped, set the password Synapse uses; to change it, do so before the upgrade (set postgres:version back to 15 and pulumi up, which sets it) or after it.`,
+                    ),
+                    err.message,
+                );
                 return true;
             });
         } finally {
@@ -189,8 +289,17 @@ describe("config changes on a serving stack: done for real, or refused before an
         await up({ version: "17", upgradeFrom: "15", backupDir: backups, attempt: "2" });
         const runs = applier.commandRuns.slice(mark);
         const preflight = runs.find((c) => c.name === "upgrade-15-to-17-preflight")!.stdout;
-        assert.match(preflight, new RegExp(`^preflight: created the backup folder ${backups} \\(mode 0700: the dump holds every role's password hash\\)\\.$`, "m"));
-        assert.ok(runs.find((c) => c.name === "upgrade-15-to-17-dump")!.command.includes(`--backup-dir ${backups} `), "attempt 2 dumps into the new folder");
+        assert.match(
+            preflight,
+            new RegExp(
+                `^preflight: created the backup folder ${backups} \\(mode 0700: the dump holds every role's password hash\\)\\.$`,
+                "m",
+            ),
+        );
+        assert.ok(
+            runs.find((c) => c.name === "upgrade-15-to-17-dump")!.command.includes(`--backup-dir ${backups} `),
+            "attempt 2 dumps into the new folder",
+        );
         assert.equal((await fs.stat(backups)).mode & 0o777, 0o700);
         assert.ok((await fs.readdir(backups)).includes("upgrade-15-to-17.json"), "the dump's manifest is there");
         assert.deepEqual((await fs.readdir(base.backupDir)).sort(), first, "attempt 1's dump is left as it was");

@@ -13,7 +13,9 @@ export async function requireDockerAndImages(majors: number[]): Promise<void> {
     try {
         await run("docker", ["info", "--format", "{{.ServerVersion}}"]);
     } catch (err) {
-        throw new Error(`The integration tests need a Docker engine; run \`npm run images\` (as root) first: ${(err as Error).message}`);
+        throw new Error(
+            `The integration tests need a Docker engine; run \`npm run images\` (as root) first: ${(err as Error).message}`,
+        );
     }
     for (const major of majors) {
         try {
@@ -31,7 +33,8 @@ export async function tagImage(from: string, to: string): Promise<void> {
 
 /** Removes the test's containers, volumes and networks (by name prefix). Bounded: one listing of each. */
 export async function removeTestResources(prefix: string): Promise<void> {
-    const list = async (args: string[]) => (await run("docker", args)).stdout.split("\n").filter((n) => n.startsWith(prefix));
+    const list = async (args: string[]) =>
+        (await run("docker", args)).stdout.split("\n").filter((n) => n.startsWith(prefix));
     const containers = await list(["ps", "-a", "--format", "{{.Names}}"]);
     if (containers.length) await run("docker", ["rm", "-f", ...containers]);
     const volumes = await list(["volume", "ls", "--format", "{{.Name}}"]);
@@ -50,7 +53,10 @@ export async function containerState(name: string): Promise<"running" | "stopped
 }
 
 export async function volumeExists(name: string): Promise<boolean> {
-    return run("docker", ["volume", "inspect", name]).then(() => true, () => false);
+    return run("docker", ["volume", "inspect", name]).then(
+        () => true,
+        () => false,
+    );
 }
 
 export async function volumesNamed(prefix: string): Promise<string[]> {
@@ -78,9 +84,13 @@ export async function startSuite(prefix: string, port: number, majors: number[])
     return {
         backups,
         base: {
-            image: `${TEST_IMAGE}:{version}`, network: `${prefix}net`, containerPrefix: `${prefix}pg`, port: String(port),
+            image: `${TEST_IMAGE}:{version}`,
+            network: `${prefix}net`,
+            containerPrefix: `${prefix}pg`,
+            port: String(port),
             // What Synapse's docs give for a compose deployment: UTF8 with C collation.
-            backupDir: backups, initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
+            backupDir: backups,
+            initdbArgs: "--encoding=UTF8 --lc-collate=C --lc-ctype=C",
             // The suites are about one method each; the default (pg_upgrade, or the method of an upgrade under way)
             // is exercised by synapse.test.ts, with the step runner really asked.
             method: "directory",

@@ -25,10 +25,20 @@ const STAGING = `${PREFIX}pg17-staging`;
 async function restartDockerDaemon(): Promise<void> {
     const pid = (await fs.readFile("/var/run/docker.pid", "utf8")).trim();
     process.kill(Number(pid), "SIGTERM");
-    for (let i = 0; i < 120 && (await fs.stat(`/proc/${pid}`).then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 500));
+    for (
+        let i = 0;
+        i < 120 &&
+        (await fs.stat(`/proc/${pid}`).then(
+            () => true,
+            () => false,
+        ));
+        i++
+    )
+        await new Promise((r) => setTimeout(r, 500));
     await run("bash", [path.join(REPO, "scripts/docker-up.sh")]);
     // Containers with a restart policy come back shortly after the daemon answers.
-    for (let i = 0; i < 60 && (await containerState(OLD)) !== "running"; i++) await new Promise((r) => setTimeout(r, 500));
+    for (let i = 0; i < 60 && (await containerState(OLD)) !== "running"; i++)
+        await new Promise((r) => setTimeout(r, 500));
 }
 
 describe("faults: the old data always survives, and a re-run completes", function () {
@@ -96,7 +106,10 @@ describe("faults: the old data always survives, and a re-run completes", functio
     it("1. a client still connected: preflight refuses and names it; after it leaves, the upgrade completes", async () => {
         const client = await connect(login, "synapse", "synapse-test-client");
         try {
-            await rejects(up(upgrade()), /synapse-pg preflight: 1 client\(s\) are still connected to "sptest-fault-pg15" \(synapse-test-client from [0-9.]+ on synapse\); stop Synapse and its workers first/);
+            await rejects(
+                up(upgrade()),
+                /synapse-pg preflight: 1 client\(s\) are still connected to "sptest-fault-pg15" \(synapse-test-client from [0-9.]+ on synapse\); stop Synapse and its workers first/,
+            );
         } finally {
             await client.end();
         }
@@ -109,15 +122,30 @@ describe("faults: the old data always survives, and a re-run completes", functio
         const small = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-tmpfs-"));
         await run("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", small]);
         try {
-            await rejects(up(upgrade({ backupDir: small })), new RegExp(`synapse-pg preflight: The backup folder ${small} has 2\\.1 MB free but the dump may need [0-9.]+ MB; free [0-9.]+ MB there or set postgres:backupDir to a larger disk\\.`));
+            await rejects(
+                up(upgrade({ backupDir: small })),
+                new RegExp(
+                    `synapse-pg preflight: The backup folder ${small} has 2\\.1 MB free but the dump may need [0-9.]+ MB; free [0-9.]+ MB there or set postgres:backupDir to a larger disk\\.`,
+                ),
+            );
             // The dump step refuses on its own too, for a run by hand.
             const d = await declare(upgrade({ backupDir: small }), PASSWORD);
             const { command, env } = stepOf(d, "dump");
-            await rejects(runShell(command, env), /synapse-pg dump: The backup folder .* has 2\.1 MB free but the dump may need/);
+            await rejects(
+                runShell(command, env),
+                /synapse-pg dump: The backup folder .* has 2\.1 MB free but the dump may need/,
+            );
             assert.deepEqual(await fs.readdir(small), [], "nothing was written");
             // And for the new cluster: a host folder on a 2 MB file system.
-            await rejects(runShell(`npx --no-install synapse-pg preflight --old ${OLD} --major 17 --image ${base.image.replace("{version}", "17")} --data ${small}/pgsql17 --backup-dir ${backups}`, {}),
-                new RegExp(`synapse-pg preflight: The new cluster's data location ${small}/pgsql17 \\(on the file system of ${small}(/pgsql17)?\\) has 2\\.1 MB free but needs about [0-9.]+ [MG]B \\([0-9.]+ [MG]B for the new cluster, [0-9.]+ [MG]B for the restore's WAL, [0-9.]+ [MG]B for room left for the running server\\); free [0-9.]+ [MG]B there or choose another postgres:dataRoot\\.`));
+            await rejects(
+                runShell(
+                    `npx --no-install synapse-pg preflight --old ${OLD} --major 17 --image ${base.image.replace("{version}", "17")} --data ${small}/pgsql17 --backup-dir ${backups}`,
+                    {},
+                ),
+                new RegExp(
+                    `synapse-pg preflight: The new cluster's data location ${small}/pgsql17 \\(on the file system of ${small}(/pgsql17)?\\) has 2\\.1 MB free but needs about [0-9.]+ [MG]B \\([0-9.]+ [MG]B for the new cluster, [0-9.]+ [MG]B for the restore's WAL, [0-9.]+ [MG]B for room left for the running server\\); free [0-9.]+ [MG]B there or choose another postgres:dataRoot\\.`,
+                ),
+            );
         } finally {
             await run("umount", [small]);
             await fs.rm(small, { recursive: true, force: true });
@@ -135,8 +163,12 @@ describe("faults: the old data always survives, and a re-run completes", functio
         try {
             const d = await declare(upgrade({ dataRoot: small }), PASSWORD);
             await runShell(stepOf(d, "dump").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
-            await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
-                new RegExp(`synapse-pg restore: The new cluster's disk \\(${small}/pgsql17\\) filled up during the restore; the partial copy was removed to give the space back, the old cluster is unchanged, and the next run starts the restore again once there is room`));
+            await rejects(
+                runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+                new RegExp(
+                    `synapse-pg restore: The new cluster's disk \\(${small}/pgsql17\\) filled up during the restore; the partial copy was removed to give the space back, the old cluster is unchanged, and the next run starts the restore again once there is room`,
+                ),
+            );
             assert.equal(await containerState(STAGING), "absent", "the staging container is gone");
             assert.deepEqual(await fs.readdir(path.join(small, "pgsql17")), [], "the partial copy is gone");
         } finally {
@@ -156,19 +188,53 @@ describe("faults: the old data always survives, and a re-run completes", functio
         const exited = new Promise((r) => child.on("close", r));
         const partial = path.join(backups, "upgrade-15-to-17.partial");
         // Bounded: 600 polls of 10 ms for the partial dump to appear.
-        for (let i = 0; i < 600 && !(await fs.stat(path.join(partial, "globals.sql")).then(() => true, () => false)); i++) {
+        for (
+            let i = 0;
+            i < 600 &&
+            !(await fs.stat(path.join(partial, "globals.sql")).then(
+                () => true,
+                () => false,
+            ));
+            i++
+        ) {
             await new Promise((r) => setTimeout(r, 10));
         }
         process.kill(-child.pid!, "SIGKILL");
         await exited;
-        assert.equal(await fs.stat(path.join(backups, "upgrade-15-to-17.json")).then(() => true, () => false), false, "no manifest");
-        assert.equal(await fs.stat(path.join(backups, "upgrade-15-to-17")).then(() => true, () => false), false, "no complete dump");
-        await rejects(runShell(stepOf(d, "restore").command, env), /synapse-pg restore: The dump .*upgrade-15-to-17 has no manifest \(upgrade-15-to-17\.json\), so it may be incomplete; run the dump step again\./);
+        assert.equal(
+            await fs.stat(path.join(backups, "upgrade-15-to-17.json")).then(
+                () => true,
+                () => false,
+            ),
+            false,
+            "no manifest",
+        );
+        assert.equal(
+            await fs.stat(path.join(backups, "upgrade-15-to-17")).then(
+                () => true,
+                () => false,
+            ),
+            false,
+            "no complete dump",
+        );
+        await rejects(
+            runShell(stepOf(d, "restore").command, env),
+            /synapse-pg restore: The dump .*upgrade-15-to-17 has no manifest \(upgrade-15-to-17\.json\), so it may be incomplete; run the dump step again\./,
+        );
         await expectOldServingUnchanged();
         await expectUpgradeCompletes(upgrade());
         // The killed attempt's tool containers (the killed docker client leaves them running or only created)
         // are gone: the dump's re-run removed them.
-        const tools = (await run("docker", ["ps", "-a", "--filter", `label=synapse-postgres.tool-of=${OLD}/upgrade-15-to-17`, "--format", "{{.Names}} {{.Status}}"])).stdout.trim();
+        const tools = (
+            await run("docker", [
+                "ps",
+                "-a",
+                "--filter",
+                `label=synapse-postgres.tool-of=${OLD}/upgrade-15-to-17`,
+                "--format",
+                "{{.Names}} {{.Status}}",
+            ])
+        ).stdout.trim();
         assert.equal(tools, "", "no tool container of the killed dump is left");
         await resetTo15();
     });
@@ -181,13 +247,19 @@ describe("faults: the old data always survives, and a re-run completes", functio
         const file = path.join(backups, biggest.path);
         const bytes = await fs.readFile(file);
         await fs.writeFile(file, bytes.subarray(0, bytes.length >> 1));
-        await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
-            new RegExp(`The dump file ${file.replace(/[.]/g, "\\.")} is ${bytes.length >> 1} bytes but the manifest says ${bytes.length}: it was truncated or changed`));
+        await rejects(
+            runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+            new RegExp(
+                `The dump file ${file.replace(/[.]/g, "\\.")} is ${bytes.length >> 1} bytes but the manifest says ${bytes.length}: it was truncated or changed`,
+            ),
+        );
         const flipped = Buffer.from(bytes);
         flipped[flipped.length >> 1] ^= 0x20;
         await fs.writeFile(file, flipped);
-        await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
-            /does not match the sha256 in its manifest: it was corrupted or changed; run the dump step again/);
+        await rejects(
+            runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+            /does not match the sha256 in its manifest: it was corrupted or changed; run the dump step again/,
+        );
         assert.equal(await containerState(STAGING), "absent", "no restore started");
         await expectOldServingUnchanged();
         await expectUpgradeCompletes(upgrade());
@@ -200,16 +272,24 @@ describe("faults: the old data always survives, and a re-run completes", functio
         // A dump whose SQL fails half-way, with a manifest that matches it (as if pg_dumpall had written it).
         const dumpFile = path.join(backups, "upgrade-15-to-17.sql");
         const text = await fs.readFile(dumpFile, "utf8");
-        const at = text.indexOf("\\connect \"synapse\"");
-        await fs.writeFile(dumpFile, text.slice(0, at) + "SELECT no_such_function_in_any_postgres();\n" + text.slice(at));
-        await run("node", ["-e", `
+        const at = text.indexOf('\\connect "synapse"');
+        await fs.writeFile(
+            dumpFile,
+            text.slice(0, at) + "SELECT no_such_function_in_any_postgres();\n" + text.slice(at),
+        );
+        await run("node", [
+            "-e",
+            `
             const fs = require("fs"), c = require("crypto");
             const m = JSON.parse(fs.readFileSync(${JSON.stringify(path.join(backups, "upgrade-15-to-17.json"))}));
             const f = fs.readFileSync(${JSON.stringify(dumpFile)});
             m.files[0].bytes = f.length; m.files[0].sha256 = c.createHash("sha256").update(f).digest("hex");
-            fs.writeFileSync(${JSON.stringify(path.join(backups, "upgrade-15-to-17.json"))}, JSON.stringify(m));`]);
-        await rejects(runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
-            /synapse-pg restore: The restore into "sptest-fault-pg17-staging" stopped at an error in the script after .*; the old cluster is unchanged and the next run starts the restore again: .*function no_such_function_in_any_postgres\(\) does not exist/);
+            fs.writeFileSync(${JSON.stringify(path.join(backups, "upgrade-15-to-17.json"))}, JSON.stringify(m));`,
+        ]);
+        await rejects(
+            runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD }),
+            /synapse-pg restore: The restore into "sptest-fault-pg17-staging" stopped at an error in the script after .*; the old cluster is unchanged and the next run starts the restore again: .*function no_such_function_in_any_postgres\(\) does not exist/,
+        );
         await expectOldServingUnchanged();
         await expectUpgradeCompletes(upgrade({ method: "dumpall" }));
         await resetTo15();
@@ -219,15 +299,29 @@ describe("faults: the old data always survives, and a re-run completes", functio
         const d = await declare(upgrade(), PASSWORD);
         await runShell(stepOf(d, "dump").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
         const restoring = runShell(stepOf(d, "restore").command, { SYNAPSE_PG_PASSWORD: PASSWORD });
-        const outcome = restoring.then(() => "finished", (err: Error) => err.message);
+        const outcome = restoring.then(
+            () => "finished",
+            (err: Error) => err.message,
+        );
         // Bounded: wait up to 60 s for the load to begin (the marker says "restoring"), then kill the server.
         for (let i = 0; i < 600; i++) {
-            const marker = await run("docker", ["exec", STAGING, "cat", "/var/lib/postgresql/data/synapse-pg-upgrade.json"]).then((r) => r.stdout, () => "");
+            const marker = await run("docker", [
+                "exec",
+                STAGING,
+                "cat",
+                "/var/lib/postgresql/data/synapse-pg-upgrade.json",
+            ]).then(
+                (r) => r.stdout,
+                () => "",
+            );
             if (marker.includes('"restoring"')) break;
             await new Promise((r) => setTimeout(r, 100));
         }
         await run("docker", ["kill", STAGING]);
-        assert.match(await outcome, /synapse-pg restore: The new PostgreSQL in "sptest-fault-pg17-staging" stopped during the restore \(killed, or out of memory or disk\); the old cluster is unchanged and the next run starts the restore again/);
+        assert.match(
+            await outcome,
+            /synapse-pg restore: The new PostgreSQL in "sptest-fault-pg17-staging" stopped during the restore \(killed, or out of memory or disk\); the old cluster is unchanged and the next run starts the restore again/,
+        );
         await expectOldServingUnchanged();
         await expectUpgradeCompletes(upgrade());
         await resetTo15();
@@ -238,36 +332,62 @@ describe("faults: the old data always survives, and a re-run completes", functio
         // restore are not affected; preflight's reading of every database, the write horizon and verify are.
         const hba = (await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/pg_hba.conf"'])).stdout;
         const setHba = async (text: string) => {
-            await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], { stdin: text });
-            await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "SELECT pg_reload_conf()"]);
+            await run("docker", ["exec", "-i", "-u", "postgres", OLD, "sh", "-c", 'cat > "$PGDATA/pg_hba.conf"'], {
+                stdin: text,
+            });
+            await run("docker", [
+                "exec",
+                OLD,
+                "psql",
+                "-U",
+                "synapse",
+                "-d",
+                "postgres",
+                "-c",
+                "SELECT pg_reload_conf()",
+            ]);
         };
         await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "CREATE DATABASE sideline"]);
         const withSideline = await snapshotCluster(login);
         await setHba(`local sideline all reject\n${hba}`);
         try {
-            await rejects(up(upgrade()),
-                /synapse-pg preflight: "sptest-fault-pg15" refuses its superuser synapse a local connection to the database\(s\) sideline \(.*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline".*\), and the upgrade reads every database so: allow it there in pg_hba\.conf and run pulumi up again\./);
+            await rejects(
+                up(upgrade()),
+                /synapse-pg preflight: "sptest-fault-pg15" refuses its superuser synapse a local connection to the database\(s\) sideline \(.*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline".*\), and the upgrade reads every database so: allow it there in pg_hba\.conf and run pulumi up again\./,
+            );
             assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
         } finally {
             await setHba(hba);
         }
-        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withSideline), "the old cluster is unchanged");
+        assert.deepEqual(
+            logicalContent(await snapshotCluster(login)),
+            logicalContent(withSideline),
+            "the old cluster is unchanged",
+        );
         // The same rule made after the copy point: copy-config carries it, verify names the old cluster first.
         afterStep = async (name) => {
             if (name === "upgrade-15-to-17-dump") await setHba(`local sideline all reject\n${hba}`);
         };
         try {
-            await rejects(up(upgrade()),
-                /synapse-pg verify: verify could not read the database\(s\) sideline(, \w+)* in "sptest-fault-pg15", so it cannot compare them: .*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline"/);
+            await rejects(
+                up(upgrade()),
+                /synapse-pg verify: verify could not read the database\(s\) sideline(, \w+)* in "sptest-fault-pg15", so it cannot compare them: .*pg_hba\.conf rejects connection for host "\[local\]", user "synapse", database "sideline"/,
+            );
             assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
         } finally {
             afterStep = async () => undefined;
             await setHba(hba);
         }
-        assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(withSideline), "the old cluster is unchanged");
+        assert.deepEqual(
+            logicalContent(await snapshotCluster(login)),
+            logicalContent(withSideline),
+            "the old cluster is unchanged",
+        );
         // The rule gone from the old cluster, the new one still has it: copy-config carried it before verify ran.
-        await rejects(up(upgrade()),
-            /synapse-pg verify: verify could not read the database\(s\) sideline(, \w+)* in "sptest-fault-pg17-staging", so it cannot compare them: .*pg_hba\.conf rejects connection .*; its access rules are the old cluster's as copy-config carried them, so after changing the old cluster's, bump postgres:attempt\./);
+        await rejects(
+            up(upgrade()),
+            /synapse-pg verify: verify could not read the database\(s\) sideline(, \w+)* in "sptest-fault-pg17-staging", so it cannot compare them: .*pg_hba\.conf rejects connection .*; its access rules are the old cluster's as copy-config carried them, so after changing the old cluster's, bump postgres:attempt\./,
+        );
         // A fresh copy, as the message says, reads and compares every database.
         await up(upgrade({ attempt: "2" }));
         const after = await snapshotCluster(login);
@@ -293,8 +413,14 @@ describe("faults: the old data always survives, and a re-run completes", functio
             afterStep = async () => undefined;
         }
         const cut = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-cutover").pop()!.stdout;
-        assert.match(cut, /^cutover: "sptest-fault-pg15" took no writes since the copy was taken; stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m);
-        assert.match(cut, /^cutover: the stopped "sptest-fault-pg15" is back on sptest-fault-net, so a revert starts it as it was\.$/m);
+        assert.match(
+            cut,
+            /^cutover: "sptest-fault-pg15" took no writes since the copy was taken; stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m,
+        );
+        assert.match(
+            cut,
+            /^cutover: the stopped "sptest-fault-pg15" is back on sptest-fault-net, so a revert starts it as it was\.$/m,
+        );
         assert.equal(await containerState(STAGING), "absent");
         assert.equal(await containerState(OLD), "stopped");
         await resetTo15();
@@ -323,62 +449,147 @@ describe("faults: the old data always survives, and a re-run completes", functio
     });
 
     it("6e. a real Docker daemon restart after restore and again after verify: the old cluster comes back fenced, the staging container is started again, and the upgrade completes", async () => {
-        const networksOf = async (name: string) => Object.keys(JSON.parse((await run("docker", ["inspect", "-f", "{{json .NetworkSettings.Networks}}", name])).stdout));
+        const networksOf = async (name: string) =>
+            Object.keys(
+                JSON.parse((await run("docker", ["inspect", "-f", "{{json .NetworkSettings.Networks}}", name])).stdout),
+            );
         const seen: string[] = [];
         afterStep = async (name) => {
             if (!/-(restore|verify)$/.test(name)) return;
             await restartDockerDaemon();
             // unless-stopped brings the old cluster back; its fence (no network) holds across the restart.
-            seen.push(`${name.replace("upgrade-15-to-17-", "")}: old ${await containerState(OLD)} on [${(await networksOf(OLD)).join(",")}], staging ${await containerState(STAGING)}`);
+            seen.push(
+                `${name.replace("upgrade-15-to-17-", "")}: old ${await containerState(OLD)} on [${(await networksOf(OLD)).join(",")}], staging ${await containerState(STAGING)}`,
+            );
         };
         try {
             await expectUpgradeCompletes(upgrade());
         } finally {
             afterStep = async () => undefined;
         }
-        assert.deepEqual(seen, ["restore: old running on [], staging stopped", "verify: old running on [], staging stopped"]);
+        assert.deepEqual(seen, [
+            "restore: old running on [], staging stopped",
+            "verify: old running on [], staging stopped",
+        ]);
         const cut = applier.commandRuns.filter((r) => r.name === "upgrade-15-to-17-cutover").pop()!.stdout;
-        assert.match(cut, /^cutover: "sptest-fault-pg15" took no writes since the copy was taken; stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m);
-        assert.deepEqual(await networksOf(OLD), [`${PREFIX}net`], "stopped, the old container is back on its network for a revert");
+        assert.match(
+            cut,
+            /^cutover: "sptest-fault-pg15" took no writes since the copy was taken; stopped "sptest-fault-pg17-staging" and "sptest-fault-pg15"\.$/m,
+        );
+        assert.deepEqual(
+            await networksOf(OLD),
+            [`${PREFIX}net`],
+            "stopped, the old container is back on its network for a revert",
+        );
         await resetTo15();
         await expectOldServingUnchanged();
     });
 
     it("7. a postgresql.conf setting the new major rejects: named with file and line before the switch; left out by consent, it completes", async () => {
         // Valid in 15, removed in 16: the guide's "watch the logs" case.
-        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10", "-c", "SELECT pg_reload_conf()"]);
+        await run("docker", [
+            "exec",
+            OLD,
+            "psql",
+            "-U",
+            "synapse",
+            "-d",
+            "postgres",
+            "-c",
+            "ALTER SYSTEM SET vacuum_defer_cleanup_age = 10",
+            "-c",
+            "SELECT pg_reload_conf()",
+        ]);
         // And one the new server takes only at a start: copy-config must restart it (the old one keeps its 100).
-        await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "postgres", "-c", "ALTER SYSTEM SET max_connections = 150"]);
+        await run("docker", [
+            "exec",
+            OLD,
+            "psql",
+            "-U",
+            "synapse",
+            "-d",
+            "postgres",
+            "-c",
+            "ALTER SYSTEM SET max_connections = 150",
+        ]);
         // Access rules a user added by hand: carried as they are (a hostssl rule while ssl is off is taken by both
         // servers with a warning: it never matches, in the old cluster either).
-        await run("docker", ["exec", "-u", "postgres", OLD, "sh", "-c",
-            'echo "hostssl synapse synapse 192.0.2.0/24 scram-sha-256" >> "$PGDATA/pg_hba.conf" && echo "matrix   ops   synapse" >> "$PGDATA/pg_ident.conf"']);
-        await rejects(up(upgrade()),
-            /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*or leave them out of the new cluster only with `pulumi config set postgres:dropSettings vacuum_defer_cleanup_age`, and run pulumi up again\./);
+        await run("docker", [
+            "exec",
+            "-u",
+            "postgres",
+            OLD,
+            "sh",
+            "-c",
+            'echo "hostssl synapse synapse 192.0.2.0/24 scram-sha-256" >> "$PGDATA/pg_hba.conf" && echo "matrix   ops   synapse" >> "$PGDATA/pg_ident.conf"',
+        ]);
+        await rejects(
+            up(upgrade()),
+            /synapse-pg copy-config: The new PostgreSQL rejects 1 setting\(s\) of the old configuration, so the upgrade stops before the switch: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*or leave them out of the new cluster only with `pulumi config set postgres:dropSettings vacuum_defer_cleanup_age`, and run pulumi up again\./,
+        );
         assert.equal(await containerState(`${PREFIX}pg17`), "absent", "the new cluster never served");
         await expectOldServingUnchanged();
         // The user's consent, as the message asks for it: the line is left out of the new cluster only.
         const mark = applier.commandRuns.length;
         await expectUpgradeCompletes(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
         const copy = applier.commandRuns.slice(mark).find((r) => r.name === "upgrade-15-to-17-copy-config")!.stdout;
-        assert.match(copy, /copy-config: left out of the new cluster, as postgres:dropSettings allows: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*\); the old cluster keeps it\./);
-        assert.match(copy, /copy-config: copied (postgresql\.conf, )?postgresql\.auto\.conf, pg_hba\.conf and pg_ident\.conf; the new server accepted every setting and restarted with them\./);
-        const maxConnections = (await run("docker", ["exec", `${PREFIX}pg17`, "psql", "-U", "synapse", "-d", "postgres", "-Atc", "SHOW max_connections"])).stdout.trim();
+        assert.match(
+            copy,
+            /copy-config: left out of the new cluster, as postgres:dropSettings allows: postgresql\.auto\.conf line \d+: vacuum_defer_cleanup_age \(removed in 16: delete the line.*\); the old cluster keeps it\./,
+        );
+        assert.match(
+            copy,
+            /copy-config: copied (postgresql\.conf, )?postgresql\.auto\.conf, pg_hba\.conf and pg_ident\.conf; the new server accepted every setting and restarted with them\./,
+        );
+        const maxConnections = (
+            await run("docker", [
+                "exec",
+                `${PREFIX}pg17`,
+                "psql",
+                "-U",
+                "synapse",
+                "-d",
+                "postgres",
+                "-Atc",
+                "SHOW max_connections",
+            ])
+        ).stdout.trim();
         assert.equal(maxConnections, "150", "the restart-only setting reached the new cluster");
-        const newRules = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", 'cat "$PGDATA/pg_hba.conf" "$PGDATA/pg_ident.conf"'])).stdout;
-        assert.match(newRules, /^hostssl synapse synapse 192\.0\.2\.0\/24 scram-sha-256$/m, "the old cluster's access rule, carried");
+        const newRules = (
+            await run("docker", [
+                "exec",
+                `${PREFIX}pg17`,
+                "sh",
+                "-c",
+                'cat "$PGDATA/pg_hba.conf" "$PGDATA/pg_ident.conf"',
+            ])
+        ).stdout;
+        assert.match(
+            newRules,
+            /^hostssl synapse synapse 192\.0\.2\.0\/24 scram-sha-256$/m,
+            "the old cluster's access rule, carried",
+        );
         assert.match(newRules, /^matrix {3}ops {3}synapse$/m, "the old cluster's user map, carried");
         // The old container is stopped after the switch: its file is read with docker cp.
         const oldAuto = (await copyFileOut(OLD, "/var/lib/postgresql/data/postgresql.auto.conf"))!.toString("utf8");
         assert.match(oldAuto, /^vacuum_defer_cleanup_age = '10'$/m, "the old cluster's file is untouched");
-        const newAuto = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", 'cat "$PGDATA/postgresql.auto.conf"'])).stdout;
-        assert.match(newAuto, /^# vacuum_defer_cleanup_age = '10' {4}# left out by synapse-postgres \(postgres:dropSettings\)/m);
+        const newAuto = (
+            await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", 'cat "$PGDATA/postgresql.auto.conf"'])
+        ).stdout;
+        assert.match(
+            newAuto,
+            /^# vacuum_defer_cleanup_age = '10' {4}# left out by synapse-postgres \(postgres:dropSettings\)/m,
+        );
     });
 
     it("8. a re-run after a successful upgrade runs nothing and changes nothing", async () => {
         const before = applier.commandRuns.length;
         await up(upgrade({ dropSettings: "vacuum_defer_cleanup_age" }));
-        assert.deepEqual(applier.commandRuns.slice(before).map((c) => c.name), [], "no step ran again");
+        assert.deepEqual(
+            applier.commandRuns.slice(before).map((c) => c.name),
+            [],
+            "no step ran again",
+        );
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
         assert.deepEqual(logicalContent(after), logicalContent(original));

@@ -49,18 +49,45 @@ describe("the write fence: nothing written to the old cluster after the copy poi
      */
     function startWriter(tag: string, kind: "insert" | "update", writes: number): Writer {
         // insert: a row and the counter, in one transaction; update: only the counter's row, made beforehand.
-        const write = kind === "insert"
-            ? `BEGIN; INSERT INTO fence_probe (tag, n) VALUES ('${tag}', $i); INSERT INTO fence_counter VALUES ('${tag}', $i) ON CONFLICT (tag) DO UPDATE SET n = EXCLUDED.n; COMMIT;`
-            : `UPDATE fence_counter SET n = $i WHERE tag = '${tag}';`;
+        const write =
+            kind === "insert"
+                ? `BEGIN; INSERT INTO fence_probe (tag, n) VALUES ('${tag}', $i); INSERT INTO fence_counter VALUES ('${tag}', $i) ON CONFLICT (tag) DO UPDATE SET n = EXCLUDED.n; COMMIT;`
+                : `UPDATE fence_counter SET n = $i WHERE tag = '${tag}';`;
         const script = `for i in $(seq 1 ${writes}); do
   echo "${write}"; echo "SELECT 'ack $i';"
   sleep 0.05
 done | timeout 60 psql -h db -U synapse -d synapse -X -q -A -t -v ON_ERROR_STOP=1 2>&1; exit 0`;
-        const done = run("docker", ["run", "--rm", "--name", `${PREFIX}writer-${tag}`, "--network", `${PREFIX}net`, "-e", "PGPASSWORD", "--entrypoint", "sh",
-            `${TEST_IMAGE}:15`, "-c", script], { env: { PGPASSWORD: PASSWORD } }).then((r) => r.stdout, (err: Error) => err.message);
+        const done = run(
+            "docker",
+            [
+                "run",
+                "--rm",
+                "--name",
+                `${PREFIX}writer-${tag}`,
+                "--network",
+                `${PREFIX}net`,
+                "-e",
+                "PGPASSWORD",
+                "--entrypoint",
+                "sh",
+                `${TEST_IMAGE}:15`,
+                "-c",
+                script,
+            ],
+            { env: { PGPASSWORD: PASSWORD } },
+        ).then(
+            (r) => r.stdout,
+            (err: Error) => err.message,
+        );
         return {
-            tag, kind,
-            acked: async () => (await done).split("\n").map((l) => /^ack (\d+)$/.exec(l.trim())).filter(Boolean).map((m) => Number(m![1])),
+            tag,
+            kind,
+            acked: async () =>
+                (await done)
+                    .split("\n")
+                    .map((l) => /^ack (\d+)$/.exec(l.trim()))
+                    .filter(Boolean)
+                    .map((m) => Number(m![1])),
         };
     }
 
@@ -71,12 +98,21 @@ done | timeout 60 psql -h db -U synapse -d synapse -X -q -A -t -v ON_ERROR_STOP=
         for (const w of list) {
             const acked = await w.acked();
             if (w.kind === "insert") {
-                const rows = (await sql(`SELECT n FROM fence_probe WHERE tag = '${w.tag}' ORDER BY n`)).map((r) => r.n as number);
+                const rows = (await sql(`SELECT n FROM fence_probe WHERE tag = '${w.tag}' ORDER BY n`)).map(
+                    (r) => r.n as number,
+                );
                 const missing = acked.filter((n) => !rows.includes(n));
-                assert.deepEqual(missing, [], `writer ${w.tag}: every row it was told had committed is in ${major} (acked ${acked.length}, found ${rows.length})`);
+                assert.deepEqual(
+                    missing,
+                    [],
+                    `writer ${w.tag}: every row it was told had committed is in ${major} (acked ${acked.length}, found ${rows.length})`,
+                );
             }
             const counter = (await sql(`SELECT n FROM fence_counter WHERE tag = '${w.tag}'`))[0]?.n ?? 0;
-            assert.ok(counter >= Math.max(0, ...acked), `writer ${w.tag}: its last acknowledged UPDATE (${Math.max(0, ...acked)}) holds in ${major}, found ${counter}`);
+            assert.ok(
+                counter >= Math.max(0, ...acked),
+                `writer ${w.tag}: its last acknowledged UPDATE (${Math.max(0, ...acked)}) holds in ${major}, found ${counter}`,
+            );
             counts[w.tag] = acked.length;
         }
         return counts;
@@ -97,7 +133,9 @@ done | timeout 60 psql -h db -U synapse -d synapse -X -q -A -t -v ON_ERROR_STOP=
         applier = new Applier((r) => afterStep(r.name));
         await up({ version: "15" });
         await seedSynapse(OLD, "synapse", { sizeMB: 4, seed: 8 });
-        await sql("CREATE TABLE fence_probe (tag text, n int, PRIMARY KEY (tag, n)); CREATE TABLE fence_counter (tag text PRIMARY KEY, n int NOT NULL)");
+        await sql(
+            "CREATE TABLE fence_probe (tag text, n int, PRIMARY KEY (tag, n)); CREATE TABLE fence_counter (tag text PRIMARY KEY, n int NOT NULL)",
+        );
     });
     after(() => endSuite(PREFIX, suite));
 
@@ -115,19 +153,32 @@ done | timeout 60 psql -h db -U synapse -d synapse -X -q -A -t -v ON_ERROR_STOP=
             if (tag !== "preflight") return;
             started.through = startWriter("through", "update", 800);
             // The next step starts only once this session has committed: it is writing when the downtime begins.
-            for (let i = 0; i < 100 && Number((await sql("SELECT n FROM fence_counter WHERE tag = 'through'"))[0].n) === 0; i++) {
+            for (
+                let i = 0;
+                i < 100 && Number((await sql("SELECT n FROM fence_counter WHERE tag = 'through'"))[0].n) === 0;
+                i++
+            ) {
                 await new Promise((r) => setTimeout(r, 200));
             }
         };
         await up({ ...cfg, version: "17", upgradeFrom: "15" });
         afterStep = async () => undefined;
         const counts = await expectAckedInNewCluster(17, Object.values(started));
-        console.log(`      writes acknowledged per writer (named by the step it started after): ${JSON.stringify(counts)}`);
+        console.log(
+            `      writes acknowledged per writer (named by the step it started after): ${JSON.stringify(counts)}`,
+        );
         for (const step of fencedSteps) {
-            assert.equal(counts[step], 0, `the writer started after ${step} was refused by the fence (${JSON.stringify(counts)})`);
+            assert.equal(
+                counts[step],
+                0,
+                `the writer started after ${step} was refused by the fence (${JSON.stringify(counts)})`,
+            );
         }
         assert.ok(counts["pg17-serve"] > 0, `a writer after the switch writes to 17 (${JSON.stringify(counts)})`);
-        assert.ok(counts.through > 0, `the session open through the downtime wrote until the fence ended it (${JSON.stringify(counts)})`);
+        assert.ok(
+            counts.through > 0,
+            `the session open through the downtime wrote until the fence ended it (${JSON.stringify(counts)})`,
+        );
     }
 
     it("dump method: writers racing every step boundary lose nothing they were told was written", async () => {
@@ -138,27 +189,66 @@ done | timeout 60 psql -h db -U synapse -d synapse -X -q -A -t -v ON_ERROR_STOP=
 
     it("a write the network fence cannot stop (a session inside the old container) after verify: cutover refuses, the old cluster takes connections again, a new attempt switches with it", async () => {
         await sql("INSERT INTO fence_counter VALUES ('inside', 0)");
-        const updates = Array.from({ length: 10 }, (_, i) => `UPDATE fence_counter SET n = ${i + 1} WHERE tag = 'inside';`).join(" ");
+        const updates = Array.from(
+            { length: 10 },
+            (_, i) => `UPDATE fence_counter SET n = ${i + 1} WHERE tag = 'inside';`,
+        ).join(" ");
         afterStep = async (name) => {
             if (name !== "upgrade-15-to-17-verify") return;
-            await run("docker", ["exec", OLD, "psql", "-U", "synapse", "-d", "synapse", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                "-c", `INSERT INTO fence_probe VALUES ('inside', 1); ${updates}`]);
+            await run("docker", [
+                "exec",
+                OLD,
+                "psql",
+                "-U",
+                "synapse",
+                "-d",
+                "synapse",
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                `INSERT INTO fence_probe VALUES ('inside', 1); ${updates}`,
+            ]);
         };
         await assert.rejects(up({ version: "17", upgradeFrom: "15" }), (err: Error) => {
-            assert.match(err.message, new RegExp(`synapse-pg cutover: The old cluster "${OLD}" took writes after the new cluster's copy was taken \\([^)]+\\): 11 row\\(s\\) inserted, updated or deleted in database synapse; the copy lacks them, so the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy\\. "${OLD}" takes connections again \\(back on ${PREFIX}net\\)\\.`));
+            assert.match(
+                err.message,
+                new RegExp(
+                    `synapse-pg cutover: The old cluster "${OLD}" took writes after the new cluster's copy was taken \\([^)]+\\): 11 row\\(s\\) inserted, updated or deleted in database synapse; the copy lacks them, so the switch will not happen; run pulumi config set postgres:attempt <the next number> and pulumi up for a fresh copy\\. "${OLD}" takes connections again \\(back on ${PREFIX}net\\)\\.`,
+                ),
+            );
             return true;
         });
         afterStep = async () => undefined;
         // Back on Synapse's network: the published port and the alias reach 15, which holds the write.
-        assert.deepEqual(await sql("SELECT current_setting('server_version_num')::int / 10000 AS v, (SELECT n FROM fence_counter WHERE tag = 'inside') AS n"), [{ v: 15, n: 10 }]);
+        assert.deepEqual(
+            await sql(
+                "SELECT current_setting('server_version_num')::int / 10000 AS v, (SELECT n FROM fence_counter WHERE tag = 'inside') AS n",
+            ),
+            [{ v: 15, n: 10 }],
+        );
         const overNetwork = startWriter("after-refusal", "insert", 5);
-        assert.deepEqual(await overNetwork.acked(), [1, 2, 3, 4, 5], "a client on Synapse's network writes to 15 again");
-        assert.equal((await run("docker", ["ps", "-a", "-q", "--filter", `name=${OLD}-fence`])).stdout.trim(), "", "no fence record is left");
+        assert.deepEqual(
+            await overNetwork.acked(),
+            [1, 2, 3, 4, 5],
+            "a client on Synapse's network writes to 15 again",
+        );
+        assert.equal(
+            (await run("docker", ["ps", "-a", "-q", "--filter", `name=${OLD}-fence`])).stdout.trim(),
+            "",
+            "no fence record is left",
+        );
 
         await up({ version: "17", upgradeFrom: "15", attempt: "2" });
         await expectAckedInNewCluster(17, [overNetwork]);
-        assert.deepEqual(await sql("SELECT (SELECT n FROM fence_counter WHERE tag = 'inside') AS n, (SELECT count(*)::int FROM fence_probe WHERE tag = 'inside') AS rows"), [{ n: 10, rows: 1 }],
-            "the new attempt's copy holds the write made inside the old container");
+        assert.deepEqual(
+            await sql(
+                "SELECT (SELECT n FROM fence_counter WHERE tag = 'inside') AS n, (SELECT count(*)::int FROM fence_probe WHERE tag = 'inside') AS rows",
+            ),
+            [{ n: 10, rows: 1 }],
+            "the new attempt's copy holds the write made inside the old container",
+        );
         await resetTo15();
     });
 

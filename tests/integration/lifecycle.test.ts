@@ -11,7 +11,16 @@ import { declare, DeclaredResource } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, connect, countRows, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { Applier, runShell } from "./applier";
-import { containerState, endSuite, startSuite, Suite, tagImage, TEST_IMAGE, volumeExists, volumesNamed } from "./docker-env";
+import {
+    containerState,
+    endSuite,
+    startSuite,
+    Suite,
+    tagImage,
+    TEST_IMAGE,
+    volumeExists,
+    volumesNamed,
+} from "./docker-env";
 import * as path from "node:path";
 
 const PREFIX = "sptest-life-";
@@ -48,10 +57,13 @@ function watchProcessArguments(needle: string): { stop(): Promise<string[]> } {
  */
 async function passwordInEnvironment(): Promise<{ holding: string[]; staging: string[] }> {
     const serving = [15, 17, 18].map((m) => `${PREFIX}pg${m}`);
-    const names = (await run("docker", ["ps", "-a", "--format", "{{.Names}}"])).stdout.split("\n").filter((n) => n.startsWith(PREFIX) && !serving.includes(n));
+    const names = (await run("docker", ["ps", "-a", "--format", "{{.Names}}"])).stdout
+        .split("\n")
+        .filter((n) => n.startsWith(PREFIX) && !serving.includes(n));
     const holding: string[] = [];
     for (const name of names) {
-        const env = (await run("docker", ["inspect", "-f", "{{json .Config.Env}}", name]).catch(() => ({ stdout: "" }))).stdout;
+        const env = (await run("docker", ["inspect", "-f", "{{json .Config.Env}}", name]).catch(() => ({ stdout: "" })))
+            .stdout;
         if (env.includes(PASSWORD)) holding.push(name);
     }
     return { holding, staging: names.filter((n) => n.endsWith("-staging")) };
@@ -68,7 +80,9 @@ async function listFiles(dir: string): Promise<string[]> {
  */
 async function passwordHashFragments(login: { port: number; user: string; password: string }): Promise<Set<string>> {
     const c = await connect(login, "postgres");
-    const hashes: string[] = (await c.query("SELECT rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")).rows.map((r) => r.rolpassword);
+    const hashes: string[] = (
+        await c.query("SELECT rolpassword FROM pg_authid WHERE rolpassword IS NOT NULL")
+    ).rows.map((r) => r.rolpassword);
     await c.end();
     const fragments = new Set<string>();
     for (const hash of hashes) {
@@ -143,14 +157,22 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         }
         // before-replace of the new serving container first: it does not exist yet, so it only checks.
         assert.deepEqual(commandsRun(mark), [
-            "pg17-before-replace", "upgrade-15-to-17-preflight", "upgrade-15-to-17-dump", "upgrade-15-to-17-restore",
-            "upgrade-15-to-17-copy-config", "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve",
+            "pg17-before-replace",
+            "upgrade-15-to-17-preflight",
+            "upgrade-15-to-17-dump",
+            "upgrade-15-to-17-restore",
+            "upgrade-15-to-17-copy-config",
+            "upgrade-15-to-17-verify",
+            "upgrade-15-to-17-cutover",
+            "pg17-serve",
         ]);
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
         assert.deepEqual(logicalContent(after), logicalContent(original));
         const { tables, rows } = countRows(after);
-        console.log(`      upgrade path 15->17: ${tables} tables, ${rows} rows, ${Object.keys(after.sequences).length} sequences, ${Object.keys(after.roles).length} roles compared row for row`);
+        console.log(
+            `      upgrade path 15->17: ${tables} tables, ${rows} rows, ${Object.keys(after.sequences).length} sequences, ${Object.keys(after.roles).length} roles compared row for row`,
+        );
         assert.equal(await containerState(`${PREFIX}pg15`), "stopped", "the old cluster is stopped, not removed");
         assert.equal(await containerState(`${PREFIX}pg17-staging`), "absent");
         assert.ok(await volumeExists(`${PREFIX}pgsql15`));
@@ -163,43 +185,76 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         const dump = await fs.stat(path.join(backups, "upgrade-15-to-17"));
         assert.equal(dump.mode & 0o777, 0o700, "the dump folder is open to its owner only");
         const manifest = JSON.parse(await fs.readFile(path.join(backups, "upgrade-15-to-17.json"), "utf8"));
-        for (const f of manifest.files) assert.equal((await fs.stat(path.join(backups, f.path))).mode & 0o777, 0o600, f.path);
+        for (const f of manifest.files)
+            assert.equal((await fs.stat(path.join(backups, f.path))).mode & 0o777, 0o600, f.path);
     });
 
     it("keeps the password out of every command line, step output, stack output and dump, and out of trust rules", async () => {
         assert.ok(psSamples > 20, `ps was sampled during the upgrade (${psSamples} samples)`);
         assert.deepEqual(secretSightings, [], "no process had the password in its arguments");
         assert.ok(stagingLookedAt.has(`${PREFIX}pg17-staging`), "the staging container's environment was looked at");
-        assert.deepEqual(envSightings, [], "no container of ours but the serving ones has the password in its environment");
+        assert.deepEqual(
+            envSightings,
+            [],
+            "no container of ours but the serving ones has the password in its environment",
+        );
         for (const c of applier.commandRuns) {
-            assert.ok(!c.stdout.includes(PASSWORD) && !c.stderr.includes(PASSWORD), `${c.name}'s output has no password`);
+            assert.ok(
+                !c.stdout.includes(PASSWORD) && !c.stderr.includes(PASSWORD),
+                `${c.name}'s output has no password`,
+            );
         }
         const declared = await declare({ ...base, version: "17.5", upgradeFrom: "15" }, PASSWORD);
         assert.ok(!JSON.stringify(declared.outputs).includes(PASSWORD), "no stack output has the password");
         const fragments = await passwordHashFragments(login);
         assert.ok(fragments.size >= 25 * 2, `${fragments.size} fragments of the roles' password hashes`);
-        for (const c of applier.commandRuns) assert.deepEqual(fragmentsIn(c.stdout + c.stderr, fragments), [], `${c.name}'s output has no part of a password hash`);
-        assert.deepEqual(fragmentsIn(JSON.stringify(declared.outputs), fragments), [], "no stack output has part of a password hash");
-        const marker = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", `cat "$PGDATA/${MARKER_FILE}"`])).stdout;
+        for (const c of applier.commandRuns)
+            assert.deepEqual(
+                fragmentsIn(c.stdout + c.stderr, fragments),
+                [],
+                `${c.name}'s output has no part of a password hash`,
+            );
+        assert.deepEqual(
+            fragmentsIn(JSON.stringify(declared.outputs), fragments),
+            [],
+            "no stack output has part of a password hash",
+        );
+        const marker = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", `cat "$PGDATA/${MARKER_FILE}"`]))
+            .stdout;
         assert.deepEqual(fragmentsIn(marker, fragments), [], "the marker has no part of a password hash");
         for (const container of [`${PREFIX}pg15`, `${PREFIX}pg17`]) {
             const log = await run("docker", ["logs", container]);
-            assert.deepEqual(fragmentsIn(log.stdout + log.stderr, fragments), [], `${container}'s server log has no part of a password hash`);
+            assert.deepEqual(
+                fragmentsIn(log.stdout + log.stderr, fragments),
+                [],
+                `${container}'s server log has no part of a password hash`,
+            );
         }
         // The dump holds the roles' hashes, as it must to restore them (0600, checked above); nothing else we write does.
         const manifest = JSON.parse(await fs.readFile(path.join(backups, "upgrade-15-to-17.json"), "utf8"));
         const dumpFiles = new Set<string>(manifest.files.map((f: { path: string }) => path.join(backups, f.path)));
         for (const file of (await listFiles(backups)).filter((f) => !dumpFiles.has(f))) {
-            assert.deepEqual(fragmentsIn(await fs.readFile(file, "utf8"), fragments), [], `${file} has no part of a password hash`);
+            assert.deepEqual(
+                fragmentsIn(await fs.readFile(file, "utf8"), fragments),
+                [],
+                `${file} has no part of a password hash`,
+            );
         }
         for (const file of await listFiles(backups)) {
-            assert.ok(!(await fs.readFile(file)).includes(Buffer.from(PASSWORD)), `${file} holds only the password's SCRAM hash`);
+            assert.ok(
+                !(await fs.readFile(file)).includes(Buffer.from(PASSWORD)),
+                `${file} holds only the password's SCRAM hash`,
+            );
         }
-        const hba = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", "grep -v '^#' \"$PGDATA/pg_hba.conf\""])).stdout;
-        const trustedHosts = hba.split("\n").filter((l) => /^\s*host/.test(l) && /\btrust\b/.test(l) && !/127\.0\.0\.1\/32|::1\/128/.test(l));
+        const hba = (await run("docker", ["exec", `${PREFIX}pg17`, "sh", "-c", "grep -v '^#' \"$PGDATA/pg_hba.conf\""]))
+            .stdout;
+        const trustedHosts = hba
+            .split("\n")
+            .filter((l) => /^\s*host/.test(l) && /\btrust\b/.test(l) && !/127\.0\.0\.1\/32|::1\/128/.test(l));
         assert.deepEqual(trustedHosts, [], "no trust for connections from other hosts");
         assert.match(hba, /^host\s+all\s+all\s+all\s+scram-sha-256$/m);
-        const ports = (await run("docker", ["inspect", "-f", "{{json .HostConfig.PortBindings}}", `${PREFIX}pg17`])).stdout;
+        const ports = (await run("docker", ["inspect", "-f", "{{json .HostConfig.PortBindings}}", `${PREFIX}pg17`]))
+            .stdout;
         assert.deepEqual(JSON.parse(ports), { "5432/tcp": [{ HostIp: "127.0.0.1", HostPort: String(PORT) }] });
     });
 
@@ -207,13 +262,29 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         const mark = applier.commandRuns.length;
         await up({ version: "17.6", upgradeFrom: "15" });
         const runs = applier.commandRuns.slice(mark);
-        assert.deepEqual(runs.filter((c) => !c.update).map((c) => c.name), ["pg17-before-replace", "pg17-serve"]);
+        assert.deepEqual(
+            runs.filter((c) => !c.update).map((c) => c.name),
+            ["pg17-before-replace", "pg17-serve"],
+        );
         // The finished steps whose command lines name the image are updated in the state only: nothing runs.
         const updated = runs.filter((c) => c.update);
-        assert.ok(updated.length > 0 && updated.every((c) => c.name.startsWith("upgrade-15-to-17-")), updated.map((c) => c.name).join(", "));
-        for (const c of updated) assert.match(c.stderr, /: done in an earlier pulumi up; its new inputs are recorded and nothing runs \(bump postgres:attempt to run the upgrade again with them\)$/m);
-        assert.match(runs.find((c) => c.name === "pg17-before-replace")!.stdout, /^before-replace: "sptest-life-pg17" will be replaced \(its image changes from \S+:17\.5 to \S+:17\.6\); Synapse was not running here\.$/m);
-        assert.match(runs.find((c) => c.name === "pg17-before-replace")!.stdout, /^before-replace: the replacement's server \(\S+:17\.6, the declared settings, this cluster's configuration files\) started and stopped cleanly in a throw-away container\.$/m);
+        assert.ok(
+            updated.length > 0 && updated.every((c) => c.name.startsWith("upgrade-15-to-17-")),
+            updated.map((c) => c.name).join(", "),
+        );
+        for (const c of updated)
+            assert.match(
+                c.stderr,
+                /: done in an earlier pulumi up; its new inputs are recorded and nothing runs \(bump postgres:attempt to run the upgrade again with them\)$/m,
+            );
+        assert.match(
+            runs.find((c) => c.name === "pg17-before-replace")!.stdout,
+            /^before-replace: "sptest-life-pg17" will be replaced \(its image changes from \S+:17\.5 to \S+:17\.6\); Synapse was not running here\.$/m,
+        );
+        assert.match(
+            runs.find((c) => c.name === "pg17-before-replace")!.stdout,
+            /^before-replace: the replacement's server \(\S+:17\.6, the declared settings, this cluster's configuration files\) started and stopped cleanly in a throw-away container\.$/m,
+        );
         const { stdout } = await run("docker", ["inspect", "-f", "{{.Config.Image}}", `${PREFIX}pg17`]);
         assert.equal(stdout.trim(), `${TEST_IMAGE}:17.6`);
         assert.deepEqual(logicalContent(await snapshotCluster(login)), logicalContent(original));
@@ -233,7 +304,16 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         const restore = applier.commandRuns.slice(mark).find((c) => c.name === "upgrade-15-to-17-restore")!;
         assert.match(restore.stdout, new RegExp(`was kept at ${PREFIX}pgsql17-reverted-\\d{8}T\\d{6}`));
         const aside = (await volumesNamed(`${PREFIX}pgsql17-reverted-`))[0];
-        const kept = await run("docker", ["run", "--rm", "-v", `${aside}:/d`, "--entrypoint", "cat", `${TEST_IMAGE}:17`, "/d/PG_VERSION"]);
+        const kept = await run("docker", [
+            "run",
+            "--rm",
+            "-v",
+            `${aside}:/d`,
+            "--entrypoint",
+            "cat",
+            `${TEST_IMAGE}:17`,
+            "/d/PG_VERSION",
+        ]);
         assert.equal(kept.stdout.trim(), "17");
         const after = await snapshotCluster(login);
         assert.match(after.version, /^17\./);
@@ -256,9 +336,23 @@ describe("lifecycle in real containers: 15 -> 17, minor update, revert, upgrade 
         assert.deepEqual(logicalContent(after), logicalContent(original));
         const { tables, rows } = countRows(after);
         console.log(`      upgrade path 17->18: ${tables} tables, ${rows} rows compared row for row`);
-        const { stdout } = await run("docker", ["inspect", "-f", "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}};{{end}}", `${PREFIX}pg18`]);
-        assert.equal(stdout.trim(), `volume ${PREFIX}pgsql18 /var/lib/postgresql;`, "one mount, the named volume, no anonymous volume");
-        const pgdata = await run("docker", ["exec", `${PREFIX}pg18`, "cat", "/var/lib/postgresql/18/docker/PG_VERSION"]);
+        const { stdout } = await run("docker", [
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}};{{end}}",
+            `${PREFIX}pg18`,
+        ]);
+        assert.equal(
+            stdout.trim(),
+            `volume ${PREFIX}pgsql18 /var/lib/postgresql;`,
+            "one mount, the named volume, no anonymous volume",
+        );
+        const pgdata = await run("docker", [
+            "exec",
+            `${PREFIX}pg18`,
+            "cat",
+            "/var/lib/postgresql/18/docker/PG_VERSION",
+        ]);
         assert.equal(pgdata.stdout.trim(), "18");
     });
 });

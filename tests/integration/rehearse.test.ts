@@ -17,7 +17,9 @@ const LOGIN = { port: PORT, user: "synapse", password: PASSWORD };
 /** Inserts a row every 20 ms until stopped (bounded: 6000 rows, 5 minutes); counts what succeeded and failed. */
 async function startWriter() {
     const client = await connect(LOGIN, "synapse", "live-writer");
-    await client.query("CREATE TABLE IF NOT EXISTS live_writes (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())");
+    await client.query(
+        "CREATE TABLE IF NOT EXISTS live_writes (id bigserial PRIMARY KEY, at timestamptz DEFAULT now())",
+    );
     const counts = { ok: 0, failed: 0, errors: [] as string[] };
     let running = true;
     const deadline = Date.now() + 5 * 60 * 1000;
@@ -78,7 +80,10 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         assert.deepEqual(report.problems, []);
         assert.equal(report.target.kept, false);
         assert.match(report.target.version, /^17\./);
-        assert.ok(report.liveWrites.some((w: string) => w.startsWith("table synapse.public.live_writes")), "the writes during the rehearsal are seen as live writes");
+        assert.ok(
+            report.liveWrites.some((w: string) => w.startsWith("table synapse.public.live_writes")),
+            "the writes during the rehearsal are seen as live writes",
+        );
         assert.equal(await containerState(`${PREFIX}pg15-rehearsal-17`), "absent");
         assert.equal(await volumeExists(`${PREFIX}pg15-rehearsal-17-data`), false);
         assert.equal(writer.counts.failed, 0, writer.counts.errors.join("; "));
@@ -88,11 +93,18 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         await c.end();
         assert.equal(rows, writer.counts.ok, "every write the client made is in the old cluster");
         predicted = report.predictedDowntimeSeconds;
-        console.log(`      rehearsal: predicted downtime ${predicted} s (${Object.entries(report.timings).map(([k, v]) => `${k} ${v}`).join(", ")})`);
+        console.log(
+            `      rehearsal: predicted downtime ${predicted} s (${Object.entries(report.timings)
+                .map(([k, v]) => `${k} ${v}`)
+                .join(", ")})`,
+        );
     });
 
     it("keeps the rehearsal's server with --keep and prints its name", async () => {
-        const { stdout } = await runShell(`npx --no-install synapse-pg rehearse --old ${PREFIX}pg15 --major 17 --image ${TEST_IMAGE}:17 --keep`, { SYNAPSE_PG_PASSWORD: PASSWORD });
+        const { stdout } = await runShell(
+            `npx --no-install synapse-pg rehearse --old ${PREFIX}pg15 --major 17 --image ${TEST_IMAGE}:17 --keep`,
+            { SYNAPSE_PG_PASSWORD: PASSWORD },
+        );
         assert.match(stdout, /rehearse: kept sptest-reh-pg15-rehearsal-17 running/);
         assert.equal(await containerState(`${PREFIX}pg15-rehearsal-17`), "running");
         await run("docker", ["rm", "-f", `${PREFIX}pg15-rehearsal-17`]);
@@ -113,7 +125,10 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         const writer = await startWriter();
         let report: any;
         try {
-            const d = await declare({ ...base, version: "17", upgradeFrom: "15", rehearse: "true", method: "pg_upgrade" }, PASSWORD);
+            const d = await declare(
+                { ...base, version: "17", upgradeFrom: "15", rehearse: "true", method: "pg_upgrade" },
+                PASSWORD,
+            );
             const r = d.byName("rehearse-15-to-17-run");
             assert.match(r.inputs.create, / --method pg_upgrade --json$/);
             const { stdout } = await runShell(r.inputs.create, { SYNAPSE_PG_PASSWORD: PASSWORD });
@@ -124,23 +139,42 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         assert.equal(report.method, "pg_upgrade");
         assert.equal(report.verified, true, JSON.stringify(report.problems));
         assert.deepEqual(report.problems, []);
-        assert.deepEqual(report.liveWrites, [], "the copy is compared with itself before and after pg_upgrade: no live writes");
+        assert.deepEqual(
+            report.liveWrites,
+            [],
+            "the copy is compared with itself before and after pg_upgrade: no live writes",
+        );
         assert.match(report.target.version, /^17\./);
         assert.ok(report.timings.upgrade > 0 && report.timings.dump === undefined, JSON.stringify(report.timings));
-        assert.equal(report.pgUpgradeVia, "link", "rehearsed as the real run does it: --link on a standby made before the downtime");
-        for (const gone of [`${PREFIX}pg15-rehearsal-17`, `${PREFIX}pg15-rehearsal-17-source`, `${PREFIX}pg15-rehearsal-17-standby`]) assert.equal(await containerState(gone), "absent", gone);
+        assert.equal(
+            report.pgUpgradeVia,
+            "link",
+            "rehearsed as the real run does it: --link on a standby made before the downtime",
+        );
+        for (const gone of [
+            `${PREFIX}pg15-rehearsal-17`,
+            `${PREFIX}pg15-rehearsal-17-source`,
+            `${PREFIX}pg15-rehearsal-17-standby`,
+        ])
+            assert.equal(await containerState(gone), "absent", gone);
         assert.equal(await volumeExists(`${PREFIX}pg15-rehearsal-17-source-data`), false);
         assert.equal(writer.counts.failed, 0, writer.counts.errors.join("; "));
         assert.equal(await count(), before + writer.counts.ok, "every write the client made is in the old cluster");
         predictedPhysical = report.predictedDowntimeSeconds;
-        console.log(`      rehearsal, pg_upgrade: predicted downtime ${predictedPhysical} s (${Object.entries(report.timings).map(([k, v]) => `${k} ${v}`).join(", ")})`);
+        console.log(
+            `      rehearsal, pg_upgrade: predicted downtime ${predictedPhysical} s (${Object.entries(report.timings)
+                .map(([k, v]) => `${k} ${v}`)
+                .join(", ")})`,
+        );
     });
 
     it("the real upgrade after the rehearsal completes (prediction and real downtime printed side by side)", async () => {
         const start = Date.now();
         await up({ version: "17", upgradeFrom: "15" });
         const real = (Date.now() - start) / 1000;
-        console.log(`      real upgrade: ${real.toFixed(1)} s; predicted ${predicted} s (${((predicted / real - 1) * 100).toFixed(0)}%)`);
+        console.log(
+            `      real upgrade: ${real.toFixed(1)} s; predicted ${predicted} s (${((predicted / real - 1) * 100).toFixed(0)}%)`,
+        );
         assert.ok(predicted > 0, "the rehearsal predicted a downtime");
         assert.equal(await containerState(`${PREFIX}pg17`), "running", "the real upgrade switched to 17");
     });
@@ -149,10 +183,24 @@ describe("rehearsal: the upgrade on a copy while Synapse keeps writing", functio
         await up({ version: "15" }); // revert: nothing was written to 17
         await up({ version: "17", upgradeFrom: "15", method: "pg_upgrade", attempt: "2" });
         const real = (finished.get("pg17-serve")! - finished.get("upgrade-15-to-17-prepare")!) / 1000;
-        const order = ["upgrade-15-to-17-prepare", "upgrade-15-to-17-preflight", "upgrade-15-to-17-upgrade", "upgrade-15-to-17-copy-config",
-            "upgrade-15-to-17-verify", "upgrade-15-to-17-cutover", "pg17-serve"];
-        const steps = order.slice(1).map((s, i) => `${s.replace("upgrade-15-to-17-", "")} ${((finished.get(s)! - finished.get(order[i])!) / 1000).toFixed(1)}`);
-        console.log(`      real pg_upgrade upgrade: ${real.toFixed(1)} s (${steps.join(", ")}); predicted ${predictedPhysical} s (${((predictedPhysical / real - 1) * 100).toFixed(0)}%)`);
+        const order = [
+            "upgrade-15-to-17-prepare",
+            "upgrade-15-to-17-preflight",
+            "upgrade-15-to-17-upgrade",
+            "upgrade-15-to-17-copy-config",
+            "upgrade-15-to-17-verify",
+            "upgrade-15-to-17-cutover",
+            "pg17-serve",
+        ];
+        const steps = order
+            .slice(1)
+            .map(
+                (s, i) =>
+                    `${s.replace("upgrade-15-to-17-", "")} ${((finished.get(s)! - finished.get(order[i])!) / 1000).toFixed(1)}`,
+            );
+        console.log(
+            `      real pg_upgrade upgrade: ${real.toFixed(1)} s (${steps.join(", ")}); predicted ${predictedPhysical} s (${((predictedPhysical / real - 1) * 100).toFixed(0)}%)`,
+        );
         assert.ok(predictedPhysical > 0, "the rehearsal predicted a downtime");
         assert.equal(await containerState(`${PREFIX}pg17`), "running", "the real upgrade switched to 17");
     });

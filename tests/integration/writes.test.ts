@@ -17,7 +17,15 @@ describe("writes into a cluster's data", function () {
     before(async () => {
         await requireDockerAndImages([17]);
         await removeTestResources(PREFIX);
-        await run("docker", ["run", "-d", "--name", CONTAINER, "-e", "POSTGRES_PASSWORD=write-test", `${TEST_IMAGE}:17`]);
+        await run("docker", [
+            "run",
+            "-d",
+            "--name",
+            CONTAINER,
+            "-e",
+            "POSTGRES_PASSWORD=write-test",
+            `${TEST_IMAGE}:17`,
+        ]);
         await waitUntilAccepting(CONTAINER, "postgres");
     });
 
@@ -31,11 +39,19 @@ describe("writes into a cluster's data", function () {
         // Large enough that the kill lands while the bytes still flow; the kill is retried for at most 10 s.
         const next = "x".repeat(256 * 1024 * 1024);
         let finished = false;
-        const writing = writeFileIn(CONTAINER, FILE, next).then(() => "written", (err: Error) => err.message).finally(() => (finished = true));
+        const writing = writeFileIn(CONTAINER, FILE, next)
+            .then(
+                () => "written",
+                (err: Error) => err.message,
+            )
+            .finally(() => (finished = true));
         let killed = false;
         for (let i = 0; i < 100 && !killed && !finished; i++) {
             await new Promise((r) => setTimeout(r, 100));
-            killed = (await run("pkill", ["-f", `docker exec -i -u postgres ${CONTAINER} `]).then(() => true, () => false));
+            killed = await run("pkill", ["-f", `docker exec -i -u postgres ${CONTAINER} `]).then(
+                () => true,
+                () => false,
+            );
         }
         const outcome = await writing;
         assert.ok(killed, `the write was killed while it ran (it ended: ${outcome})`);

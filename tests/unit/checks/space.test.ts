@@ -15,7 +15,9 @@ describe("disk budget for the new cluster", () => {
     });
 
     it("caps the restore's WAL at the restore's max_wal_size (16GB)", () => {
-        const wal = newClusterNeeds(40 * GB, { restoreWal: true }, false).find(([what]) => what === "the restore's WAL");
+        const wal = newClusterNeeds(40 * GB, { restoreWal: true }, false).find(
+            ([what]) => what === "the restore's WAL",
+        );
         assert.deepEqual(wal, ["the restore's WAL", 16 * GB]);
     });
 

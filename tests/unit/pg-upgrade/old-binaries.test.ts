@@ -8,7 +8,11 @@ describe("elfInterpreter", () => {
         const node = await fs.readFile(process.execPath);
         const interp = elfInterpreter(node.subarray(0, 8192));
         assert.ok(interp && /^\/lib(64)?\/ld-(linux|musl)/.test(interp), `node's interpreter: ${interp}`);
-        assert.equal(elfInterpreter((await fs.readFile("/bin/ls")).subarray(0, 8192)), interp, "ls and node use the same loader");
+        assert.equal(
+            elfInterpreter((await fs.readFile("/bin/ls")).subarray(0, 8192)),
+            interp,
+            "ls and node use the same loader",
+        );
     });
 
     it("says undefined for what is not a 64-bit ELF program", () => {

@@ -6,7 +6,8 @@ import { promises as fs } from "node:fs";
 import { pgUpgradeFailure } from "../../../runner/pg-upgrade/output";
 import * as path from "node:path";
 
-const fixture = async (name: string) => (await fs.readFile(path.join(__dirname, "../../fixtures", name), "utf8")).split("\n");
+const fixture = async (name: string) =>
+    (await fs.readFile(path.join(__dirname, "../../fixtures", name), "utf8")).split("\n");
 
 describe("pgUpgradeFailure", () => {
     it("finds nothing wrong in a clean run that exited 0", async () => {
@@ -18,7 +19,10 @@ describe("pgUpgradeFailure", () => {
     it("fails a run that printed a worker's failure, though it said Upgrade Complete and exited 0, and says why", async () => {
         const lines = await fixture("pg-upgrade-worker-failure.txt");
         assert.ok(lines.includes("Upgrade Complete"));
-        assert.equal(pgUpgradeFailure(lines, false), 'old database "postgres" not found in the new cluster Failure, exiting');
+        assert.equal(
+            pgUpgradeFailure(lines, false),
+            'old database "postgres" not found in the new cluster Failure, exiting',
+        );
     });
 
     it("reports pg_upgrade's own fatal check from its line on", () => {
@@ -31,12 +35,24 @@ describe("pgUpgradeFailure", () => {
             "pg_upgrade, so this cluster cannot currently be upgraded.",
             "Failure, exiting",
         ];
-        assert.equal(pgUpgradeFailure(lines, true),
-            "Checking for reg* data types in user tables fatal Your installation contains one of the reg* data types in user tables. These data types reference system OIDs that are not preserved by pg_upgrade, so this cluster cannot currently be upgraded. Failure, exiting");
+        assert.equal(
+            pgUpgradeFailure(lines, true),
+            "Checking for reg* data types in user tables fatal Your installation contains one of the reg* data types in user tables. These data types reference system OIDs that are not preserved by pg_upgrade, so this cluster cannot currently be upgraded. Failure, exiting",
+        );
     });
 
     it("fails a non-zero exit even without a line it knows, with the last lines said", () => {
-        assert.equal(pgUpgradeFailure(["Performing Consistency Checks", "-----------------------------", "Checking cluster versions", "could not connect"], true),
-            "Performing Consistency Checks Checking cluster versions could not connect");
+        assert.equal(
+            pgUpgradeFailure(
+                [
+                    "Performing Consistency Checks",
+                    "-----------------------------",
+                    "Checking cluster versions",
+                    "could not connect",
+                ],
+                true,
+            ),
+            "Performing Consistency Checks Checking cluster versions could not connect",
+        );
     });
 });

@@ -26,6 +26,9 @@ describe("the write horizon", () => {
     });
 
     it("names databases created or dropped since", () => {
-        assert.deepEqual(horizonChanges(before, { synapse: at(100), other: at(0) }), ["database postgres is gone", "database other was created"]);
+        assert.deepEqual(horizonChanges(before, { synapse: at(100), other: at(0) }), [
+            "database postgres is gone",
+            "database other was created",
+        ]);
     });
 });
