@@ -11,7 +11,7 @@ import { requireFenceable } from "../switch/fence";
 import { checkExtensions } from "./extensions";
 import { tcpLoginError } from "./password";
 import { StepError } from "../step-error";
-import { foreignDataError, hasServed, readTargetState, readTargetStateThrough } from "../target/markers";
+import { foreignDataError, hasServed, readTargetState, readTargetStateThrough, TargetState } from "../target/markers";
 import { CLUSTER_LABEL, MANAGED_LABEL, MIN_MAJOR, ROLE_LABEL } from "../names";
 import * as path from "node:path";
 
@@ -140,9 +140,8 @@ export function requireSafeRestartPolicy(old: ContainerInfo): void {
     );
 }
 
-/** Current Synapse releases refuse PostgreSQL older than 14. */
-
 export async function preflight(input: PreflightInput): Promise<PreflightResult> {
+    // Current Synapse releases refuse PostgreSQL older than 14.
     if (input.targetMajor < MIN_MAJOR) {
         throw new StepError(
             `PostgreSQL ${input.targetMajor} is older than current Synapse supports (${MIN_MAJOR} or newer); choose a newer target.`,
@@ -177,20 +176,8 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
             `The old container "${input.container}" is not running; start it so it can be checked and dumped.`,
         );
     }
-    const { version, clients, databasesBytes, md5Roles } = facts;
-    if (version.major >= input.targetMajor) {
-        throw new StepError(
-            `"${input.container}" runs PostgreSQL ${version.text}, not older than the target ${input.targetMajor}: this is a downgrade, which a dump cannot do safely; to go back, revert to the earlier stack config instead.`,
-        );
-    }
-
-    // Any other client could write after the dump and lose those writes at the switch: Synapse must be stopped.
-    if (clients.length > 0) {
-        const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
-        throw new StepError(
-            `${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`,
-        );
-    }
+    const { version, databasesBytes, md5Roles } = facts;
+    requireUpgradeNow(input, facts);
     if (input.login) await requireDeclaredPassword(old, input.login);
     // A dump's restore creates each extension anew: the new image must have it (method pg_upgrade: prepare checks).
     if (!input.staging) await checkExtensions(input.container, user, input.targetImage);
@@ -200,17 +187,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
             ? await dataBytes(input.targetData, input.targetMajor, input.targetImage)
             : 0;
     await checkSpace(input, databasesBytes, { restoreWal: input.backupDir !== undefined, setAsideBytes });
-
-    let state: PreflightResult["target"] = "empty";
-    if (target.marker) {
-        state = hasServed(target.marker)
-            ? "served before a revert (will be set aside, kept)"
-            : target.marker.state === "prepared"
-              ? "prepared for pg_upgrade"
-              : "staging copy (will be redone)";
-    } else if (!target.isEmpty) {
-        throw foreignDataError(input.targetData, target);
-    }
+    const state = describeTarget(input, target);
     return {
         sourceVersion: version.text,
         sourceMajor: version.major,
@@ -220,6 +197,34 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
         md5Roles,
         createdBackupDir,
     };
+}
+
+/** Not a downgrade, and no client left that could write after the copy and lose it at the switch. */
+function requireUpgradeNow(
+    input: PreflightInput,
+    { version, clients }: { version: { text: string; major: number }; clients: string[][] },
+): void {
+    if (version.major >= input.targetMajor) {
+        throw new StepError(
+            `"${input.container}" runs PostgreSQL ${version.text}, not older than the target ${input.targetMajor}: this is a downgrade, which a dump cannot do safely; to go back, revert to the earlier stack config instead.`,
+        );
+    }
+    if (clients.length > 0) {
+        const who = clients.map(([app, addr, db]) => `${app} from ${addr} on ${db}`).join(", ");
+        throw new StepError(
+            `${clients.length} client(s) are still connected to "${input.container}" (${who}); stop Synapse and its workers first, or anything they write after the dump would be lost.`,
+        );
+    }
+}
+
+/** What the new data location holds, in the words preflight reports; data that is not ours is refused. */
+function describeTarget(input: PreflightInput, target: TargetState): PreflightResult["target"] {
+    if (!target.marker) {
+        if (!target.isEmpty) throw foreignDataError(input.targetData, target);
+        return "empty";
+    }
+    if (hasServed(target.marker)) return "served before a revert (will be set aside, kept)";
+    return target.marker.state === "prepared" ? "prepared for pg_upgrade" : "staging copy (will be redone)";
 }
 
 /**

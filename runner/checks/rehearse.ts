@@ -21,7 +21,8 @@ import {
 import { query, quoteLiteral, serverVersion, waitUntilAccepting } from "../docker/psql";
 import { ProcessError, run, runPiped } from "../docker/process";
 import { restoreCluster } from "../dump/restore";
-import { preparePgUpgrade, runPgUpgrade } from "../pg-upgrade/upgrade";
+import { preparePgUpgrade } from "../pg-upgrade/prepare";
+import { runPgUpgrade } from "../pg-upgrade/upgrade";
 import { checkSpace } from "./preflight";
 import { NO_ARCHIVING, removeStandby, standbyContainerName } from "../pg-upgrade/standby";
 import { StepError } from "../step-error";
@@ -81,7 +82,60 @@ async function timed<T>(timings: Record<string, number>, name: string, work: () 
     }
 }
 
+/** One rehearsal under way: what stands for the old cluster, where the copy goes, and what it found so far. */
+interface Rehearsal {
+    input: RehearseInput;
+    old: ContainerInfo;
+    user: string;
+    version: string;
+    image: string;
+    databasesBytes: number;
+    /** The rehearsal's new cluster: its container and volume. */
+    name: string;
+    volume: string;
+    /** The cluster the copy is made from: the live one, or (pg_upgrade) a physical copy of it. */
+    source: string;
+    /** A private folder for the dump. */
+    work: string;
+    timings: Record<string, number>;
+    problems: string[];
+    liveWrites: string[];
+    dumpBytes: number;
+    via?: "link" | "copy";
+}
+
 export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
+    const r = await startRehearsal(input);
+    let kept = false;
+    try {
+        const copied = input.physical ? await upgradeCopy(r) : await dumpCopy(r);
+        if (!copied) return rehearsalReport(r, { container: r.name, version: "", image: r.image, kept: false }, false);
+        const verified = await checkCopy(r);
+        const version = (await serverVersion(r.name, r.user)).text;
+        await timeSwitch(r);
+        // What the real run adds: preflight's checks, and starting each of its step processes in the downtime
+        // (preflight, dump, restore or upgrade, copy-config, verify, cutover, serve).
+        await timed(r.timings, "preflight", () =>
+            readTargetState({ kind: "volume", name: r.volume }, input.to, r.image).then(() =>
+                databasesSize(input.container, r.user),
+            ),
+        );
+        r.timings["step start-up"] = (input.physical ? 6 : 7) * (await stepStartup());
+        r.problems.push(...(await knownProblems(input, r.user, r.databasesBytes)));
+        kept = input.keep;
+        return rehearsalReport(r, { container: r.name, version, image: r.image, kept }, verified);
+    } finally {
+        if (!kept) await removeRehearsal(r.name, r.volume);
+        if (input.physical) {
+            await removeStandby(standbyContainerName(r.name)).catch(() => undefined);
+            await removeRehearsal(r.source, `${r.source}-data`);
+        }
+        await fs.rm(r.work, { recursive: true, force: true });
+    }
+}
+
+/** The live old cluster checked, the target image found, and room for the copy: refused before anything is made. */
+async function startRehearsal(input: RehearseInput): Promise<Rehearsal> {
     const old = await requireContainer(input.container, "old");
     if (!old.running)
         throw new StepError(
@@ -102,183 +156,137 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
     await fs.chmod(work, 0o700);
     await removeRehearsal(name, volume);
     // Its own copy needs room like the real upgrade's: refused before anything is written, not a full disk later.
-    await checkSpace(
-        { targetData: { kind: "volume", name: volume }, backupDir: input.physical ? undefined : work },
-        databasesBytes,
-        { restoreWal: !input.physical },
-    ).catch(async (err) => {
+    const where = {
+        targetData: { kind: "volume" as const, name: volume },
+        backupDir: input.physical ? undefined : work,
+    };
+    await checkSpace(where, databasesBytes, { restoreWal: !input.physical }).catch(async (err) => {
         await fs.rm(work, { recursive: true, force: true });
         throw err;
     });
     await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
-
-    const timings: Record<string, number> = {};
-    const problems: string[] = [];
-    const liveWrites: string[] = [];
-    let verified = false;
-    let targetVersion = "";
-    let dumpBytes = 0;
-    let kept = false;
-    let via: "link" | "copy" | undefined;
     // pg_upgrade needs a stopped old cluster: it is rehearsed on a physical copy, which then stands for the old one.
     const source = input.physical ? `${name}-source` : input.container;
-    try {
-        if (input.physical) {
-            await physicalCopy(old, source, user);
-            const upgradeInput = {
-                container: source,
-                staging: name,
-                image,
-                data: { kind: "volume" as const, name: volume },
-                major: input.to,
-                password: input.password,
-                loginUser: input.loginUser,
-            };
-            try {
-                // The configuration is checked below, as copy-config does, so a rejected setting is one problem
-                // among the others and the rest is still rehearsed.
-                await preparePgUpgrade(upgradeInput, { config: false });
-                via = (await timed(timings, "upgrade", () => runPgUpgrade(upgradeInput))).via;
-            } catch (err) {
-                if (!(err instanceof StepError)) throw err;
-                // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
-                problems.push(err.message);
-                return rehearsalReport(
-                    input,
-                    version.text,
-                    databasesBytes,
-                    { container: name, version: "", image, kept: false },
-                    false,
-                    timings,
-                    0,
-                    problems,
-                    liveWrites,
-                );
-            }
-        } else {
-            const dump = await timed(timings, "dump", () =>
-                dumpCluster({
-                    container: input.container,
-                    outDir: work,
-                    name: "rehearsal",
-                    toolImage: image,
-                    password: input.password,
-                }),
-            );
-            dumpBytes = dump.manifest.bytes;
-            await timed(timings, "restore", () =>
-                restoreCluster({
-                    container: name,
-                    image,
-                    data: { kind: "volume", name: volume },
-                    major: input.to,
-                    dumpPath: dump.path,
-                    password: input.password,
-                    loginUser: input.loginUser,
-                }),
-            );
-        }
-        await timed(timings, "copy-config", () => copyConfig({ from: source, to: name })).catch((err: Error) => {
-            if (!(err instanceof StepError)) throw err;
-            problems.push(err.message);
-        });
-        const report = await timed(timings, "verify", () =>
-            verifyClusters({
-                old: source,
-                new: name,
-                loginUser: input.loginUser,
-                loginDatabase: input.loginDatabase,
-                password: input.password,
-            }),
-        );
-        for (const c of report.comparisons.filter((c) => !c.same)) {
-            // Rows and sequences that grew in the live cluster after the snapshot: Synapse kept writing.
-            const grew =
-                (c.what.startsWith("table ") || c.what.startsWith("sequence ")) && Number(c.old) > Number(c.new);
-            (grew ? liveWrites : problems).push(`${c.what}: ${c.old} in old, ${c.new} in the rehearsal`);
-        }
-        if (!report.login.ok)
-            problems.push(
-                `Synapse's role ${input.loginUser} cannot log in to the new cluster with the configured password: ${report.login.error}.`,
-            );
-        verified = problems.length === 0;
-        targetVersion = (await serverVersion(name, user)).text;
-        // The switch: two clean stops (the staging and the old server; the live old one is not stopped here, so
-        // the staging's stop stands for both), a start of the new server and the container's first health check.
-        const stop = await timed(timings, "stop", () => stopContainer(name)).then(() => timings.stop);
-        await timed(timings, "start", async () => {
-            await startContainer(name);
-            await waitUntilAccepting(name, user);
-        });
-        // The real switch also creates the serving container (not just starts one) and runs serve, which looks at
-        // the containers and the new server again: timed here with the same calls on the rehearsal's server.
-        await timed(timings, "serve", async () => {
-            const probe = `${name}-create-probe`;
-            await run("docker", ["create", "--name", probe, "--network", "none", image]);
-            await removeContainer(probe);
-            await inspectContainer(name);
-            await waitUntilAccepting(name, user);
-            await readMarkerIn(name, user);
-            await serverVersion(name, user);
-        });
-        timings.switch = 2 * stop + timings.start + timings.serve;
-        delete timings.stop;
-        delete timings.start;
-        delete timings.serve;
-        // What the real run adds: preflight's checks, and starting each of its step processes in the downtime
-        // (preflight, dump, restore or upgrade, copy-config, verify, cutover, serve).
-        await timed(timings, "preflight", () =>
-            readTargetState({ kind: "volume", name: volume }, input.to, image).then(() =>
-                databasesSize(input.container, user),
-            ),
-        );
-        timings["step start-up"] = (input.physical ? 6 : 7) * (await stepStartup());
-        problems.push(...(await knownProblems(input, user, databasesBytes)));
-        kept = input.keep;
-    } finally {
-        if (!kept) await removeRehearsal(name, volume);
-        if (input.physical) {
-            await removeStandby(standbyContainerName(name)).catch(() => undefined);
-            await removeRehearsal(source, `${source}-data`);
-        }
-        await fs.rm(work, { recursive: true, force: true });
-    }
-    const report = rehearsalReport(
-        input,
-        version.text,
-        databasesBytes,
-        { container: name, version: targetVersion, image, kept },
-        verified,
-        timings,
-        dumpBytes,
-        problems,
-        liveWrites,
-    );
-    return via ? { ...report, pgUpgradeVia: via } : report;
+    const found = { timings: {}, problems: [], liveWrites: [], dumpBytes: 0 };
+    return { input, old, user, version: version.text, image, databasesBytes, name, volume, source, work, ...found };
 }
 
-function rehearsalReport(
-    input: RehearseInput,
-    version: string,
-    databasesBytes: number,
-    target: RehearsalReport["target"],
-    verified: boolean,
-    timings: Record<string, number>,
-    dumpBytes: number,
-    problems: string[],
-    liveWrites: string[],
-): RehearsalReport {
-    const predicted = Object.values(timings).reduce((s, t) => s + t, 0);
+/** Method pg_upgrade on a physical copy; false when pg_upgrade or the binaries' probe refused (a problem found). */
+async function upgradeCopy(r: Rehearsal): Promise<boolean> {
+    await physicalCopy(r.old, r.source, r.user);
+    const upgradeInput = {
+        container: r.source,
+        staging: r.name,
+        image: r.image,
+        data: { kind: "volume" as const, name: r.volume },
+        major: r.input.to,
+        password: r.input.password,
+        loginUser: r.input.loginUser,
+    };
+    try {
+        // The configuration is checked later, as copy-config does, so a rejected setting is one problem among
+        // the others and the rest is still rehearsed.
+        await preparePgUpgrade(upgradeInput, { config: false });
+        r.via = (await timed(r.timings, "upgrade", () => runPgUpgrade(upgradeInput))).via;
+        return true;
+    } catch (err) {
+        if (!(err instanceof StepError)) throw err;
+        // What pg_upgrade (or the binaries' probe) refuses is the rehearsal's finding, not its failure.
+        r.problems.push(err.message);
+        return false;
+    }
+}
+
+/** The dump methods: a dump of the live cluster, restored into the rehearsal's own cluster. */
+async function dumpCopy(r: Rehearsal): Promise<boolean> {
+    const { input } = r;
+    const dump = await timed(r.timings, "dump", () =>
+        dumpCluster({
+            container: input.container,
+            outDir: r.work,
+            name: "rehearsal",
+            toolImage: r.image,
+            password: input.password,
+        }),
+    );
+    r.dumpBytes = dump.manifest.bytes;
+    const data = { kind: "volume" as const, name: r.volume };
+    await timed(r.timings, "restore", () =>
+        restoreCluster({
+            container: r.name,
+            image: r.image,
+            data,
+            major: input.to,
+            dumpPath: dump.path,
+            password: input.password,
+            loginUser: input.loginUser,
+        }),
+    );
+    return true;
+}
+
+/** copy-config and verify, as the real run does them; what differs because Synapse kept writing is not a problem. */
+async function checkCopy(r: Rehearsal): Promise<boolean> {
+    const { input } = r;
+    await timed(r.timings, "copy-config", () => copyConfig({ from: r.source, to: r.name })).catch((err: Error) => {
+        if (!(err instanceof StepError)) throw err;
+        r.problems.push(err.message);
+    });
+    const login = { loginUser: input.loginUser, loginDatabase: input.loginDatabase, password: input.password };
+    const report = await timed(r.timings, "verify", () => verifyClusters({ old: r.source, new: r.name, ...login }));
+    for (const c of report.comparisons.filter((c) => !c.same)) {
+        // Rows and sequences that grew in the live cluster after the snapshot: Synapse kept writing.
+        const grew = (c.what.startsWith("table ") || c.what.startsWith("sequence ")) && Number(c.old) > Number(c.new);
+        (grew ? r.liveWrites : r.problems).push(`${c.what}: ${c.old} in old, ${c.new} in the rehearsal`);
+    }
+    if (!report.login.ok)
+        r.problems.push(
+            `Synapse's role ${input.loginUser} cannot log in to the new cluster with the configured password: ${report.login.error}.`,
+        );
+    return r.problems.length === 0;
+}
+
+/**
+ * The switch: two clean stops (the staging and the old server; the live old one is not stopped here, so the
+ * staging's stop stands for both), a start of the new server and the container's first health check. The real
+ * switch also creates the serving container (not just starts one) and runs serve, which looks at the containers
+ * and the new server again: timed here with the same calls on the rehearsal's server.
+ */
+async function timeSwitch(r: Rehearsal): Promise<void> {
+    const { name, user, timings } = r;
+    const stop = await timed(timings, "stop", () => stopContainer(name)).then(() => timings.stop);
+    await timed(timings, "start", async () => {
+        await startContainer(name);
+        await waitUntilAccepting(name, user);
+    });
+    await timed(timings, "serve", async () => {
+        const probe = `${name}-create-probe`;
+        await run("docker", ["create", "--name", probe, "--network", "none", r.image]);
+        await removeContainer(probe);
+        await inspectContainer(name);
+        await waitUntilAccepting(name, user);
+        await readMarkerIn(name, user);
+        await serverVersion(name, user);
+    });
+    timings.switch = 2 * stop + timings.start + timings.serve;
+    delete timings.stop;
+    delete timings.start;
+    delete timings.serve;
+}
+
+function rehearsalReport(r: Rehearsal, target: RehearsalReport["target"], verified: boolean): RehearsalReport {
+    const predicted = Object.values(r.timings).reduce((s, t) => s + t, 0);
     return {
-        method: input.physical ? "pg_upgrade" : "dump",
-        source: { container: input.container, version, databasesBytes },
+        method: r.input.physical ? "pg_upgrade" : "dump",
+        source: { container: r.input.container, version: r.version, databasesBytes: r.databasesBytes },
         target,
         verified,
-        timings: Object.fromEntries(Object.entries(timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
+        timings: Object.fromEntries(Object.entries(r.timings).map(([k, v]) => [k, Math.round(v * 10) / 10])),
         predictedDowntimeSeconds: Math.round(predicted * 10) / 10,
-        dumpBytes,
-        problems,
-        liveWrites,
+        dumpBytes: r.dumpBytes,
+        problems: r.problems,
+        liveWrites: r.liveWrites,
+        ...(r.via ? { pgUpgradeVia: r.via } : {}),
     };
 }
 
@@ -293,77 +301,30 @@ async function physicalCopy(old: ContainerInfo, copy: string, user: string): Pro
     const [mount] = mountsHoldingPgdata(old);
     if (!mount) throw new StepError(`The old container "${old.name}" has no volume or folder at its PGDATA ${pgdata}.`);
     const volume = `${copy}-data`;
+    const onVolume = ["-v", `${volume}:${mount.destination}`];
     await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
-    const inCopy = (argv: string[], opts: { stdin?: Readable; user?: string } = {}) =>
-        run(
-            "docker",
-            [
-                "run",
-                "--rm",
-                "-i",
-                "--network",
-                "none",
-                "--user",
-                opts.user ?? "postgres",
-                "-v",
-                `${volume}:${mount.destination}`,
-                "--entrypoint",
-                argv[0],
-                old.imageId,
-                ...argv.slice(1),
-            ],
-            { stdin: opts.stdin },
-        );
+    const inCopy = ([program, ...args]: string[], opts: { stdin?: Readable; user?: string } = {}) => {
+        const options = ["--rm", "-i", "--network", "none", "--user", opts.user ?? "postgres", ...onVolume];
+        return run("docker", ["run", ...options, "--entrypoint", program, old.imageId, ...args], { stdin: opts.stdin });
+    };
     // A new volume's root belongs to root: PGDATA is made for the image's postgres user, the files unpacked as it.
     await inCopy(["install", "-d", "-m", "0700", "-o", "postgres", "-g", "postgres", pgdata], { user: "root" });
+    const basebackup = ["-U", user, "-D", "-", "-F", "tar", "-X", "fetch", "--checkpoint", "fast"];
     await runPiped(
         (stdout) =>
-            run(
-                "docker",
-                [
-                    "exec",
-                    "-u",
-                    "postgres",
-                    old.name,
-                    "pg_basebackup",
-                    "-U",
-                    user,
-                    "-D",
-                    "-",
-                    "-F",
-                    "tar",
-                    "-X",
-                    "fetch",
-                    "--checkpoint",
-                    "fast",
-                ],
-                { stdout },
-            ).catch((err) => {
-                if (!(err instanceof ProcessError)) throw err;
-                throw new StepError(
-                    `pg_basebackup of "${old.name}" for the rehearsal failed: ${err.stderrTail.trim().split("\n").pop()}`,
-                );
-            }),
+            run("docker", ["exec", "-u", "postgres", old.name, "pg_basebackup", ...basebackup], { stdout }).catch(
+                (err) => {
+                    if (!(err instanceof ProcessError)) throw err;
+                    throw new StepError(
+                        `pg_basebackup of "${old.name}" for the rehearsal failed: ${err.stderrTail.trim().split("\n").pop()}`,
+                    );
+                },
+            ),
         (stdin) => inCopy(["tar", "-x", "-f", "-", "-C", pgdata], { stdin }),
     );
-    await run("docker", [
-        "run",
-        "-d",
-        "--name",
-        copy,
-        ...ourLabels("rehearsal"),
-        "-e",
-        `PGDATA=${pgdata}`,
-        "-e",
-        `POSTGRES_USER=${user}`,
-        "--stop-signal",
-        "SIGINT",
-        "-v",
-        `${volume}:${mount.destination}`,
-        old.imageId,
-        "postgres",
-        ...NO_ARCHIVING,
-    ]);
+    const env = ["-e", `PGDATA=${pgdata}`, "-e", `POSTGRES_USER=${user}`];
+    const options = ["-d", "--name", copy, ...ourLabels("rehearsal"), ...env, "--stop-signal", "SIGINT", ...onVolume];
+    await run("docker", ["run", ...options, old.imageId, "postgres", ...NO_ARCHIVING]);
     await waitUntilAccepting(copy, user);
 }
 

@@ -3,7 +3,7 @@ import { DUMP_METHODS } from "../dump/dump";
 import { inspectAdopted } from "../checks/inspect";
 import { parseDataLocation } from "../target/layout";
 import { methodUnderway } from "../checks/method-underway";
-import { preparePgUpgrade } from "../pg-upgrade/upgrade";
+import { preparePgUpgrade } from "../pg-upgrade/prepare";
 import { rehearse } from "../checks/rehearse";
 import { removeStandby, standbyContainerName } from "../pg-upgrade/standby";
 import { CONFIG, configInput, LOGIN, loginInput, NEW_CLUSTER, newClusterInput, password } from "./inputs";

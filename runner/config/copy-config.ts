@@ -147,17 +147,7 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
     let [rejected, restartOnly] = await reloadAndCheck(input.to, toUser, copiedTexts);
     const allowed = new Set([...(input.drop ?? []), ...(input.dropAccessRules ?? [])]);
     if (rejected.length > 0 && rejected.every((r) => allowed.has(r.name) && copiedTexts[r.file] !== undefined)) {
-        // The user agreed (postgres:dropSettings) to leave exactly these out of the new cluster: their lines are
-        // commented out in its copy, saying why, and the server reads the files again.
-        for (const file of new Set(rejected.map((r) => r.file))) {
-            const lines = copiedTexts[file]!.split("\n");
-            for (const r of rejected.filter((x) => x.file === file)) {
-                const key = ACCESS_FILES.includes(file) ? "postgres:dropAccessRules" : "postgres:dropSettings";
-                lines[r.line - 1] =
-                    `# ${lines[r.line - 1]}    # left out by synapse-postgres (${key}): ${r.hint ?? r.error}`;
-            }
-            await writeFileIn(input.to, now[file as ConfigFile].path, lines.join("\n"));
-        }
+        await leaveOut(input.to, rejected, copiedTexts, now);
         dropped.push(...rejected);
         [rejected, restartOnly] = await reloadAndCheck(input.to, toUser, copiedTexts);
     }
@@ -183,6 +173,27 @@ async function copyFiles(input: CopyConfigInput): Promise<CopyConfigResult> {
         );
     }
     return { copied, unchanged, restarted: true, dropped };
+}
+
+/**
+ * The user agreed (postgres:dropSettings, postgres:dropAccessRules) to leave exactly these out of the new cluster:
+ * their lines are commented out in its copy, saying why; the caller has the server read the files again.
+ */
+async function leaveOut(
+    container: string,
+    rejected: RejectedSetting[],
+    copiedTexts: Partial<Record<string, string>>,
+    now: Record<ConfigFile, { path: string; text?: string }>,
+): Promise<void> {
+    for (const file of new Set(rejected.map((r) => r.file))) {
+        const lines = copiedTexts[file]!.split("\n");
+        for (const r of rejected.filter((x) => x.file === file)) {
+            const key = ACCESS_FILES.includes(file) ? "postgres:dropAccessRules" : "postgres:dropSettings";
+            lines[r.line - 1] =
+                `# ${lines[r.line - 1]}    # left out by synapse-postgres (${key}): ${r.hint ?? r.error}`;
+        }
+        await writeFileIn(container, now[file as ConfigFile].path, lines.join("\n"));
+    }
 }
 
 /**

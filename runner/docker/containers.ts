@@ -28,7 +28,26 @@ export interface ContainerInfo {
     publishedPort?: string;
 }
 
-/** Label on every container and volume this program creates; only those are ever stopped or removed by us. */
+/** The part of `docker container inspect` we read. */
+interface Inspected {
+    Name: string;
+    Id: string;
+    Image: string;
+    Config: { Image: string; Env?: string[]; Cmd?: string[]; Labels?: Record<string, string> };
+    State: { Running?: boolean; StartedAt?: string };
+    HostConfig?: {
+        RestartPolicy?: { Name?: string };
+        NetworkMode?: string;
+        PortBindings?: Record<string, { HostPort?: string }[] | null>;
+    };
+    NetworkSettings?: {
+        Networks?: Record<
+            string,
+            { Aliases?: string[] | null; IPAddress?: string; IPAMConfig?: { IPv4Address?: string } | null }
+        >;
+    };
+    Mounts?: { Type: string; Name?: string; Source: string; Destination: string }[];
+}
 
 export async function inspectContainer(name: string): Promise<ContainerInfo | undefined> {
     let out: string;
@@ -38,14 +57,14 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
         if (String((err as Error).message).includes("No such container")) return undefined;
         throw err;
     }
-    const [raw] = JSON.parse(out);
+    const [raw] = JSON.parse(out) as Inspected[];
     const env: Record<string, string> = {};
     for (const kv of raw.Config.Env ?? []) {
         const i = kv.indexOf("=");
         env[kv.slice(0, i)] = kv.slice(i + 1);
     }
     const networks: ContainerInfo["networks"] = {};
-    for (const [net, n] of Object.entries<any>(raw.NetworkSettings?.Networks ?? {})) {
+    for (const [net, n] of Object.entries(raw.NetworkSettings?.Networks ?? {})) {
         networks[net] = {
             aliases: n.Aliases ?? [],
             ip: n.IPAddress ?? "",
@@ -63,7 +82,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
         env,
         labels: raw.Config.Labels ?? {},
         restartPolicy: raw.HostConfig?.RestartPolicy?.Name || "no",
-        mounts: (raw.Mounts ?? []).map((m: any) => ({
+        mounts: (raw.Mounts ?? []).map((m) => ({
             type: m.Type,
             name: m.Name,
             source: m.Source,

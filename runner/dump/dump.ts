@@ -7,11 +7,11 @@
 // Either way a manifest, <name>.json, written last, records every file's size and sha256: a dump without a
 // matching manifest is never taken for a complete one. Everything is mode 0600 (folders 0700).
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream, promises as fs } from "node:fs";
+import { createReadStream, createWriteStream, Dirent, promises as fs } from "node:fs";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { dbConninfo, query, serverVersion } from "../docker/psql";
-import { requireContainer, superuserOf, pinnedReference } from "../docker/containers";
+import { ContainerInfo, requireContainer, superuserOf, pinnedReference } from "../docker/containers";
 import { CopyPoint, Fence, takeCopyPoint } from "../switch/fence";
 import { run } from "../docker/process";
 import { Progress } from "./progress";
@@ -179,36 +179,18 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
     await fs.rm(partialPath, { recursive: true, force: true });
     let databaseDirs: Record<string, string> | undefined;
     try {
-        if (method === "dumpall") {
-            await dumpAllToFile(tool, partialPath, progress);
-        } else {
-            databaseDirs = await dumpToDirectory(tool, databases, partialPath, input.jobs ?? 2, progress);
-        }
+        if (method === "dumpall") await dumpAllToFile(tool, partialPath, progress);
+        else databaseDirs = await dumpToDirectory(tool, databases, partialPath, input.jobs ?? 2, progress);
     } catch (err) {
         await fs.rm(partialPath, { recursive: true, force: true });
-        if (
-            (err as NodeJS.ErrnoException).code === "ENOSPC" ||
-            /No space left on device/.test((err as Error).message)
-        ) {
-            throw new StepError(
-                `The backup folder ${outDir} ran out of space during the dump; the partial dump was removed and nothing else changed.`,
-            );
-        }
-        if (err instanceof StepError) throw err;
-        throw new StepError(
-            `The dump of "${input.container}" failed; the partial dump was removed and nothing else changed: ${(err as Error).message}`,
-        );
+        throw dumpFailed(err, input.container, outDir);
     } finally {
         if (passfile) await fs.rm(path.dirname(passfile), { recursive: true, force: true });
     }
 
-    const files = await hashFiles(outDir, partialPath, finalPath);
+    const files = await replaceWith(outDir, partialPath, finalPath);
     const bytes = files.reduce((s, f) => s + f.bytes, 0);
     progress.done(bytes);
-    // Replace an earlier dump of the same name only now that the new one is complete.
-    await fs.rm(manifestPathOf(finalPath), { force: true });
-    await fs.rm(finalPath, { recursive: true, force: true });
-    await fs.rename(partialPath, finalPath);
 
     const manifest: DumpManifest = {
         method,
@@ -219,15 +201,7 @@ export async function dumpCluster(input: DumpInput): Promise<DumpResult> {
             .update(files.map((f) => `${f.sha256}  ${f.path}\n`).join(""))
             .digest("hex"),
         createdAt: new Date().toISOString(),
-        source: {
-            container: info.name,
-            image: info.image,
-            imageId: info.imageId,
-            pinned: await pinnedReference(info.imageId),
-            version: version.text,
-            major: version.major,
-            superuser,
-        },
+        source: await sourceOf(info, version, superuser),
         tool: { image: toolImage },
         databases,
         databasesBytes,
@@ -378,11 +352,55 @@ async function dumpToDirectory(
     return dirs;
 }
 
+/** The complete dump, hashed, takes the place of an earlier one of the same name only now. */
+async function replaceWith(outDir: string, partialPath: string, finalPath: string): Promise<DumpedFile[]> {
+    const files = await hashFiles(outDir, partialPath, finalPath);
+    await fs.rm(manifestPathOf(finalPath), { force: true });
+    await fs.rm(finalPath, { recursive: true, force: true });
+    await fs.rename(partialPath, finalPath);
+    return files;
+}
+
+/** A failed dump in one sentence: a full disk says so; the partial dump is already gone. */
+function dumpFailed(err: unknown, container: string, outDir: string): StepError {
+    if ((err as NodeJS.ErrnoException).code === "ENOSPC" || /No space left on device/.test((err as Error).message)) {
+        return new StepError(
+            `The backup folder ${outDir} ran out of space during the dump; the partial dump was removed and nothing else changed.`,
+        );
+    }
+    if (err instanceof StepError) return err;
+    return new StepError(
+        `The dump of "${container}" failed; the partial dump was removed and nothing else changed: ${(err as Error).message}`,
+    );
+}
+
+/** The old cluster as the manifest records it: a revert is checked to run exactly this image. */
+async function sourceOf(
+    info: ContainerInfo,
+    version: { text: string; major: number },
+    superuser: string,
+): Promise<DumpManifest["source"]> {
+    const pinned = await pinnedReference(info.imageId);
+    return {
+        container: info.name,
+        image: info.image,
+        imageId: info.imageId,
+        pinned,
+        version: version.text,
+        major: version.major,
+        superuser,
+    };
+}
+
+/** The folder a directory entry is in (parentPath from Node 20.12; path before it). */
+function folderOf(entry: Dirent): string {
+    return entry.parentPath ?? (entry as Dirent & { path: string }).path;
+}
+
 async function folderSize(dir: string): Promise<number> {
     let total = 0;
     for (const entry of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
-        if (entry.isFile())
-            total += (await fs.stat(path.join(entry.parentPath ?? (entry as any).path, entry.name))).size;
+        if (entry.isFile()) total += (await fs.stat(path.join(folderOf(entry), entry.name))).size;
     }
     return total;
 }
@@ -393,7 +411,7 @@ async function hashFiles(outDir: string, partialPath: string, finalPath: string)
     const found: string[] = [];
     if (stat.isDirectory()) {
         for (const entry of await fs.readdir(partialPath, { withFileTypes: true, recursive: true })) {
-            if (entry.isFile()) found.push(path.join(entry.parentPath ?? (entry as any).path, entry.name));
+            if (entry.isFile()) found.push(path.join(folderOf(entry), entry.name));
         }
     } else {
         found.push(partialPath);

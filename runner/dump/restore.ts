@@ -303,46 +303,33 @@ async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promi
         );
     }, 2000);
     try {
-        for (const [db, sub] of Object.entries(manifest.databaseDirs ?? {})) {
-            const dir = `${DUMP_MOUNT}/${sub}`;
-            // The postgres database exists already; every other one is created by its own dump (--create), with
-            // its encoding, locale, owner and settings.
-            const create = db === "postgres" ? [] : ["--create"];
-            const schema = new DumpFilter(su);
-            await runPiped(
-                (stdout) =>
-                    run(
-                        "docker",
-                        ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir],
-                        { stdout },
-                    ),
-                (stdin) => run("docker", psqlArgs(input, su, "postgres"), { stdin }),
-                schema,
-            ).catch((err) => restoreFailed(input, `the schema of ${db}`, err));
-            add(schema.counts);
-            for (const section of ["data", "post-data"]) {
-                try {
-                    await run("docker", [
-                        "exec",
-                        input.container,
-                        "pg_restore",
-                        `--section=${section}`,
-                        "--jobs=2",
-                        "--exit-on-error",
-                        "-U",
-                        su,
-                        "-d",
-                        dbConninfo(db),
-                        dir,
-                    ]);
-                } catch (err) {
-                    restoreFailed(input, `the ${section} of ${db}`, err);
-                }
-            }
-        }
+        for (const [db, sub] of Object.entries(manifest.databaseDirs ?? {}))
+            add(await loadDatabase(input, su, db, sub));
     } finally {
         clearInterval(poll);
     }
     progress.done(manifest.databasesBytes);
     return counts;
+}
+
+/** One database of a directory dump: its schema through the filter into psql, then data and post-data in parallel. */
+async function loadDatabase(input: RestoreInput, su: string, db: string, sub: string): Promise<FilterCounts> {
+    const dir = `${DUMP_MOUNT}/${sub}`;
+    // The postgres database exists already; every other one is created by its own dump (--create), with its
+    // encoding, locale, owner and settings.
+    const create = db === "postgres" ? [] : ["--create"];
+    const schema = new DumpFilter(su);
+    const preData = ["exec", input.container, "pg_restore", "--section=pre-data", ...create, "-f", "-", dir];
+    await runPiped(
+        (stdout) => run("docker", preData, { stdout }),
+        (stdin) => run("docker", psqlArgs(input, su, "postgres"), { stdin }),
+        schema,
+    ).catch((err) => restoreFailed(input, `the schema of ${db}`, err));
+    for (const section of ["data", "post-data"]) {
+        const restore = [`--section=${section}`, "--jobs=2", "--exit-on-error", "-U", su, "-d", dbConninfo(db), dir];
+        await run("docker", ["exec", input.container, "pg_restore", ...restore]).catch((err) =>
+            restoreFailed(input, `the ${section} of ${db}`, err),
+        );
+    }
+    return schema.counts;
 }

@@ -71,52 +71,25 @@ export async function requirePgUpgradeCompatible(input: PgUpgradeCheckInput): Pr
     const name = pgUpgradeCheckName(input.staging);
     // One left by a killed step: created or running on, holding the new location and the name.
     if (await ourContainer(name, "staging")) await removeContainer(name);
-    const exited = await run(
-        "docker",
-        [
-            "run",
-            "--rm",
-            "--init",
-            "--name",
-            name,
-            "--network",
-            `container:${old.name}`,
-            "--user",
-            "postgres",
-            ...ourLabels("staging"),
-            "-e",
-            "PGPASSWORD",
-            "-e",
-            `NEW_PGDATA=${layout.pgdata}`,
-            ...mountsHoldingPgdata(old).flatMap((m) => [
-                "-v",
-                `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}:ro`,
-            ]),
-            "-v",
-            `${formatDataLocation(input.data)}:${layout.mountTarget}`,
-            "-v",
-            `${input.binaries}:${OLD_ROOT}:ro`,
-            "--workdir",
-            "/tmp",
-            "--entrypoint",
-            "sh",
-            input.image,
-            "-c",
-            SCRIPT,
-            "sh",
-            `${OLD_DATA}${pgdata}`,
-            "--old-bindir",
-            WRAPPERS,
-            "--new-datadir",
-            layout.pgdata,
-            "--username",
-            input.superuser,
-            "--socketdir",
-            "/tmp",
-            `--new-options=${NO_ARCHIVING.join(" ")}`,
-        ],
-        { stdout: log, env: { PGPASSWORD: input.password } },
-    ).then(
+    const oldData = mountsHoldingPgdata(old).flatMap((m) => [
+        "-v",
+        `${m.type === "volume" ? m.name : m.source}:${OLD_DATA}${m.destination}:ro`,
+    ]);
+    const newData = ["-v", `${formatDataLocation(input.data)}:${layout.mountTarget}`];
+    const options = [
+        ["--rm", "--init", "--name", name, "--network", `container:${old.name}`, "--user", "postgres"],
+        [...ourLabels("staging"), "-e", "PGPASSWORD", "-e", `NEW_PGDATA=${layout.pgdata}`],
+        [...oldData, ...newData, "-v", `${input.binaries}:${OLD_ROOT}:ro`, "--workdir", "/tmp"],
+    ].flat();
+    const check = [
+        ["--old-bindir", WRAPPERS, "--new-datadir", layout.pgdata, "--username", input.superuser],
+        ["--socketdir", "/tmp", `--new-options=${NO_ARCHIVING.join(" ")}`],
+    ].flat();
+    const script = ["--entrypoint", "sh", input.image, "-c", SCRIPT, "sh", `${OLD_DATA}${pgdata}`];
+    const exited = await run("docker", ["run", ...options, ...script, ...check], {
+        stdout: log,
+        env: { PGPASSWORD: input.password },
+    }).then(
         () => undefined,
         (err: Error) => err,
     );

@@ -75,6 +75,7 @@ export async function startStandby(
     const mount = `${formatDataLocation(data)}:${STANDBY_MOUNT}`;
     // The mount's root belongs to root for a new volume (18+: the parent of PGDATA): the folder is made for the
     // postgres user, empty, every time (a standby is made again, never resumed).
+    const makeFolder = `rm -rf '${folder}' && install -d -m 0700 -o postgres -g postgres '${folder}'`;
     await run("docker", [
         "run",
         "--rm",
@@ -86,85 +87,53 @@ export async function startStandby(
         "sh",
         old.imageId,
         "-c",
-        `rm -rf '${folder}' && install -d -m 0700 -o postgres -g postgres '${folder}'`,
+        makeFolder,
     ]);
-    try {
-        // From inside the old container's network namespace: 127.0.0.1 is the old server, whose replication rule
-        // for 127.0.0.1 is trust in the official image. -X stream (with pg_basebackup's temporary slot) keeps the
-        // WAL it needs; no slot is created in the old cluster. --no-sync: the files are made durable, or thrown
-        // away, by the upgrade.
-        await run("docker", [
-            "run",
-            "--rm",
-            "--network",
-            `container:${old.name}`,
-            "--user",
-            "postgres",
-            "-v",
-            mount,
-            ...ourLabels("standby"),
-            "--entrypoint",
-            "pg_basebackup",
-            old.imageId,
-            "-h",
-            "127.0.0.1",
-            "-p",
-            port,
-            "-U",
-            superuser,
-            "-D",
-            folder,
-            "-X",
-            "stream",
-            "-R",
-            "--checkpoint",
-            "fast",
-            "--no-sync",
-            "--label",
-            "synapse-postgres standby",
-        ]);
-    } catch (err) {
-        if (!(err instanceof ProcessError)) throw err;
-        throw new StepError(`pg_basebackup from "${old.name}" failed: ${err.stderrTail.trim().split("\n").pop()}`);
-    }
+    // From inside the old container's network namespace: 127.0.0.1 is the old server, whose replication rule for
+    // 127.0.0.1 is trust in the official image. -X stream (with pg_basebackup's temporary slot) keeps the WAL it
+    // needs; no slot is created in the old cluster. --no-sync: the files are made durable, or thrown away, by the
+    // upgrade.
+    const beside = ["--network", `container:${old.name}`, "--user", "postgres", "-v", mount, ...ourLabels("standby")];
+    const basebackup = [
+        ["-h", "127.0.0.1", "-p", port, "-U", superuser, "-D", folder],
+        ["-X", "stream", "-R", "--checkpoint", "fast", "--no-sync", "--label", "synapse-postgres standby"],
+    ].flat();
+    await run("docker", ["run", "--rm", ...beside, "--entrypoint", "pg_basebackup", old.imageId, ...basebackup]).catch(
+        (err: Error) => {
+            if (!(err instanceof ProcessError)) throw err;
+            throw new StepError(`pg_basebackup from "${old.name}" failed: ${err.stderrTail.trim().split("\n").pop()}`);
+        },
+    );
+    const labels = ["--label", `${STANDBY_OF_LABEL}=${old.name}`, "--stop-signal", "SIGINT"];
     await run("docker", [
         "run",
         "-d",
         "--name",
         name,
-        "--network",
-        `container:${old.name}`,
-        "--user",
-        "postgres",
-        "-v",
-        mount,
-        ...ourLabels("standby"),
-        "--label",
-        `${STANDBY_OF_LABEL}=${old.name}`,
-        "--stop-signal",
-        "SIGINT",
+        ...beside,
+        ...labels,
         "--entrypoint",
         "postgres",
         old.imageId,
-        "-D",
-        folder,
-        // The old container's own -c options first (a hot standby needs max_connections and the like at least as
-        // high as its primary's), then ours: no TCP listener beside the old server, small shared memory, and no
-        // WAL archiving (promoted, it would push its WAL and timeline history into the old cluster's archive).
-        ...serverOptions(old),
-        "-c",
-        "listen_addresses=",
-        "-c",
-        `unix_socket_directories=${STANDBY_SOCKET}`,
-        "-c",
-        "shared_buffers=128MB",
-        "-c",
-        "hot_standby=on",
-        "-c",
-        "max_wal_size=1GB",
-        ...NO_ARCHIVING,
+        ...standbyServer(old, folder),
     ]);
     await waitStreaming(name, superuser, 60);
+}
+
+/**
+ * The standby's server: the old container's own -c options first (a hot standby needs max_connections and the
+ * like at least as high as its primary's), then ours: no TCP listener beside the old server, small shared memory,
+ * and no WAL archiving (promoted, it would push its WAL and timeline history into the old cluster's archive).
+ */
+function standbyServer(old: ContainerInfo, folder: string): string[] {
+    const ours = [
+        "listen_addresses=",
+        `unix_socket_directories=${STANDBY_SOCKET}`,
+        "shared_buffers=128MB",
+        "hot_standby=on",
+        "max_wal_size=1GB",
+    ];
+    return ["-D", folder, ...serverOptions(old), ...ours.flatMap((o) => ["-c", o]), ...NO_ARCHIVING];
 }
 
 /**

@@ -11,7 +11,7 @@ import { eventsWrittenSinceSwitch, RevertLoss } from "./revert-loss";
 import { removeStandbysOf } from "../pg-upgrade/standby";
 import { StepError } from "../step-error";
 import { startSynapse, stopSynapse } from "./synapse";
-import { advanceMarker, readMarkerIn, writeMarkerIn } from "../target/markers";
+import { advanceMarker, Marker, readMarkerIn, writeMarkerIn } from "../target/markers";
 import { CLUSTER_LABEL, MANAGED_LABEL } from "../names";
 
 export interface ServeInput {
@@ -46,24 +46,7 @@ export interface ServeResult {
 }
 
 export async function serveCluster(input: ServeInput): Promise<ServeResult> {
-    let info = await inspectContainer(input.container);
-    if (!info) throw new StepError(`The container "${input.container}" does not exist; run pulumi up to create it.`);
-    // An upgrade given up (or killed) before its switch may have left this cluster fenced: its networks come back.
-    const fenceLifted = await liftFence(input.container);
-    if (fenceLifted !== undefined) info = (await inspectContainer(input.container))!;
-    if (!info.networks[input.network]?.aliases.includes(input.alias)) {
-        throw new StepError(
-            `The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`,
-        );
-    }
-    const others = (await holdersOf(input.network, input.alias)).filter((o) => o.name !== input.container);
-    for (const other of others) {
-        if (other.labels[MANAGED_LABEL] !== "true") {
-            throw new StepError(
-                `The container "${other.name}", which synapse-postgres does not manage, also answers to "${input.alias}" on "${input.network}"; stop it so Synapse reaches only one server.`,
-            );
-        }
-    }
+    const { info, fenceLifted, others } = await findHolders(input);
     // Only a real switch (a revert) stops Synapse: it must not write to the cluster that is being left.
     if (others.length > 0 || !info.running) await stopSynapse(input.synapse ?? []);
     // Stopped clusters of ours under the alias count too: a revert usually leaves a newer cluster that crashed.
@@ -76,11 +59,7 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         await startSynapse(input.synapse ?? []);
         throw new StepError(refusal);
     }
-    const stoppedOthers: string[] = [];
-    for (const other of others) {
-        await stopContainer(other.name);
-        stoppedOthers.push(other.name);
-    }
+    for (const other of others) await stopContainer(other.name);
     const started = !info.running;
     if (started) await startContainer(input.container);
     const user = superuserOf(info);
@@ -97,56 +76,78 @@ export async function serveCluster(input: ServeInput): Promise<ServeResult> {
         removeStandbysOf(input.container),
         applyDeclaredPassword(input.container, input.database ?? "synapse"),
     ]);
-    let extensions: ServeResult["extensions"];
-    if (marker && marker.state === "cutover") {
-        [extensions] = await Promise.all([
-            // pg_upgrade keeps each extension's old version: updated now, on the cluster that serves.
-            marker.method === "pg_upgrade" ? updateExtensions(input.container, user) : undefined,
-            writeMarkerIn(input.container, user, advanceMarker(marker, "serving")),
-            // pg_upgrade before 18 carries no statistics; the upgrade gathered a quick first stage. The full
-            // ANALYZE runs now, in the background, while Synapse works (pg_upgrade's own advice).
-            marker.method === "pg_upgrade" && marker.major < 18
-                ? run("docker", [
-                      "exec",
-                      "-d",
-                      input.container,
-                      "vacuumdb",
-                      "-U",
-                      user,
-                      "--all",
-                      "--analyze-only",
-                      "--quiet",
-                  ])
-                : undefined,
-        ]);
-    }
-    let oneTimeKeysCleared: number | undefined;
-    if (clearKeys) {
-        // Synapse's backup advice: after going back to older data, clients may hold one-time keys the older data
-        // still lists as unclaimed; clear them before Synapse starts, so they are uploaded afresh. Only when
-        // Synapse's stream moved past the old cluster: a revert without writes leaves the old data exactly as it was.
-        const db = input.database ?? "synapse";
-        const rows = await query(
-            input.container,
-            user,
-            "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone",
-            db,
-        ).catch(() => [["0"]]);
-        oneTimeKeysCleared = Number(rows[0][0]);
-    }
+    const extensions = marker?.state === "cutover" ? await firstServe(input.container, user, marker) : undefined;
+    const oneTimeKeysCleared = clearKeys ? await clearOneTimeKeys(input, user) : undefined;
     const synapseStarted = [...new Set([...startedEarly, ...(await startSynapse(input.synapse ?? []))])];
+    const eventsLost = oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost;
+    const stoppedOthers = others.map((o) => o.name);
     return {
         started,
         stoppedOthers,
         version,
         synapseStarted,
         oneTimeKeysCleared,
-        eventsLost: oneTimeKeysCleared === undefined ? undefined : leaving.uncounted ? "uncounted" : leaving.lost,
+        eventsLost,
         standbysRemoved,
         fenceLifted,
         passwordSet,
         extensions,
     };
+}
+
+/** This cluster, its fence lifted, on the alias; the others that answer to it, which must all be ours. */
+async function findHolders(
+    input: ServeInput,
+): Promise<{ info: ContainerInfo; fenceLifted?: string[]; others: ContainerInfo[] }> {
+    let info = await inspectContainer(input.container);
+    if (!info) throw new StepError(`The container "${input.container}" does not exist; run pulumi up to create it.`);
+    // An upgrade given up (or killed) before its switch may have left this cluster fenced: its networks come back.
+    const fenceLifted = await liftFence(input.container);
+    if (fenceLifted !== undefined) info = (await inspectContainer(input.container))!;
+    if (!info.networks[input.network]?.aliases.includes(input.alias)) {
+        throw new StepError(
+            `The container "${input.container}" is not on network "${input.network}" with alias "${input.alias}".`,
+        );
+    }
+    const others = (await holdersOf(input.network, input.alias)).filter((o) => o.name !== input.container);
+    const foreign = others.find((o) => o.labels[MANAGED_LABEL] !== "true");
+    if (foreign) {
+        throw new StepError(
+            `The container "${foreign.name}", which synapse-postgres does not manage, also answers to "${input.alias}" on "${input.network}"; stop it so Synapse reaches only one server.`,
+        );
+    }
+    return { info, fenceLifted, others };
+}
+
+/** The first serve after a switch: the marker says "serving"; after pg_upgrade, extensions and statistics. */
+async function firstServe(container: string, user: string, marker: Marker): Promise<ServeResult["extensions"]> {
+    const pgUpgraded = marker.method === "pg_upgrade";
+    const [extensions] = await Promise.all([
+        // pg_upgrade keeps each extension's old version: updated now, on the cluster that serves.
+        pgUpgraded ? updateExtensions(container, user) : undefined,
+        writeMarkerIn(container, user, advanceMarker(marker, "serving")),
+        // pg_upgrade before 18 carries no statistics; the upgrade gathered a quick first stage. The full ANALYZE
+        // runs now, in the background, while Synapse works (pg_upgrade's own advice).
+        pgUpgraded && marker.major < 18
+            ? run("docker", ["exec", "-d", container, "vacuumdb", "-U", user, "--all", "--analyze-only", "--quiet"])
+            : undefined,
+    ]);
+    return extensions;
+}
+
+/**
+ * Synapse's backup advice: after going back to older data, clients may hold one-time keys the older data still
+ * lists as unclaimed; they are cleared before Synapse starts, so they are uploaded afresh. Only when Synapse's
+ * stream moved past the old cluster: a revert without writes leaves the old data exactly as it was.
+ */
+async function clearOneTimeKeys(input: ServeInput, user: string): Promise<number> {
+    const rows = await query(
+        input.container,
+        user,
+        "WITH gone AS (DELETE FROM e2e_one_time_keys_json RETURNING 1) SELECT count(*) FROM gone",
+        input.database ?? "synapse",
+    ).catch(() => [["0"]]);
+    return Number(rows[0][0]);
 }
 
 /**
