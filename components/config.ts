@@ -91,7 +91,7 @@ export const OWNED_SETTINGS: Record<string, string> = {
 const SETTING_NAME = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$/;
 const dockerName = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 const sqlName = /^[a-z_][a-z0-9_]*$/;
-const imageRef = /^[a-z0-9][a-z0-9._\/:{}@-]*$/i;
+const imageRef = /^[a-z0-9][a-z0-9._/:{}@-]*$/i;
 
 const schema = z
     .object({

@@ -104,67 +104,83 @@ function dataLocationBeside(cfg: StackConfig, adopted: AdoptedFacts, major: numb
     return dataLocationOf(cfg, major);
 }
 
-export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOutputs {
-    const target = cfg.version.major;
-    const method = cfg.method ?? "pg_upgrade";
-    const hostAlias = cfg.hostAlias ?? adopted?.hostAlias ?? "db";
-    const common = {
+/** What every cluster of the stack is declared with, from the config or the adopted container. */
+function commonArgs(cfg: StackConfig, adopted?: AdoptedFacts) {
+    return {
         user: cfg.user ?? adopted?.user ?? "synapse",
         database: cfg.database ?? adopted?.database ?? "synapse",
         password: cfg.password,
         initdbArgs: cfg.initdbArgs,
         network: cfg.network ?? adopted?.network ?? "synapse",
-        hostAlias,
+        hostAlias: cfg.hostAlias ?? adopted?.hostAlias ?? "db",
         port: cfg.port,
         synapseContainers: cfg.synapseContainers,
         revertAcceptLoss: cfg.revertAcceptLoss,
         settings: cfg.settings,
     };
+}
+
+type CommonArgs = ReturnType<typeof commonArgs>;
+type From = { major: number; text: string };
+
+export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOutputs {
+    const target = cfg.version.major;
+    const common = commonArgs(cfg, adopted);
     const from = adopted ? { major: adopted.major, text: adopted.version } : cfg.upgradeFrom;
     if (adopted && target < adopted.major) {
         throw new Error(
             `Invalid stack configuration:\n  - postgres:version is "${cfg.version.text}" but the adopted container "${adopted.container}" runs ${adopted.major}: a downgrade is not a revert; to go back, set postgres:version ${adopted.major}`,
         );
     }
+    if (cfg.rehearse) return declareRehearsal(cfg, common, from!, adopted);
+    if (from === undefined || from.major === target) return declareServing(cfg, common, adopted);
+    return declareUpgrade(cfg, common, from, adopted);
+}
 
-    if (cfg.rehearse) {
-        const rehearsal = new Rehearsal(`rehearse-${from!.major}-to-${target}`, {
-            fromContainer: adopted?.container ?? clusterNames(cfg.containerPrefix, from!.major).container,
-            toMajor: target,
-            toImage: imageFor(cfg.image, cfg.version.text),
-            loginUser: common.user,
-            loginDatabase: common.database,
-            password: cfg.password,
-            backupDir: cfg.backupDir,
-            method,
-            attempt: cfg.attempt,
-        });
-        return { activeVersion: from!.text, hostAlias, containers: [], rehearsal: rehearsal.report };
-    }
+function declareRehearsal(cfg: StackConfig, common: CommonArgs, from: From, adopted?: AdoptedFacts): StackOutputs {
+    const target = cfg.version.major;
+    const rehearsal = new Rehearsal(`rehearse-${from.major}-to-${target}`, {
+        fromContainer: adopted?.container ?? clusterNames(cfg.containerPrefix, from.major).container,
+        toMajor: target,
+        toImage: imageFor(cfg.image, cfg.version.text),
+        loginUser: common.user,
+        loginDatabase: common.database,
+        password: cfg.password,
+        backupDir: cfg.backupDir,
+        method: cfg.method ?? "pg_upgrade",
+        attempt: cfg.attempt,
+    });
+    return { activeVersion: from.text, hostAlias: common.hostAlias, containers: [], rehearsal: rehearsal.report };
+}
 
-    if (from === undefined || from.major === target) {
-        if (adopted && Object.keys(cfg.settings).length > 0) {
-            throw new Error(
-                `Invalid stack configuration:\n  - postgres:settings applies to the clusters this program runs, not to the adopted container "${adopted.container}": set them in its compose file, or keep them for the upgrade (they go to the new cluster)`,
-            );
-        }
-        const cluster = new Cluster(`pg${target}`, {
-            ...common,
-            adopt: adopted?.container,
-            major: target,
-            image: imageFor(cfg.image, cfg.version.text),
-            containerName: adopted?.container ?? clusterNames(cfg.containerPrefix, target).container,
-            data: adopted?.data ?? dataLocationOf(cfg, target),
-            serving: true,
-        });
-        return { activeVersion: cfg.version.text, hostAlias, containers: [cluster.containerName] };
+/** One cluster, serving: no upgrade declared (or the adopted container, serving as it is). */
+function declareServing(cfg: StackConfig, common: CommonArgs, adopted?: AdoptedFacts): StackOutputs {
+    const target = cfg.version.major;
+    if (adopted && Object.keys(cfg.settings).length > 0) {
+        throw new Error(
+            `Invalid stack configuration:\n  - postgres:settings applies to the clusters this program runs, not to the adopted container "${adopted.container}": set them in its compose file, or keep them for the upgrade (they go to the new cluster)`,
+        );
     }
+    const cluster = new Cluster(`pg${target}`, {
+        ...common,
+        adopt: adopted?.container,
+        major: target,
+        image: imageFor(cfg.image, cfg.version.text),
+        containerName: adopted?.container ?? clusterNames(cfg.containerPrefix, target).container,
+        data: adopted?.data ?? dataLocationOf(cfg, target),
+        serving: true,
+    });
+    return { activeVersion: cfg.version.text, hostAlias: common.hostAlias, containers: [cluster.containerName] };
+}
+
+function declareUpgrade(cfg: StackConfig, common: CommonArgs, from: From, adopted?: AdoptedFacts): StackOutputs {
+    const target = cfg.version.major;
+    const method = cfg.method ?? "pg_upgrade";
     if (cfg.backupDir === undefined && method !== "pg_upgrade") {
         throw new Error(
             `Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${method}: the host folder the dump is written to`,
         );
     }
-
     const old = new Cluster(`pg${from.major}`, {
         ...common,
         adopt: adopted?.container,
@@ -175,7 +191,6 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         // Declared exactly as when it served, so entering the upgrade does not touch the running old container.
         serving: false,
     });
-
     // The new cluster's container must wait for the upgrade's cutover, and the upgrade needs the new cluster's
     // data volume: the cluster is declared first with a promise of the cutover, kept when the upgrade exists.
     let cutoverDeclared!: (steps: pulumi.Resource[]) => void;
@@ -192,28 +207,16 @@ export function declareStack(cfg: StackConfig, adopted?: AdoptedFacts): StackOut
         startAfter: afterCutover,
     });
     const upgrade = new MajorUpgrade(name, {
-        fromContainer: old.containerName,
-        toMajor: target,
-        toImage,
-        toData,
-        stagingContainer: names.staging,
-        backupDir: cfg.backupDir,
-        method,
-        synapseContainers: cfg.synapseContainers,
-        attempt: cfg.attempt,
-        loginUser: common.user,
-        loginDatabase: common.database,
-        password: cfg.password,
-        settings: cfg.settings,
-        dropSettings: cfg.dropSettings,
-        dropAccessRules: cfg.dropAccessRules,
+        ...{ fromContainer: old.containerName, toMajor: target, toImage, toData, stagingContainer: names.staging },
+        ...{ backupDir: cfg.backupDir, method, synapseContainers: cfg.synapseContainers, attempt: cfg.attempt },
+        ...{ loginUser: common.user, loginDatabase: common.database, password: cfg.password },
+        ...{ settings: cfg.settings, dropSettings: cfg.dropSettings, dropAccessRules: cfg.dropAccessRules },
         after: [old.container, cluster.volume].filter((r): r is NonNullable<typeof r> => r !== undefined),
     });
     cutoverDeclared([upgrade.cutover]);
-
     return {
         activeVersion: cfg.version.text,
-        hostAlias,
+        hostAlias: common.hostAlias,
         containers: [cluster.containerName, old.containerName],
         backupFile: upgrade.backupFile,
         verified: upgrade.verified,

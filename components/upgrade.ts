@@ -60,147 +60,163 @@ export class MajorUpgrade extends pulumi.ComponentResource {
 
     constructor(name: string, args: MajorUpgradeArgs, opts?: pulumi.ComponentResourceOptions) {
         super("synapse-postgres:index:MajorUpgrade", name, {}, opts);
-        const dumpName = `${name}`;
         const physical = args.method === "pg_upgrade";
         if (!physical && args.backupDir === undefined) throw new Error(`${name}: a dump method needs backupDir`);
-        this.backupFile = physical ? undefined : dumpPathOf(args.backupDir!, dumpName, args.method as DumpMethod);
-        const data = formatDataLocation(args.toData);
-        const secretEnv = { [PASSWORD_ENV]: pulumi.secret(args.password) };
-        const newCluster = { new: args.stagingContainer, image: args.toImage, data, major: args.toMajor };
-        // The configuration's inputs: copy-config's, and prepare's, which carries the configuration before the downtime.
-        const configFlags = {
-            ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
-            ...(args.dropSettings?.length ? { drop: args.dropSettings.join(",") } : {}),
-            ...(args.dropAccessRules?.length ? { "drop-access-rules": args.dropAccessRules.join(",") } : {}),
-        };
-
-        const lines: Record<
-            Step,
-            {
-                create: pulumi.Output<string>;
-                delete?: pulumi.Output<string>;
-                environment?: Record<string, pulumi.Input<string>>;
-            }
-        > = {
-            prepare: {
-                create: stepCommand("prepare", { old: args.fromContainer, ...newCluster, ...configFlags }),
-                // An upgrade taken out of the stack before its switch (or pulumi destroy): the standby prepare made
-                // stops following the old server. After a switch there is none, and this does nothing.
-                delete: stepCommand("remove-standby", { new: args.stagingContainer }),
-                environment: secretEnv,
-            },
-            preflight: {
-                create: stepCommand("preflight", {
-                    old: args.fromContainer,
-                    major: args.toMajor,
-                    image: args.toImage,
-                    data,
-                    ...(physical
-                        ? { new: args.stagingContainer }
-                        : args.backupDir
-                          ? { "backup-dir": args.backupDir }
-                          : {}),
-                    "login-user": args.loginUser,
-                    "login-database": args.loginDatabase,
-                }),
-                environment: secretEnv,
-            },
-            dump: {
-                // The new major's pg_dumpall, as PostgreSQL recommends for upgrades.
-                create: stepCommand("dump", {
-                    old: args.fromContainer,
-                    "backup-dir": args.backupDir ?? "",
-                    name: dumpName,
-                    method: args.method,
-                    "tool-image": args.toImage,
-                }),
-                environment: secretEnv,
-            },
-            restore: {
-                create: stepCommand("restore", {
-                    new: args.stagingContainer,
-                    image: args.toImage,
-                    data,
-                    major: args.toMajor,
-                    dump: this.backupFile ?? "",
-                    "login-user": args.loginUser,
-                    old: args.fromContainer,
-                }),
-                environment: secretEnv,
-            },
-            upgrade: {
-                create: stepCommand("upgrade", {
-                    old: args.fromContainer,
-                    ...newCluster,
-                    "login-user": args.loginUser,
-                }),
-                environment: secretEnv,
-            },
-            "copy-config": {
-                create: stepCommand("copy-config", {
-                    old: args.fromContainer,
-                    new: args.stagingContainer,
-                    ...configFlags,
-                }),
-            },
-            verify: {
-                create: stepCommand("verify", {
-                    old: args.fromContainer,
-                    new: args.stagingContainer,
-                    "login-user": args.loginUser,
-                    "login-database": args.loginDatabase,
-                }),
-                environment: secretEnv,
-            },
-            cutover: {
-                create: stepCommand("cutover", {
-                    old: args.fromContainer,
-                    new: args.stagingContainer,
-                    data,
-                    image: args.toImage,
-                    major: args.toMajor,
-                    database: args.loginDatabase,
-                }),
-            },
-        };
-
-        const synapse = args.synapseContainers.length ? { synapse: args.synapseContainers.join(",") } : {};
-        let previous: pulumi.Input<pulumi.Resource>[] = args.after;
+        this.backupFile = physical ? undefined : dumpPathOf(args.backupDir!, name, args.method as DumpMethod);
+        const lines = physical ? pgUpgradeLines(args) : dumpLines(args, name, this.backupFile!);
         const steps: Partial<Record<Step, command.local.Command>> = {};
+        let previous: pulumi.Input<pulumi.Resource>[] = args.after;
         for (const step of physical ? STEPS.pg_upgrade : STEPS.dump) {
-            const line = lines[step];
-            const stopsSynapse = synapse.synapse && !BEFORE_DOWNTIME.includes(step);
-            steps[step] = new command.local.Command(
-                `${name}-${step}`,
-                {
-                    ...line,
-                    create: stopsSynapse
-                        ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse.synapse!)}`
-                        : line.create,
-                    // A step that succeeded is history: a later change of its inputs (a new minor version, a password)
-                    // is recorded and runs nothing, and its output stays what the step said. Not ignoreChanges: the
-                    // engine keeps an ignored input's old value through a replacement too, so a new attempt would run
-                    // the command lines of the first one, without the config changed since.
-                    update: finishedStep(step),
-                    triggers: [args.attempt],
-                },
-                {
-                    parent: this,
-                    // Each step starts only after the one before it succeeded: a failure stops the chain there.
-                    dependsOn: previous,
-                    // A new attempt (triggers) replaces prepare: the old one's delete, which removes the standby, runs
-                    // first, so it never removes the standby the new one made.
-                    deleteBeforeReplace: step === "prepare",
-                },
-            );
+            steps[step] = this.declareStep(name, step, lines[step]!, args, previous);
             previous = [steps[step]!];
         }
         this.steps = steps;
         this.cutover = steps.cutover!;
         this.verified = steps.verify!.stdout;
-
         this.registerOutputs({ backupFile: this.backupFile, verified: this.verified });
     }
+
+    private declareStep(
+        name: string,
+        step: Step,
+        line: StepLine,
+        args: MajorUpgradeArgs,
+        previous: pulumi.Input<pulumi.Resource>[],
+    ): command.local.Command {
+        const synapse = args.synapseContainers.join(",");
+        const stopsSynapse = synapse !== "" && !BEFORE_DOWNTIME.includes(step);
+        return new command.local.Command(
+            `${name}-${step}`,
+            {
+                ...line,
+                create: stopsSynapse
+                    ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse)}`
+                    : line.create,
+                // A step that succeeded is history: a later change of its inputs (a new minor version, a password)
+                // is recorded and runs nothing, and its output stays what the step said. Not ignoreChanges: the
+                // engine keeps an ignored input's old value through a replacement too, so a new attempt would run
+                // the command lines of the first one, without the config changed since.
+                update: finishedStep(step),
+                triggers: [args.attempt],
+            },
+            {
+                parent: this,
+                // Each step starts only after the one before it succeeded: a failure stops the chain there.
+                dependsOn: previous,
+                // A new attempt (triggers) replaces prepare: the old one's delete, which removes the standby, runs
+                // first, so it never removes the standby the new one made.
+                deleteBeforeReplace: step === "prepare",
+            },
+        );
+    }
+}
+
+interface StepLine {
+    create: pulumi.Output<string>;
+    delete?: pulumi.Output<string>;
+    environment?: Record<string, pulumi.Input<string>>;
+}
+
+function secretEnv(args: MajorUpgradeArgs): Record<string, pulumi.Input<string>> {
+    return { [PASSWORD_ENV]: pulumi.secret(args.password) };
+}
+
+/** The configuration's flags: copy-config's, and prepare's, which carries the configuration before the downtime. */
+function configFlags(args: MajorUpgradeArgs): Record<string, string> {
+    return {
+        ...(args.settings && Object.keys(args.settings).length ? { settings: JSON.stringify(args.settings) } : {}),
+        ...(args.dropSettings?.length ? { drop: args.dropSettings.join(",") } : {}),
+        ...(args.dropAccessRules?.length ? { "drop-access-rules": args.dropAccessRules.join(",") } : {}),
+    };
+}
+
+/** The steps both methods share: preflight (with what each method reads), copy-config, verify and cutover. */
+function sharedLines(args: MajorUpgradeArgs, readsInPreflight: Record<string, pulumi.Input<string>>) {
+    const [old, data] = [args.fromContainer, formatDataLocation(args.toData)];
+    const login = { "login-user": args.loginUser, "login-database": args.loginDatabase };
+    return {
+        preflight: {
+            create: stepCommand("preflight", {
+                old,
+                major: args.toMajor,
+                image: args.toImage,
+                data,
+                ...readsInPreflight,
+                ...login,
+            }),
+            environment: secretEnv(args),
+        },
+        "copy-config": {
+            create: stepCommand("copy-config", { old, new: args.stagingContainer, ...configFlags(args) }),
+        },
+        verify: {
+            create: stepCommand("verify", { old, new: args.stagingContainer, ...login }),
+            environment: secretEnv(args),
+        },
+        cutover: {
+            create: stepCommand("cutover", {
+                old,
+                new: args.stagingContainer,
+                data,
+                image: args.toImage,
+                major: args.toMajor,
+                database: args.loginDatabase,
+            }),
+        },
+    };
+}
+
+function dumpLines(args: MajorUpgradeArgs, dumpName: string, backupFile: string): Partial<Record<Step, StepLine>> {
+    const old = args.fromContainer;
+    const newCluster = { image: args.toImage, data: formatDataLocation(args.toData), major: args.toMajor };
+    return {
+        ...sharedLines(args, args.backupDir ? { "backup-dir": args.backupDir } : {}),
+        dump: {
+            // The new major's pg_dump, as PostgreSQL recommends for upgrades.
+            create: stepCommand("dump", {
+                old,
+                "backup-dir": args.backupDir!,
+                name: dumpName,
+                method: args.method,
+                "tool-image": args.toImage,
+            }),
+            environment: secretEnv(args),
+        },
+        restore: {
+            create: stepCommand("restore", {
+                new: args.stagingContainer,
+                ...newCluster,
+                dump: backupFile,
+                "login-user": args.loginUser,
+                old,
+            }),
+            environment: secretEnv(args),
+        },
+    };
+}
+
+function pgUpgradeLines(args: MajorUpgradeArgs): Partial<Record<Step, StepLine>> {
+    const old = args.fromContainer;
+    const newCluster = {
+        new: args.stagingContainer,
+        image: args.toImage,
+        data: formatDataLocation(args.toData),
+        major: args.toMajor,
+    };
+    return {
+        ...sharedLines(args, { new: args.stagingContainer }),
+        prepare: {
+            create: stepCommand("prepare", { old, ...newCluster, ...configFlags(args) }),
+            // An upgrade taken out of the stack before its switch (or pulumi destroy): the standby prepare made
+            // stops following the old server. After a switch there is none, and this does nothing.
+            delete: stepCommand("remove-standby", { new: args.stagingContainer }),
+            environment: secretEnv(args),
+        },
+        upgrade: {
+            create: stepCommand("upgrade", { old, ...newCluster, "login-user": args.loginUser }),
+            environment: secretEnv(args),
+        },
+    };
 }
 
 /**
