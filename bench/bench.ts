@@ -37,6 +37,8 @@ import { benchSynapse } from "./synapse-outage";
 import * as os from "node:os";
 import * as path from "node:path";
 
+const TARGET_IMAGE = `${IMAGE}:17`;
+
 async function main(): Promise<void> {
     const sizeText = flag("size", "1GB")!;
     const sizeMB = parseSize(sizeText);
@@ -48,257 +50,188 @@ async function main(): Promise<void> {
     await run("docker", ["network", "create", NETWORK]);
     try {
         const old = `${PREFIX}pg15`;
-        await startCluster(old, 15, `${PREFIX}pgsql15`);
-        const [seedSeconds] = await seconds(() => seedSynapse(old, "synapse", { sizeMB, seed }));
-        await run("docker", ["exec", old, "psql", "-U", "synapse", "-d", "postgres", "-qc", "CHECKPOINT"]);
-        const [[dbBytes]] = [
-            (
-                await run("docker", [
-                    "exec",
-                    old,
-                    "psql",
-                    "-U",
-                    "synapse",
-                    "-d",
-                    "postgres",
-                    "-Atc",
-                    "SELECT sum(pg_database_size(datname)) FROM pg_database",
-                ])
-            ).stdout
-                .trim()
-                .split("\n"),
-        ];
-        console.error(`seeded ${(Number(dbBytes) / 1e9).toFixed(2)} GB in ${seedSeconds.toFixed(0)} s`);
-
-        // (a) The guide, in its order, with Synapse stopped throughout: pg_dumpall inside the old container, a new
-        // 17 container on a new volume, psql -f into it, postgresql.conf copied across and a restart to apply it.
-        console.error(
-            "(a) the guide's method: pg_dumpall > file; new container; psql -f file; copy postgresql.conf; restart",
-        );
-        const guideNew = `${PREFIX}guide-pg17`;
-        const guideFile = path.join(backups, "guide.sql");
-        const guideSteps: Record<string, number> = {};
-        const [guideDowntimeSeconds] = await seconds(async () => {
-            [guideSteps.dump] = await seconds(() =>
-                run("docker", ["exec", old, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }),
-            );
-            [guideSteps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`));
-            // The guide runs psql without ON_ERROR_STOP: "role/database already exists" errors scroll past.
-            [guideSteps.restore] = await seconds(() =>
-                run(
-                    "docker",
-                    ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"],
-                    { stdin: createReadStream(guideFile) },
-                ).catch(() => undefined),
-            );
-            [guideSteps.config] = await seconds(async () => {
-                const conf = (await run("docker", ["exec", old, "sh", "-c", 'cat "$PGDATA/postgresql.conf"'])).stdout;
-                await run(
-                    "docker",
-                    ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'],
-                    { stdin: conf },
-                );
-                await run("docker", ["restart", guideNew]);
-                await waitReady(guideNew);
-            });
-        });
-        const guideSeconds = guideSteps.dump + guideSteps.restore;
-        await run("docker", ["rm", "-f", guideNew]);
-
-        // (b) Ours, through the CLI.
-        console.error("(b) ours: synapse-pg, default method");
-        const staging = `${PREFIX}pg17-staging`;
-        const data = `${PREFIX}pgsql17`;
+        const databaseBytes = await seedOld(old, sizeMB, seed);
+        const guide = await runGuide(old, backups);
         const rss: Record<string, number> = {};
-        const steps: [string, string[]][] = [
-            [
-                "preflight",
-                [
-                    "preflight",
-                    "--old",
-                    old,
-                    "--major",
-                    "17",
-                    "--image",
-                    `${IMAGE}:17`,
-                    "--data",
-                    data,
-                    "--backup-dir",
-                    backups,
-                ],
-            ],
-            ["dump", ["dump", "--old", old, "--backup-dir", backups, "--name", "ours", "--tool-image", `${IMAGE}:17`]],
-            [
-                "restore",
-                [
-                    "restore",
-                    "--new",
-                    staging,
-                    "--image",
-                    `${IMAGE}:17`,
-                    "--data",
-                    data,
-                    "--major",
-                    "17",
-                    "--dump",
-                    path.join(backups, "ours"),
-                ],
-            ],
-            ["copy-config", ["copy-config", "--old", old, "--new", staging]],
-            ["verify", ["verify", "--old", old, "--new", staging]],
-            [
-                "cutover",
-                ["cutover", "--old", old, "--new", staging, "--data", data, "--image", `${IMAGE}:17`, "--major", "17"],
-            ],
-        ];
-        const timings = await runSteps(steps, rss, "");
-        [timings.serve, rss.serve] = await seconds(() => serveNew(`${PREFIX}pg17`, data, 17));
-        const oursSeconds = timings.dump + timings.restore;
-        const downtimeSeconds = Object.values(timings).reduce((a, b) => a + b, 0);
-
-        // (b') Ours, method pg_upgrade, from the same old cluster (started again: cutover stopped it), and (b)'s
-        // new cluster out of the way (a revert would stop it).
-        console.error("(b') ours: synapse-pg, method pg_upgrade");
-        await run("docker", ["rm", "-f", `${PREFIX}pg17`]);
-        await run("docker", ["start", old]);
-        await waitReady(old);
-        const uStaging = `${PREFIX}pg17u-staging`;
-        const uData = `${PREFIX}pgsql17u`;
-        const uCluster = ["--new", uStaging, "--image", `${IMAGE}:17`, "--data", uData, "--major", "17"];
-        const [prepareSeconds, prepareRss] = await seconds(() => step(["prepare", "--old", old, ...uCluster]));
-        rss.prepare = prepareRss;
-        const uSteps: [string, string[]][] = [
-            [
-                "preflight",
-                [
-                    "preflight",
-                    "--old",
-                    old,
-                    "--major",
-                    "17",
-                    "--image",
-                    `${IMAGE}:17`,
-                    "--data",
-                    uData,
-                    "--new",
-                    uStaging,
-                ],
-            ],
-            ["upgrade", ["upgrade", "--old", old, ...uCluster]],
-            ["copy-config", ["copy-config", "--old", old, "--new", uStaging]],
-            ["verify", ["verify", "--old", old, "--new", uStaging]],
-            [
-                "cutover",
-                [
-                    "cutover",
-                    "--old",
-                    old,
-                    "--new",
-                    uStaging,
-                    "--data",
-                    uData,
-                    "--image",
-                    `${IMAGE}:17`,
-                    "--major",
-                    "17",
-                ],
-            ],
-        ];
-        const uTimings = await runSteps(uSteps, rss, "pg_upgrade ");
-        [uTimings.serve, rss["pg_upgrade serve"]] = await seconds(() => serveNew(`${PREFIX}pg17u`, uData, 17));
-        const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
-        const upgradeDowntime = Object.values(uTimings).reduce((a, b) => a + b, 0);
-
-        // (c) The floor: a raw copy of the stopped old cluster's data.
-        console.error("(c) the floor: raw copy of the data folder");
-        const [floorSeconds] = await seconds(() =>
-            run("docker", [
-                "run",
-                "--rm",
-                "-v",
-                `${PREFIX}pgsql15:/from`,
-                "-v",
-                `${PREFIX}raw:/to`,
-                "--entrypoint",
-                "cp",
-                `${IMAGE}:17`,
-                "-a",
-                "/from/.",
-                "/to/",
-            ]),
-        );
-
+        const ours = await runDumpMethod(old, backups, rss);
+        const pgUpgrade = await runPgUpgradeMethod(old, rss);
+        const floorSeconds = await runFloor();
         const result = {
             when: new Date().toISOString(),
             size: sizeText,
-            databaseBytes: Number(dbBytes),
+            databaseBytes,
             seed,
             machine: { cpus: os.cpus().length, memoryGB: Math.round(os.totalmem() / 1e9) },
-            guideSeconds,
-            guideDowntimeSeconds,
-            guideSteps,
-            oursSeconds,
-            oursSteps: timings,
-            oursDowntimeSeconds: downtimeSeconds,
+            ...guide,
+            ...ours,
             pgUpgrade: {
-                via,
-                prepareSeconds,
-                steps: uTimings,
-                downtimeSeconds: upgradeDowntime,
-                downtimeOverGuide: upgradeDowntime / guideDowntimeSeconds,
-                downtimeOverGuideDumpRestore: upgradeDowntime / guideSeconds,
+                ...pgUpgrade,
+                downtimeOverGuide: pgUpgrade.downtimeSeconds / guide.guideDowntimeSeconds,
+                downtimeOverGuideDumpRestore: pgUpgrade.downtimeSeconds / guide.guideSeconds,
             },
             floorSeconds,
-            oursOverGuide: oursSeconds / guideSeconds,
-            downtimeOverGuide: downtimeSeconds / guideDowntimeSeconds,
-            oursOverFloor: oursSeconds / floorSeconds,
+            oursOverGuide: ours.oursSeconds / guide.guideSeconds,
+            downtimeOverGuide: ours.oursDowntimeSeconds / guide.guideDowntimeSeconds,
+            oursOverFloor: ours.oursSeconds / floorSeconds,
             peakRssMB: Math.max(...Object.values(rss)),
             peakRssMBByStep: rss,
         };
         await fs.mkdir(path.join(REPO, "bench/results"), { recursive: true });
         const out = path.join(REPO, "bench/results", `${result.when.replace(/[:.]/g, "-")}-${sizeText}.json`);
         await fs.writeFile(out, JSON.stringify(result, null, 2) + "\n");
-        if (json) {
-            console.log(JSON.stringify(result, null, 2));
-        } else {
-            const f = (n: number) => `${n.toFixed(1)} s`;
-            console.log(
-                `database: ${(result.databaseBytes / 1e9).toFixed(2)} GB (seed ${seed}), ${result.machine.cpus} CPUs`,
-            );
-            console.log(`(a) guide, pg_dumpall + psql -f:      ${f(guideSeconds)}`);
-            console.log(
-                `    guide, whole downtime:            ${f(guideDowntimeSeconds)}   (${Object.entries(guideSteps)
-                    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
-                    .join(", ")})`,
-            );
-            console.log(
-                `(b) ours, dump + restore:             ${f(oursSeconds)}   (ours/guide ${result.oursOverGuide.toFixed(2)})`,
-            );
-            console.log(
-                `    ours, whole downtime:             ${f(downtimeSeconds)}   (downtime/guide's ${result.downtimeOverGuide.toFixed(2)}; ${Object.entries(
-                    timings,
-                )
-                    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
-                    .join(", ")})`,
-            );
-            console.log(
-                `(b') ours, pg_upgrade (${via}), whole downtime: ${f(upgradeDowntime)}   (downtime/guide's ${result.pgUpgrade.downtimeOverGuide.toFixed(2)}, /guide's dump+restore ${result.pgUpgrade.downtimeOverGuideDumpRestore.toFixed(2)}; ${Object.entries(
-                    uTimings,
-                )
-                    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
-                    .join(", ")})`,
-            );
-            console.log(`    before the downtime, prepare:     ${f(prepareSeconds)}`);
-            console.log(
-                `(c) floor, raw copy of the data:      ${f(floorSeconds)}   (ours/floor ${result.oursOverFloor.toFixed(2)})`,
-            );
-            console.log(`step runner peak RSS: ${result.peakRssMB.toFixed(0)} MB`);
-            console.log(`written to ${path.relative(REPO, out)}`);
-        }
+        if (json) console.log(JSON.stringify(result, null, 2));
+        else printResult(result, out);
     } finally {
         await cleanup();
         await fs.rm(backups, { recursive: true, force: true });
     }
+}
+
+/** A Synapse-shaped database of the asked size in a 15 container; returns its size in bytes. */
+async function seedOld(old: string, sizeMB: number, seed: number): Promise<number> {
+    await startCluster(old, 15, `${PREFIX}pgsql15`);
+    const [seedSeconds] = await seconds(() => seedSynapse(old, "synapse", { sizeMB, seed }));
+    const psql = ["exec", old, "psql", "-U", "synapse", "-d", "postgres"];
+    await run("docker", [...psql, "-qc", "CHECKPOINT"]);
+    const sizeQuery = "SELECT sum(pg_database_size(datname)) FROM pg_database";
+    const dbBytes = Number((await run("docker", [...psql, "-Atc", sizeQuery])).stdout.trim().split("\n")[0]);
+    console.error(`seeded ${(dbBytes / 1e9).toFixed(2)} GB in ${seedSeconds.toFixed(0)} s`);
+    return dbBytes;
+}
+
+/**
+ * (a) The guide, in its order, with Synapse stopped throughout: pg_dumpall inside the old container, a new 17
+ * container on a new volume, psql -f into it, postgresql.conf copied across and a restart to apply it.
+ */
+async function runGuide(old: string, backups: string) {
+    console.error(
+        "(a) the guide's method: pg_dumpall > file; new container; psql -f file; copy postgresql.conf; restart",
+    );
+    const guideNew = `${PREFIX}guide-pg17`;
+    const guideFile = path.join(backups, "guide.sql");
+    const guideSteps: Record<string, number> = {};
+    const [guideDowntimeSeconds] = await seconds(async () => {
+        [guideSteps.dump] = await seconds(() =>
+            run("docker", ["exec", old, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }),
+        );
+        [guideSteps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`));
+        // The guide runs psql without ON_ERROR_STOP: "role/database already exists" errors scroll past.
+        const psql = ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"];
+        [guideSteps.restore] = await seconds(() =>
+            run("docker", psql, { stdin: createReadStream(guideFile) }).catch(() => undefined),
+        );
+        [guideSteps.config] = await seconds(async () => {
+            const conf = (await run("docker", ["exec", old, "sh", "-c", 'cat "$PGDATA/postgresql.conf"'])).stdout;
+            const write = ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'];
+            await run("docker", write, { stdin: conf });
+            await run("docker", ["restart", guideNew]);
+            await waitReady(guideNew);
+        });
+    });
+    await run("docker", ["rm", "-f", guideNew]);
+    return { guideSeconds: guideSteps.dump + guideSteps.restore, guideDowntimeSeconds, guideSteps };
+}
+
+/** (b) Ours, method directory, through the CLI as pulumi up runs it, and the switch. */
+async function runDumpMethod(old: string, backups: string, rss: Record<string, number>) {
+    console.error("(b) ours: synapse-pg, default method");
+    const staging = `${PREFIX}pg17-staging`;
+    const data = `${PREFIX}pgsql17`;
+    const cluster = ["--image", TARGET_IMAGE, "--data", data, "--major", "17"];
+    const steps: [string, string[]][] = [
+        ["preflight", ["preflight", "--old", old, ...cluster, "--backup-dir", backups]],
+        ["dump", ["dump", "--old", old, "--backup-dir", backups, "--name", "ours", "--tool-image", TARGET_IMAGE]],
+        ["restore", ["restore", "--new", staging, ...cluster, "--dump", path.join(backups, "ours")]],
+        ["copy-config", ["copy-config", "--old", old, "--new", staging]],
+        ["verify", ["verify", "--old", old, "--new", staging]],
+        ["cutover", ["cutover", "--old", old, "--new", staging, ...cluster]],
+    ];
+    const timings = await runSteps(steps, rss, "");
+    [timings.serve, rss.serve] = await seconds(() => serveNew(`${PREFIX}pg17`, data, 17));
+    const oursDowntimeSeconds = Object.values(timings).reduce((a, b) => a + b, 0);
+    return { oursSeconds: timings.dump + timings.restore, oursSteps: timings, oursDowntimeSeconds };
+}
+
+/**
+ * (b') Ours, method pg_upgrade, from the same old cluster (started again: cutover stopped it), and (b)'s new
+ * cluster out of the way (a revert would stop it): prepare while Synapse would still run, then the downtime.
+ */
+async function runPgUpgradeMethod(old: string, rss: Record<string, number>) {
+    console.error("(b') ours: synapse-pg, method pg_upgrade");
+    await run("docker", ["rm", "-f", `${PREFIX}pg17`]);
+    await run("docker", ["start", old]);
+    await waitReady(old);
+    const staging = `${PREFIX}pg17u-staging`;
+    const data = `${PREFIX}pgsql17u`;
+    const cluster = ["--image", TARGET_IMAGE, "--data", data, "--major", "17"];
+    const [prepareSeconds, prepareRss] = await seconds(() =>
+        step(["prepare", "--old", old, "--new", staging, ...cluster]),
+    );
+    rss.prepare = prepareRss;
+    const steps: [string, string[]][] = [
+        ["preflight", ["preflight", "--old", old, ...cluster, "--new", staging]],
+        ["upgrade", ["upgrade", "--old", old, "--new", staging, ...cluster]],
+        ["copy-config", ["copy-config", "--old", old, "--new", staging]],
+        ["verify", ["verify", "--old", old, "--new", staging]],
+        ["cutover", ["cutover", "--old", old, "--new", staging, ...cluster]],
+    ];
+    const timings = await runSteps(steps, rss, "pg_upgrade ");
+    [timings.serve, rss["pg_upgrade serve"]] = await seconds(() => serveNew(`${PREFIX}pg17u`, data, 17));
+    const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
+    return { via, prepareSeconds, steps: timings, downtimeSeconds: Object.values(timings).reduce((a, b) => a + b, 0) };
+}
+
+/** (c) The floor: a raw copy of the stopped old cluster's data. */
+async function runFloor(): Promise<number> {
+    console.error("(c) the floor: raw copy of the data folder");
+    const volumes = ["-v", `${PREFIX}pgsql15:/from`, "-v", `${PREFIX}raw:/to`];
+    const [floorSeconds] = await seconds(() =>
+        run("docker", ["run", "--rm", ...volumes, "--entrypoint", "cp", TARGET_IMAGE, "-a", "/from/.", "/to/"]),
+    );
+    return floorSeconds;
+}
+
+type BenchResult = Awaited<ReturnType<typeof runGuide>> &
+    Awaited<ReturnType<typeof runDumpMethod>> & {
+        databaseBytes: number;
+        seed: number;
+        machine: { cpus: number };
+        pgUpgrade: Awaited<ReturnType<typeof runPgUpgradeMethod>> & {
+            downtimeOverGuide: number;
+            downtimeOverGuideDumpRestore: number;
+        };
+        floorSeconds: number;
+        oursOverGuide: number;
+        downtimeOverGuide: number;
+        oursOverFloor: number;
+        peakRssMB: number;
+    };
+
+function printResult(r: BenchResult, out: string): void {
+    const f = (n: number) => `${n.toFixed(1)} s`;
+    const list = (t: Record<string, number>) =>
+        Object.entries(t)
+            .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+            .join(", ");
+    const u = r.pgUpgrade;
+    console.log(`database: ${(r.databaseBytes / 1e9).toFixed(2)} GB (seed ${r.seed}), ${r.machine.cpus} CPUs`);
+    console.log(`(a) guide, pg_dumpall + psql -f:      ${f(r.guideSeconds)}`);
+    console.log(`    guide, whole downtime:            ${f(r.guideDowntimeSeconds)}   (${list(r.guideSteps)})`);
+    console.log(
+        `(b) ours, dump + restore:             ${f(r.oursSeconds)}   (ours/guide ${r.oursOverGuide.toFixed(2)})`,
+    );
+    console.log(
+        `    ours, whole downtime:             ${f(r.oursDowntimeSeconds)}   (downtime/guide's ${r.downtimeOverGuide.toFixed(2)}; ${list(r.oursSteps)})`,
+    );
+    console.log(
+        `(b') ours, pg_upgrade (${u.via}), whole downtime: ${f(u.downtimeSeconds)}   (downtime/guide's ${u.downtimeOverGuide.toFixed(2)}, /guide's dump+restore ${u.downtimeOverGuideDumpRestore.toFixed(2)}; ${list(u.steps)})`,
+    );
+    console.log(`    before the downtime, prepare:     ${f(u.prepareSeconds)}`);
+    console.log(
+        `(c) floor, raw copy of the data:      ${f(r.floorSeconds)}   (ours/floor ${r.oursOverFloor.toFixed(2)})`,
+    );
+    console.log(`step runner peak RSS: ${r.peakRssMB.toFixed(0)} MB`);
+    console.log(`written to ${path.relative(REPO, out)}`);
 }
 
 main().catch((err) => {

@@ -174,7 +174,8 @@ export function step(args: string[]): Promise<number> {
         });
         child.on("close", (code) => {
             const rss = Number(/peak-rss-kb (\d+)/.exec(err)?.[1] ?? 0) / 1024;
-            code === 0 ? resolve(rss) : reject(new Error(`synapse-pg ${args[0]} failed: ${err.trim()}`));
+            if (code === 0) resolve(rss);
+            else reject(new Error(`synapse-pg ${args[0]} failed: ${err.trim()}`));
         });
     });
 }

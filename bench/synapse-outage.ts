@@ -111,131 +111,15 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
     await run("docker", ["volume", "rm", "-f", `${SYNAPSE}-data`]).catch(() => undefined);
     await run("docker", ["network", "create", NETWORK]);
     try {
-        await startCluster(OLD, 15, `${PREFIX}pgsql15`, true);
-        const server = await startSynapseServer({
-            container: SYNAPSE,
-            network: NETWORK,
-            dbHost: "db",
-            dbUser: "synapse",
-            dbName: "synapse",
-            dbPassword: PASSWORD,
-            port: SYNAPSE_PORT,
-        });
-        const alice = await MatrixClient.register(server.base, "alice", "bench-user-password");
-        const room = await alice.createRoom("bench");
-        const [fillSeconds, dbBytes] = await seconds(() => fill(OLD, sizeMB * 1e6));
-        const version = await psql(OLD, "SELECT max(version) FROM schema_version").catch(() => "?");
-        console.error(
-            `real Synapse schema (version ${version}), filled to ${(dbBytes / 1e9).toFixed(2)} GB in ${fillSeconds.toFixed(0)} s`,
-        );
-        const accepted: string[] = [];
-
-        // (a) The guide, by hand, as its reader would type it.
-        console.error(
-            "(a) the guide: stop Synapse; pg_dumpall; stop 15; new 17 as db; psql -f; copy postgresql.conf; restart; start Synapse",
-        );
-        const guideNew = `${PREFIX}guide-pg17`;
-        const guideFile = path.join(backups, "guide.sql");
-        const guideSteps: Record<string, number> = {};
-        const guide = await whileTyping(alice, room, "guide", async () => {
-            [guideSteps.stopSynapse] = await seconds(() => run("docker", ["stop", "--time", "60", SYNAPSE]));
-            [guideSteps.dump] = await seconds(() =>
-                run("docker", ["exec", OLD, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }),
-            );
-            [guideSteps.stopOld] = await seconds(() => run("docker", ["stop", OLD]));
-            [guideSteps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`, true));
-            [guideSteps.restore] = await seconds(() =>
-                run(
-                    "docker",
-                    ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"],
-                    { stdin: createReadStream(guideFile) },
-                ).catch(() => undefined),
-            );
-            [guideSteps.config] = await seconds(async () => {
-                const conf = (
-                    await run("docker", ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.conf"']).catch(() => ({
-                        stdout: "",
-                    }))
-                ).stdout;
-                if (conf)
-                    await run(
-                        "docker",
-                        ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'],
-                        { stdin: conf },
-                    );
-                await run("docker", ["restart", guideNew]);
-                await waitReady(guideNew);
-            });
-            [guideSteps.startSynapse] = await seconds(() => run("docker", ["start", SYNAPSE]));
-        });
-        const guideOutage = outageOf(guide.records)!;
+        const setup = await startSynapseOn15(sizeMB);
+        const { alice, room } = setup;
+        const guide = await guideWithSynapse(alice, room, backups);
         // Back to 15 for ours, on the same data: what the client wrote to 15 before the guide's outage stays, what
         // it wrote to the guide's 17 after it goes with that cluster.
-        accepted.push(...guide.records.filter((r) => r.ok && r.end < guideOutage.to).map((r) => r.body));
-        await run("docker", ["stop", "--time", "60", SYNAPSE]);
-        await run("docker", ["rm", "-f", guideNew]);
-        await run("docker", ["start", OLD]);
-        await waitReady(OLD);
-        await run("docker", ["start", SYNAPSE]);
-        await waitForSynapse(server.base, 300);
-
-        // (b) Ours: the default method, pg_upgrade; prepare while Synapse serves.
-        console.error("(b) ours: prepare (Synapse serving), then the downtime steps with --synapse");
-        const staging = `${PREFIX}pg17-staging`;
-        const data = `${PREFIX}pgsql17`;
-        const cluster = ["--new", staging, "--image", `${IMAGE}:17`, "--data", data, "--major", "17"];
-        const [prepareSeconds] = await seconds(() => step(["prepare", "--old", OLD, ...cluster]));
-        const synapseFlag = ["--synapse", SYNAPSE];
-        const marks: { step: string; start: number; end: number }[] = [];
-        const ours = await whileTyping(alice, room, "ours", async (t0) => {
-            const timed = async (name: string, work: () => Promise<unknown>) => {
-                const start = Date.now() - t0;
-                await work();
-                marks.push({ step: name, start, end: Date.now() - t0 });
-            };
-            await timed("preflight", () =>
-                step([
-                    "preflight",
-                    "--old",
-                    OLD,
-                    "--major",
-                    "17",
-                    "--image",
-                    `${IMAGE}:17`,
-                    "--data",
-                    data,
-                    "--new",
-                    staging,
-                    ...synapseFlag,
-                ]),
-            );
-            await timed("upgrade", () => step(["upgrade", "--old", OLD, ...cluster, ...synapseFlag]));
-            await timed("copy-config", () => step(["copy-config", "--old", OLD, "--new", staging, ...synapseFlag]));
-            await timed("verify", () => step(["verify", "--old", OLD, "--new", staging, ...synapseFlag]));
-            await timed("cutover", () =>
-                step([
-                    "cutover",
-                    "--old",
-                    OLD,
-                    "--new",
-                    staging,
-                    "--data",
-                    data,
-                    "--image",
-                    `${IMAGE}:17`,
-                    "--major",
-                    "17",
-                    ...synapseFlag,
-                ]),
-            );
-            await timed("serving container and serve", () => serveNew(`${PREFIX}pg17`, data, 17, SYNAPSE));
-        });
-        const oursOutage = outageOf(ours.records)!;
+        const accepted = guide.records.filter((r) => r.ok && r.end < guide.outage.to).map((r) => r.body);
+        await backTo15(setup.base);
+        const ours = await oursWithSynapse(alice, room);
         accepted.push(...ours.records.filter((r) => r.ok).map((r) => r.body));
-        const synapseTimes = await stateTimes(SYNAPSE);
-        const via = /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy";
-        const carried = /^upgrade: (set \d+ sequence.*)$/m.exec(said.upgrade ?? "")?.[1];
-
         // Everything Synapse accepted, read back through Synapse from 17.
         const history = await alice.messages(room);
         const missing = accepted.filter((b) => !history.includes(b));
@@ -243,68 +127,182 @@ export async function benchSynapse(sizeText: string, sizeMB: number, json: boole
             throw new Error(
                 `${missing.length} accepted message(s) missing after the upgrade: ${missing.slice(0, 5).join(", ")}`,
             );
-
-        const at = (ms: number) => (ms - ours.t0) / 1000;
-        const from = oursOutage.from / 1000;
-        const breakdown: Record<string, number> = {
-            "until Synapse stopped": at(synapseTimes.finishedAt) - from,
-        };
-        for (const m of marks) breakdown[m.step] = (m.end - m.start) / 1000;
-        // Preflight's own work, without the Synapse stop it starts with.
-        breakdown.preflight -= at(synapseTimes.finishedAt) - marks[0].start / 1000;
-        breakdown["Synapse start to its first successful request"] = oursOutage.to / 1000 - at(synapseTimes.startedAt);
-
         const result = {
             when: new Date().toISOString(),
             mode: "synapse",
             size: sizeText,
-            databaseBytes: dbBytes,
-            synapseSchemaVersion: version,
+            databaseBytes: setup.dbBytes,
+            synapseSchemaVersion: setup.version,
             machine: { cpus: os.cpus().length, memoryGB: Math.round(os.totalmem() / 1e9) },
             clientIntervalSeconds: 0.25,
-            guide: { outageSeconds: guideOutage.seconds, failedSends: guideOutage.failedSends, steps: guideSteps },
-            ours: {
-                method: "pg_upgrade",
-                via,
-                carried,
-                prepareSeconds,
-                outageSeconds: oursOutage.seconds,
-                failedSends: oursOutage.failedSends,
-                steps: Object.fromEntries(marks.map((m) => [m.step, (m.end - m.start) / 1000])),
-                breakdown,
-            },
-            outageOverGuide: oursOutage.seconds / guideOutage.seconds,
+            guide: { outageSeconds: guide.outage.seconds, failedSends: guide.outage.failedSends, steps: guide.steps },
+            ours: ours.summary,
+            outageOverGuide: ours.summary.outageSeconds / guide.outage.seconds,
             messagesAcceptedAndReadBack: accepted.length,
         };
         await fs.mkdir(path.join(REPO, "bench/results"), { recursive: true });
         const out = path.join(REPO, "bench/results", `${result.when.replace(/[:.]/g, "-")}-synapse-${sizeText}.json`);
         await fs.writeFile(out, JSON.stringify(result, null, 2) + "\n");
         if (json) return console.log(JSON.stringify(result, null, 2));
-        const f = (n: number) => `${n.toFixed(1)} s`;
-        console.log(
-            `real Synapse (schema ${version}), database ${(dbBytes / 1e9).toFixed(2)} GB, a message every 0.25 s, ${result.machine.cpus} CPUs`,
-        );
-        console.log(
-            `(a) guide, outage seen by the client: ${f(guideOutage.seconds)}   (${Object.entries(guideSteps)
-                .map(([k, v]) => `${k} ${v.toFixed(1)}`)
-                .join(", ")})`,
-        );
-        console.log(
-            `(b) ours (pg_upgrade, ${via}), outage: ${f(oursOutage.seconds)}   (ours/guide ${result.outageOverGuide.toFixed(2)})`,
-        );
-        console.log(
-            `    where it goes: ${Object.entries(breakdown)
-                .map(([k, v]) => `${k} ${v.toFixed(1)}`)
-                .join(", ")}`,
-        );
-        if (carried) console.log(`    upgrade: ${carried}`);
-        console.log(`    before the outage, prepare: ${f(prepareSeconds)}`);
-        console.log(`every one of ${accepted.length} accepted messages read back through Synapse`);
-        console.log(`written to ${path.relative(REPO, out)}`);
+        printSynapseResult(result, out);
     } finally {
         await run("docker", ["rm", "-f", SYNAPSE]).catch(() => undefined);
         await run("docker", ["volume", "rm", "-f", `${SYNAPSE}-data`]).catch(() => undefined);
         await cleanup();
         await fs.rm(backups, { recursive: true, force: true });
     }
+}
+
+/** 15 with a real Synapse on it, a user and a room, the database filled to the asked size. */
+async function startSynapseOn15(sizeMB: number) {
+    await startCluster(OLD, 15, `${PREFIX}pgsql15`, true);
+    const server = await startSynapseServer({
+        container: SYNAPSE,
+        network: NETWORK,
+        dbHost: "db",
+        dbUser: "synapse",
+        dbName: "synapse",
+        dbPassword: PASSWORD,
+        port: SYNAPSE_PORT,
+    });
+    const alice = await MatrixClient.register(server.base, "alice", "bench-user-password");
+    const room = await alice.createRoom("bench");
+    const [fillSeconds, dbBytes] = await seconds(() => fill(OLD, sizeMB * 1e6));
+    const version = await psql(OLD, "SELECT max(version) FROM schema_version").catch(() => "?");
+    console.error(
+        `real Synapse schema (version ${version}), filled to ${(dbBytes / 1e9).toFixed(2)} GB in ${fillSeconds.toFixed(0)} s`,
+    );
+    return { base: server.base, alice, room, dbBytes, version };
+}
+
+/** (a) The guide, by hand, as its reader would type it, while the client sends. */
+async function guideWithSynapse(alice: MatrixClient, room: string, backups: string) {
+    console.error(
+        "(a) the guide: stop Synapse; pg_dumpall; stop 15; new 17 as db; psql -f; copy postgresql.conf; restart; start Synapse",
+    );
+    const guideNew = `${PREFIX}guide-pg17`;
+    const guideFile = path.join(backups, "guide.sql");
+    const steps: Record<string, number> = {};
+    const typed = await whileTyping(alice, room, "guide", async () => {
+        [steps.stopSynapse] = await seconds(() => run("docker", ["stop", "--time", "60", SYNAPSE]));
+        [steps.dump] = await seconds(() =>
+            run("docker", ["exec", OLD, "pg_dumpall", "-U", "synapse"], { stdout: createWriteStream(guideFile) }),
+        );
+        [steps.stopOld] = await seconds(() => run("docker", ["stop", OLD]));
+        [steps.start] = await seconds(() => startCluster(guideNew, 17, `${PREFIX}guide-pgsql17`, true));
+        const load = ["exec", "-i", guideNew, "psql", "-q", "-U", "synapse", "-d", "postgres", "-o", "/dev/null"];
+        [steps.restore] = await seconds(() =>
+            run("docker", load, { stdin: createReadStream(guideFile) }).catch(() => undefined),
+        );
+        [steps.config] = await seconds(async () => {
+            const read = ["exec", OLD, "sh", "-c", 'cat "$PGDATA/postgresql.conf"'];
+            const conf = (await run("docker", read).catch(() => ({ stdout: "" }))).stdout;
+            const write = ["exec", "-i", "-u", "postgres", guideNew, "sh", "-c", 'cat > "$PGDATA/postgresql.conf"'];
+            if (conf) await run("docker", write, { stdin: conf });
+            await run("docker", ["restart", guideNew]);
+            await waitReady(guideNew);
+        });
+        [steps.startSynapse] = await seconds(() => run("docker", ["start", SYNAPSE]));
+    });
+    await run("docker", ["stop", "--time", "60", SYNAPSE]);
+    await run("docker", ["rm", "-f", guideNew]);
+    return { records: typed.records, outage: outageOf(typed.records)!, steps };
+}
+
+async function backTo15(base: string): Promise<void> {
+    await run("docker", ["start", OLD]);
+    await waitReady(OLD);
+    await run("docker", ["start", SYNAPSE]);
+    await waitForSynapse(base, 300);
+}
+
+/** (b) Ours: the default method, pg_upgrade; prepare while Synapse serves, then the downtime steps with --synapse. */
+async function oursWithSynapse(alice: MatrixClient, room: string) {
+    console.error("(b) ours: prepare (Synapse serving), then the downtime steps with --synapse");
+    const staging = `${PREFIX}pg17-staging`;
+    const data = `${PREFIX}pgsql17`;
+    const cluster = ["--image", `${IMAGE}:17`, "--data", data, "--major", "17"];
+    const [prepareSeconds] = await seconds(() => step(["prepare", "--old", OLD, "--new", staging, ...cluster]));
+    const both = ["--old", OLD, "--new", staging, "--synapse", SYNAPSE];
+    const marks: Mark[] = [];
+    const typed = await whileTyping(alice, room, "ours", async (t0) => {
+        const timed = async (name: string, work: () => Promise<unknown>) => {
+            const start = Date.now() - t0;
+            await work();
+            marks.push({ step: name, start, end: Date.now() - t0 });
+        };
+        await timed("preflight", () => step(["preflight", ...both, ...cluster]));
+        await timed("upgrade", () => step(["upgrade", ...both, ...cluster]));
+        await timed("copy-config", () => step(["copy-config", ...both]));
+        await timed("verify", () => step(["verify", ...both]));
+        await timed("cutover", () => step(["cutover", ...both, ...cluster]));
+        await timed("serving container and serve", () => serveNew(`${PREFIX}pg17`, data, 17, SYNAPSE));
+    });
+    const outage = outageOf(typed.records)!;
+    const summary = {
+        method: "pg_upgrade",
+        via: /pg_upgrade --link on the standby/.test(said.upgrade ?? "") ? "link on a standby" : "copy",
+        carried: /^upgrade: (set \d+ sequence.*)$/m.exec(said.upgrade ?? "")?.[1],
+        prepareSeconds,
+        outageSeconds: outage.seconds,
+        failedSends: outage.failedSends,
+        steps: Object.fromEntries(marks.map((m) => [m.step, (m.end - m.start) / 1000])),
+        breakdown: breakdownOf(marks, typed.t0, outage, await stateTimes(SYNAPSE)),
+    };
+    return { records: typed.records, summary };
+}
+
+type Mark = { step: string; start: number; end: number };
+
+/** Where the client's outage went: until Synapse stopped, each step, and Synapse's start to its first success. */
+function breakdownOf(
+    marks: Mark[],
+    t0: number,
+    outage: { from: number; to: number },
+    synapse: { startedAt: number; finishedAt: number },
+): Record<string, number> {
+    const at = (ms: number) => (ms - t0) / 1000;
+    const breakdown: Record<string, number> = { "until Synapse stopped": at(synapse.finishedAt) - outage.from / 1000 };
+    for (const m of marks) breakdown[m.step] = (m.end - m.start) / 1000;
+    // Preflight's own work, without the Synapse stop it starts with.
+    breakdown.preflight -= at(synapse.finishedAt) - marks[0].start / 1000;
+    breakdown["Synapse start to its first successful request"] = outage.to / 1000 - at(synapse.startedAt);
+    return breakdown;
+}
+
+function printSynapseResult(
+    r: {
+        databaseBytes: number;
+        synapseSchemaVersion: string;
+        machine: { cpus: number };
+        guide: { outageSeconds: number; steps: Record<string, number> };
+        ours: {
+            via: string;
+            carried?: string;
+            prepareSeconds: number;
+            outageSeconds: number;
+            breakdown: Record<string, number>;
+        };
+        outageOverGuide: number;
+        messagesAcceptedAndReadBack: number;
+    },
+    out: string,
+): void {
+    const f = (n: number) => `${n.toFixed(1)} s`;
+    const list = (t: Record<string, number>) =>
+        Object.entries(t)
+            .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+            .join(", ");
+    console.log(
+        `real Synapse (schema ${r.synapseSchemaVersion}), database ${(r.databaseBytes / 1e9).toFixed(2)} GB, a message every 0.25 s, ${r.machine.cpus} CPUs`,
+    );
+    console.log(`(a) guide, outage seen by the client: ${f(r.guide.outageSeconds)}   (${list(r.guide.steps)})`);
+    console.log(
+        `(b) ours (pg_upgrade, ${r.ours.via}), outage: ${f(r.ours.outageSeconds)}   (ours/guide ${r.outageOverGuide.toFixed(2)})`,
+    );
+    console.log(`    where it goes: ${list(r.ours.breakdown)}`);
+    if (r.ours.carried) console.log(`    upgrade: ${r.ours.carried}`);
+    console.log(`    before the outage, prepare: ${f(r.ours.prepareSeconds)}`);
+    console.log(`every one of ${r.messagesAcceptedAndReadBack} accepted messages read back through Synapse`);
+    console.log(`written to ${path.relative(REPO, out)}`);
 }
