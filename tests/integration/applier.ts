@@ -89,13 +89,21 @@ export class Applier {
      * new id re-triggers the serve step). */
     private readonly realIds = new Map<string, string>();
 
-    /** `afterCommand` is called after each successful command (the tests run every step a second time there). */
+    /**
+     * `afterCommand` is called after each successful command (the tests run every step a second time there);
+     * `runCommand` runs a command's create or update in place of the shell (a test that kills a step half-way).
+     */
     constructor(
         private readonly afterCommand?: (
             r: DeclaredResource,
             env: Record<string, string>,
             line: string,
         ) => Promise<void>,
+        private readonly runCommand: (
+            r: DeclaredResource,
+            line: string,
+            env: Record<string, string>,
+        ) => Promise<{ stdout: string; stderr: string }> = (_r, line, env) => runShell(line, env),
     ) {}
 
     async up(declared: Declared): Promise<void> {
@@ -229,7 +237,7 @@ export class Applier {
         const updating = prior !== undefined && replaced === undefined;
         const line = updating && r.inputs.update ? r.inputs.update : r.inputs.create;
         const env = { ...(r.inputs.environment ?? {}), ...(updating ? previousOutput(prior!) : {}) };
-        const { stdout, stderr } = await runShell(line, env);
+        const { stdout, stderr } = await this.runCommand(r, line, env);
         this.commandRuns.push({ name: r.name, command: line, stdout, stderr, update: updating });
         this.remember(r, { stdout, stderr });
         if (replaced && !r.deleteBeforeReplace) await this.delete(r.name, replaced);
