@@ -7,6 +7,12 @@ import { sleep } from "../host";
 const FIELD = "\x1f";
 const RECORD = "\x1e";
 
+/** psql with no psqlrc, quiet, unaligned rows on the separators above, and stopping at the first error. */
+function psqlArgs(user: string, database: string): string[] {
+    const rows = ["-A", "-t", "-F", FIELD, "-R", RECORD];
+    return ["-X", "-q", ...rows, "-v", "ON_ERROR_STOP=1", "-U", user, "-d", dbConninfo(database)];
+}
+
 /**
  * Runs one SQL statement in the container over its local socket (trusted in the official image) and returns the
  * rows. Fields and records are split on ASCII separators, so text with commas or newlines survives. `socketDir`
@@ -19,25 +25,13 @@ export async function query(
     database = "postgres",
     socketDir?: string,
 ): Promise<string[][]> {
+    const socket = socketDir ? ["-h", socketDir] : [];
     const { stdout } = await run("docker", [
         "exec",
         container,
         "psql",
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        ...(socketDir ? ["-h", socketDir] : []),
-        "-F",
-        FIELD,
-        "-R",
-        RECORD,
-        "-U",
-        user,
-        "-d",
-        dbConninfo(database),
+        ...socket,
+        ...psqlArgs(user, database),
         "-c",
         sql,
     ]);
@@ -94,30 +88,9 @@ export async function queryScript(
     script: string,
     database = "postgres",
 ): Promise<{ rows: string[][]; stderr: string }> {
-    const { stdout, stderr } = await run(
-        "docker",
-        [
-            "exec",
-            "-i",
-            container,
-            "psql",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-F",
-            FIELD,
-            "-R",
-            RECORD,
-            "-U",
-            user,
-            "-d",
-            dbConninfo(database),
-        ],
-        { stdin: script },
-    );
+    const { stdout, stderr } = await run("docker", ["exec", "-i", container, "psql", ...psqlArgs(user, database)], {
+        stdin: script,
+    });
     return {
         rows: stdout
             .split(new RegExp(`${RECORD}|\n`))
