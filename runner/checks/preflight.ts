@@ -1,5 +1,6 @@
 // preflight: everything that can be known before Synapse's database is touched. It changes nothing but creating
 // postgres:backupDir when that is missing; each problem is one sentence saying what is wrong and what to do.
+import { requireUpgradeWhereItBegan } from "../target/where-it-began";
 import { promises as fs } from "node:fs";
 import { checkBackupSpace, ensureBackupDir } from "../dump/dump";
 import { formatBytes, freeBytes } from "../host";
@@ -153,6 +154,8 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
     ]);
     requireSafeRestartPolicy(old);
     requireFenceable(old);
+    if (input.staging)
+        await requireUpgradeWhereItBegan(input.container, input.staging, input.targetData, input.targetMajor);
     const user = superuserOf(old);
     // Side by side: the new location's marker, and (when it runs) what the old server says.
     const [target, facts] = await Promise.all([

@@ -122,6 +122,7 @@ export const DOWNTIME: Record<string, Step> = {
                 dumpPath: f.str("dump"),
                 password: password(true),
                 loginUser: loginInput(f).loginUser,
+                old: f.opt("old"),
             });
             if (r.rehashed)
                 out(

@@ -2,6 +2,7 @@
 // The staging container is ours alone (label synapse-postgres.role=staging, no alias, no published port); the
 // serving container of the new major is declared by Pulumi and created only after verify and cutover.
 // A failed or interrupted restore is thrown away and redone: it only ever held a copy of the old data.
+import { requireUpgradeWhereItBegan } from "../target/where-it-began";
 import { createReadStream } from "node:fs";
 import { checkDump, DumpManifest } from "./dump";
 import { formatBytes } from "../host";
@@ -39,6 +40,8 @@ export interface RestoreInput {
     password: string;
     /** The role Synapse logs in as: an md5 hash of it is re-set as scram-sha-256 from `password`. */
     loginUser?: string;
+    /** The old cluster's container: no upgrade of it may be under way elsewhere (where-it-began.ts). */
+    old?: string;
 }
 
 export interface RestoreResult {
@@ -53,6 +56,7 @@ export interface RestoreResult {
 
 export async function restoreCluster(input: RestoreInput): Promise<RestoreResult> {
     const manifest = await checkDump(input.dumpPath);
+    await requireUpgradeWhereItBegan(input.old, input.container, input.data, input.major);
     const superuser = manifest.source.superuser;
     const existing = await ourStaging(input.container);
 

@@ -25,6 +25,7 @@ import { requireFenceable } from "../switch/fence";
 import { describeUnlogged, relationsNotReplicated } from "./not-replicated";
 import { makeRoomForStaging, ourStaging, readTargetState, writeMarkerAt } from "../target/markers";
 import { PgUpgradeInput, PrepareResult } from "./upgrade";
+import { requireUpgradeWhereItBegan } from "../target/where-it-began";
 import { hasPgUpgradeLeftovers, removeLeftoverPgUpgrade } from "./run";
 
 type PrepareOptions = { standby?: boolean; config?: boolean; check?: boolean };
@@ -45,6 +46,7 @@ interface OldCluster {
  */
 export async function preparePgUpgrade(input: PgUpgradeInput, opts: PrepareOptions = {}): Promise<PrepareResult> {
     const found = await readOldCluster(input);
+    await requireUpgradeWhereItBegan(input.container, input.staging, input.data, input.major);
     await removeLeftoverPgUpgrade(input.staging);
     const existing = await ourStaging(input.staging);
     const target = await readTargetState(input.data, input.major, input.image);

@@ -16,6 +16,7 @@
 //
 // --link only ever on the standby, which is ours to give away; on the old data always --copy: the old cluster's
 // files are read, not shared, so it stays a complete, startable cluster whatever happens to the new one.
+import { requireUpgradeWhereItBegan } from "../target/where-it-began";
 import {
     ContainerInfo,
     inspectContainer,
@@ -169,6 +170,7 @@ export async function runPgUpgrade(input: PgUpgradeInput): Promise<UpgradeResult
  * and the last write position read here are final. A pg_upgrade still running from a killed attempt is gone first.
  */
 async function readCopyPoint(input: PgUpgradeInput): Promise<AtCopyPoint> {
+    await requireUpgradeWhereItBegan(input.container, input.staging, input.data, input.major);
     const [old, staging] = await Promise.all([
         requireContainer(input.container, "old"),
         removeLeftoverPgUpgrade(input.staging).then(() => inspectContainer(input.staging)),

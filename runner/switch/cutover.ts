@@ -3,6 +3,7 @@
 // volume or folder, where Pulumi's serving container of the new major picks it up), and the old container is
 // stopped cleanly and given its networks back. The old data is never touched; its container stays, stopped, for a
 // revert.
+import { requireUpgradeWhereItBegan } from "../target/where-it-began";
 import {
     ContainerInfo,
     inspectContainer,
@@ -50,6 +51,7 @@ export interface CutoverResult {
 }
 
 export async function cutover(input: CutoverInput): Promise<CutoverResult> {
+    await requireUpgradeWhereItBegan(input.old, input.new, input.data, input.major);
     const [staging, oldInfo] = await Promise.all([inspectContainer(input.new), inspectContainer(input.old)]);
     const result: CutoverResult = { alreadyDone: false, stopped: [] };
     // The fence goes up again first (a failed step before this one lifted it): nothing may write from here on.

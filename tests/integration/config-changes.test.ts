@@ -9,8 +9,8 @@ import { run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
-import { Applier } from "./applier";
-import { containerState, endSuite, startSuite, Suite, TEST_IMAGE } from "./docker-env";
+import { Applier, runShell } from "./applier";
+import { containerState, endSuite, startSuite, Suite, TEST_IMAGE, volumesNamed } from "./docker-env";
 import * as os from "node:os";
 import * as path from "node:path";
 
@@ -269,6 +269,61 @@ describe("config changes on a serving stack: done for real, or refused before an
             password = declared;
         }
         assert.equal(await loginWith(password), 15, "15 serves on with the password it had");
+    });
+
+    it("postgres:dataRoot changed half-way through an upgrade: cutover refuses before anything changes (it would switch to an empty folder); set back, the upgrade completes where it began", async () => {
+        const before = await snapshotCluster({ port: PORT, user: "synapse", password });
+        afterStep = async (name) => {
+            if (name === "upgrade-15-to-17-restore") throw new Error("stopped after the restore");
+        };
+        try {
+            await assert.rejects(up({ version: "17", upgradeFrom: "15" }), /stopped after the restore/);
+        } finally {
+            afterStep = async () => undefined;
+        }
+        const root = path.join(scratch, "elsewhere");
+        await assert.rejects(up({ version: "17", upgradeFrom: "15", dataRoot: root }), (err: Error) => {
+            assert.ok(
+                err.message.includes(
+                    `synapse-pg cutover: The upgrade under way keeps its new cluster at ${PREFIX}pgsql17 ("${PREFIX}pg17-staging"), but postgres:dataRoot now puts it at ${root}/pgsql17: set postgres:dataRoot back and run pulumi up again, and change it once the upgrade is done (nothing was changed).`,
+                ),
+                err.message,
+            );
+            return true;
+        });
+        assert.equal(await containerState(`${PREFIX}pg17`), "absent", "no new cluster was created");
+        assert.equal(await loginWith(password), 15, "15 serves on");
+        // A changed postgres:containerPrefix names another staging container (and data location) in the steps
+        // that have not run: the step refuses while the upgrade's own staging copy exists. Run as the command the
+        // changed stack declares, since the old container keeps its name (ignoreChanges) only in the real engine.
+        const changed = await declare(
+            { ...base, version: "17", upgradeFrom: "15", containerPrefix: `${PREFIX}db` },
+            password,
+        );
+        const renamed = (changed.byName("upgrade-15-to-17-cutover").inputs.create as string).replace(
+            `--old ${PREFIX}db15`,
+            `--old ${OLD}`,
+        );
+        assert.match(renamed, new RegExp(`--new ${PREFIX}db17-staging --data ${PREFIX}dbsql17 `));
+        await assert.rejects(runShell(renamed, {}), (err: Error) => {
+            assert.ok(
+                err.message.includes(
+                    `synapse-pg cutover: An upgrade of "${OLD}" is already under way in "${PREFIX}pg17-staging", begun with another postgres:containerPrefix or postgres:dataRoot: set them back and run pulumi up again; to give that upgrade up instead, remove "${PREFIX}pg17-staging" (docker rm -f; its data stays) and run pulumi up again (nothing was changed).`,
+                ),
+                err.message,
+            );
+            return true;
+        });
+        assert.equal(await containerState(OLD), "running", "the old cluster serves on");
+        await up({ version: "17", upgradeFrom: "15" });
+        const after = await snapshotCluster({ port: PORT, user: "synapse", password });
+        assert.match(after.version, /^17\./);
+        assert.deepEqual(logicalContent(after), logicalContent(before));
+        await assert.rejects(fs.stat(path.join(root, "pgsql17")), /ENOENT/, "the other folder was never made");
+        // Back to 15 with no 17 data, as the next test expects.
+        await up({ version: "15" });
+        for (const v of await volumesNamed(`${PREFIX}pgsql17`)) await run("docker", ["volume", "rm", "-f", v]);
+        applier.state.delete("pg17-data");
     });
 
     it("postgres:backupDir changed with a new attempt after a dump: the new attempt's steps run with the new folder (created, 0700); the first dump stays", async () => {
