@@ -152,7 +152,7 @@ async function prepareAnew(
  * upgrade, but pg_upgrade leaves the new cluster's configuration files as they are and runs its server with
  * them; copy-config, at the downtime, finds them in place (or carries what changed since).
  */
-export async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
+async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResult> {
     try {
         return await copyConfig({
             from: input.container,
@@ -168,7 +168,7 @@ export async function carryConfig(input: PgUpgradeInput): Promise<CopyConfigResu
 }
 
 /** A standby of the old cluster in the new location, or why there is none; the upgrade works either way. */
-export async function prepareStandby(
+async function prepareStandby(
     old: ContainerInfo,
     superuser: string,
     input: PgUpgradeInput,
@@ -193,7 +193,7 @@ export async function prepareStandby(
 }
 
 /** The old data's owner must be the new image's postgres user, or pg_upgrade cannot read it (mode 0700). */
-export async function requireSameOwner(old: ContainerInfo, image: string): Promise<void> {
+async function requireSameOwner(old: ContainerInfo, image: string): Promise<void> {
     const pgdata = pgdataOf(old);
     const owner = (await run("docker", ["exec", old.name, "stat", "-c", "%u", pgdata])).stdout.trim();
     const uid = (

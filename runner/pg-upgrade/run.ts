@@ -42,9 +42,9 @@ export async function hasPgUpgradeLeftovers(staging: string, major: number): Pro
 }
 
 /** In the new cluster's PGDATA from just before pg_upgrade runs until the upgrade's marker says "restored". */
-export const STARTED_FLAG = "synapse-pg-upgrade-started";
+const STARTED_FLAG = "synapse-pg-upgrade-started";
 
-export function startedFlagPath(major: number): string {
+function startedFlagPath(major: number): string {
     return `${dataLayout(major).pgdata}/${STARTED_FLAG}`;
 }
 
@@ -80,7 +80,7 @@ export async function markUpgraded(staging: string, major: number, marker: Marke
     );
 }
 
-export function pgUpgradeContainerName(staging: string): string {
+function pgUpgradeContainerName(staging: string): string {
     return `${staging}-pg-upgrade`;
 }
 
@@ -168,7 +168,7 @@ function pgUpgradeArgs(input: PgUpgradeInput, pgdata: string, superuser: string,
 }
 
 /** pg_upgrade names its log files in its failure message; the server's last lines usually say why. */
-export async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: string): Promise<string> {
+async function serverLogTail(input: PgUpgradeInput, pgdata: string, output: string): Promise<string> {
     const file = /"([^"]*pg_upgrade_(?:server|internal)\.log)"/.exec(output)?.[1];
     if (!file || !file.startsWith(pgdata)) return "";
     return runWithData(
