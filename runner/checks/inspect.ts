@@ -56,7 +56,7 @@ export async function inspectAdopted(container: string): Promise<AdoptedFacts> {
     }
     const [network, net] = networks[0];
     const service = info.labels["com.docker.compose.service"];
-    const hostAlias = service ?? net.aliases.find((a) => a !== container && !info.id.startsWith(a)) ?? container;
+    const hostAlias = service ?? net.aliases.find((a) => a !== container) ?? container;
     const pinned = await pinnedReference(info.imageId);
     let version = String(pgVersion);
     if (info.running) version = (await query(container, superuserOf(info), "SHOW server_version"))[0][0];

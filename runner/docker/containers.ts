@@ -49,6 +49,15 @@ interface Inspected {
     Mounts?: { Type: string; Name?: string; Source: string; Destination: string }[];
 }
 
+/**
+ * The aliases a container was given. Docker 20.10 adds the container's 12-character short id to them on every user
+ * network; it is not one of ours (a fence does not give it back, adoption does not take it for the host name). Only
+ * that exact string is left out: an alias such as "db" is also a prefix of every id that begins with those hex digits.
+ */
+export function userAliases(id: string, aliases: string[]): string[] {
+    return aliases.filter((a) => a !== id.slice(0, 12));
+}
+
 export async function inspectContainer(name: string): Promise<ContainerInfo | undefined> {
     let out: string;
     try {
@@ -66,7 +75,7 @@ export async function inspectContainer(name: string): Promise<ContainerInfo | un
     const networks: ContainerInfo["networks"] = {};
     for (const [net, n] of Object.entries(raw.NetworkSettings?.Networks ?? {})) {
         networks[net] = {
-            aliases: n.Aliases ?? [],
+            aliases: userAliases(raw.Id, n.Aliases ?? []),
             ip: n.IPAddress ?? "",
             staticIp: n.IPAMConfig?.IPv4Address || undefined,
         };

@@ -64,7 +64,7 @@ export async function raiseFence(old: ContainerInfo, superuser: string): Promise
     const recorded = new Set(records.flatMap((r) => r.networks.map((n) => n.name)));
     const current = Object.entries(old.networks).map(([name, n]) => ({
         name,
-        aliases: aliasesToKeep(old, n.aliases),
+        aliases: n.aliases,
         ip: n.staticIp,
     }));
     const unrecorded = current.filter((n) => !recorded.has(n.name));
@@ -116,11 +116,6 @@ export async function liftFence(container: string): Promise<string[] | undefined
     }
     await run("docker", ["rm", "--force", ...records.map((r) => r.name)]);
     return reconnected;
-}
-
-/** Docker adds the container's short id as an alias on every user network by itself; it is not given back. */
-function aliasesToKeep(info: ContainerInfo, aliases: string[]): string[] {
-    return aliases.filter((a) => !info.id.startsWith(a));
 }
 
 async function fenceRecords(container: string): Promise<{ name: string; networks: FencedNetwork[] }[]> {
