@@ -5,6 +5,7 @@
 // with the old data exactly as it was. The kill points come from a clean run of the same upgrade and revert: each
 // command is killed once its step has finished a third (then two thirds) of the child processes (docker, psql,
 // pg_upgrade) the clean run saw it start, so the points fall inside each step's work whatever the machine's speed.
+// Method pg_upgrade gets both rounds; the dump method (directory) one, at half of each step's work.
 import { strict as assert } from "node:assert";
 import { spawn } from "node:child_process";
 import { run } from "../../runner/docker/process";
@@ -19,6 +20,12 @@ const PASSWORD = "kill-Pässword-7";
 const PORT = 25441;
 /** The line SYNAPSE_PG_TRACE=1 prints as each child process of a step ends. */
 const TRACED = /^trace \+\d+ms \d+ms /gm;
+type Method = "pg_upgrade" | "directory";
+const ROUNDS: { method: Method; fraction: number; said: string }[] = [
+    { method: "pg_upgrade", fraction: 1 / 3, said: "a third" },
+    { method: "pg_upgrade", fraction: 2 / 3, said: "two thirds" },
+    { method: "directory", fraction: 1 / 2, said: "half" },
+];
 
 interface Ran {
     stdout: string;
@@ -57,22 +64,23 @@ describe("every command of an upgrade and a revert killed half-way: pulumi up ag
     let suite: Suite | undefined;
     let base: Record<string, string>;
     let original: ClusterSnapshot;
-    /** Child processes each command started in the clean run, by resource name, in the order they ran. */
-    const clean = new Map<string, number>();
-    let recording = false;
+    /** Child processes each command started in the clean run of each method, by resource name, in the order they ran. */
+    const clean = new Map<Method, Map<string, number>>();
+    let recording: Map<string, number> | undefined;
+    let method: Method = "pg_upgrade";
     /** The kills still to make, by resource name: after how many child processes. */
     const planned = new Map<string, number>();
     const made: string[] = [];
     const applier = new Applier(undefined, async (r, line, env) => {
         const after = planned.get(r.name) ?? Infinity;
         const ran = await runKilledAfter(line, env, after);
-        if (recording) clean.set(r.name, ran.children);
+        recording?.set(r.name, ran.children);
         if (!ran.killed) return ran;
         planned.delete(r.name);
-        made.push(`${r.name} after ${after} of ${clean.get(r.name)}`);
+        made.push(`${r.name} after ${after} of ${clean.get(method)!.get(r.name)}`);
         throw new Error(`killed ${r.name} after ${after} child process(es)`);
     });
-    const config = (extra: Record<string, string>) => ({ ...base, method: "pg_upgrade", ...extra });
+    const config = (extra: Record<string, string>) => ({ ...base, method, ...extra });
     const upgrade = () => config({ version: "17", upgradeFrom: "15" });
     const revert = () => config({ version: "15" });
     const up = async (cfg: Record<string, string>) => applier.up(await declare(cfg, PASSWORD));
@@ -91,7 +99,7 @@ describe("every command of an upgrade and a revert killed half-way: pulumi up ag
     /** Plans a kill of every command the clean run of `names` started children in, at `fraction` of them. */
     function planKills(names: string[], fraction: number): void {
         for (const name of names) {
-            const n = clean.get(name) ?? 0;
+            const n = clean.get(method)!.get(name) ?? 0;
             // One child or none: nothing to kill inside.
             if (n >= 2) planned.set(name, Math.min(n - 1, Math.max(1, Math.round(n * fraction))));
         }
@@ -132,22 +140,27 @@ describe("every command of an upgrade and a revert killed half-way: pulumi up ag
         await up(revert());
         await seedSynapse(`${PREFIX}pg15`, "synapse", { sizeMB: 8, seed: 11 });
         original = await snapshotCluster(login);
-        // The clean run that sets the kill points: each command's child processes, upgrade and revert.
-        recording = true;
-        try {
-            await up(upgrade());
-            await up(revert());
-        } finally {
-            recording = false;
+        // The clean runs that set the kill points: each command's child processes, upgrade and revert.
+        for (const m of new Set(ROUNDS.map((r) => r.method))) {
+            method = m;
+            clean.set(m, (recording = new Map()));
+            try {
+                await up(upgrade());
+                await up(revert());
+            } finally {
+                recording = undefined;
+            }
+            await withoutNewData();
         }
-        await withoutNewData();
     });
     after(() => endSuite(PREFIX, suite));
 
-    for (const fraction of [1 / 3, 2 / 3]) {
-        it(`kills every command at ${fraction < 0.5 ? "a third" : "two thirds"} of its work, upgrade and revert: each re-run converges, the data row for row`, async () => {
-            const upgradeCommands = [...clean.keys()].filter((n) => n.startsWith("upgrade-") || n.startsWith("pg17-"));
-            const revertCommands = [...clean.keys()].filter((n) => n.startsWith("pg15-"));
+    for (const { method: m, fraction, said } of ROUNDS) {
+        it(`method ${m}: kills every command at ${said} of its work, upgrade and revert: each re-run converges, the data row for row`, async () => {
+            method = m;
+            const commands = [...clean.get(m)!.keys()];
+            const upgradeCommands = commands.filter((n) => n.startsWith("upgrade-") || n.startsWith("pg17-"));
+            const revertCommands = commands.filter((n) => n.startsWith("pg15-"));
             made.length = 0;
             planKills(upgradeCommands, fraction);
             const upgradeKills = planned.size;
