@@ -272,12 +272,15 @@ export function parseConfig(
     raw: RawConfig,
     password: pulumi.Output<string> | undefined,
     unknownKeys: string[] = [],
+    dockerHost?: string,
 ): StackConfig {
     const result = schema.safeParse(raw);
     const problems: string[] = unknownKeys.map(
         (k) =>
             `${k} is not a setting of this program (a typo?); the postgres: keys are ${[...CONFIG_KEYS, "password"].join(", ")}`,
     );
+    const engine = dockerHostProblem(dockerHost);
+    if (engine) problems.push(engine);
     if (!result.success) {
         for (const issue of result.error.issues) {
             const key = String(issue.path[0]);
@@ -336,7 +339,18 @@ export function readConfig(): StackConfig {
     }
     const known = new Set([...CONFIG_KEYS, "password"].map((k) => `postgres:${k}`));
     const unknown = Object.keys(pulumi.runtime.allConfig()).filter((k) => k.startsWith("postgres:") && !known.has(k));
-    return parseConfig(raw, cfg.getSecret("password"), unknown);
+    return parseConfig(raw, cfg.getSecret("password"), unknown, new pulumi.Config("docker").get("host"));
+}
+
+/**
+ * The Docker provider's docker:host. The steps reach Docker as the docker CLI does (DOCKER_HOST, else the local
+ * socket) and use this machine's folders, so only the default local socket is taken (runner/docker/engine.ts).
+ */
+function dockerHostProblem(host: string | undefined): string | undefined {
+    if (!host || host === "unix:///var/run/docker.sock") return undefined;
+    if (host.startsWith("unix://"))
+        return `docker:host is "${host}" but the steps do not read docker:host: unset it and export DOCKER_HOST=${host} in the shell that runs pulumi up (the Docker provider reads it too)`;
+    return `docker:host is "${host}", an engine that may be on another machine, but the steps read and write the database host's folders (postgres:backupDir, postgres:dataRoot) on the machine that runs pulumi up: run pulumi up on the database host itself, with docker:host unset (a remote Docker engine is not supported yet)`;
 }
 
 /** "a,b" or '["a","b"]' (what `pulumi config set --path` writes) into names; undefined when unreadable. */

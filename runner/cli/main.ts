@@ -3,6 +3,7 @@
 // Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
 import { liftFence } from "../switch/fence";
 import { PASSWORD_ENV } from "../names";
+import { requireLocalEngine } from "../docker/engine";
 import { ProcessError } from "../docker/process";
 import { StepError } from "../step-error";
 import { parseContainerList, startSynapse, stopSynapse } from "../switch/synapse";
@@ -56,6 +57,14 @@ async function backToOldCluster(old: string | undefined, synapse: string[]): Pro
 async function runStep(name: string, step: Step, argv: string[], out: Out): Promise<void> {
     let flags: Flags | undefined;
     let synapse: string[] = [];
+    // Before the step's own try: with another machine's engine, not even Synapse is started again.
+    try {
+        await requireLocalEngine();
+    } catch (err) {
+        console.error(`synapse-pg ${name}: ${(err as Error).message}`);
+        process.exitCode = 1;
+        return;
+    }
     try {
         flags = parseFlags(flagsOf(step), argv);
         synapse = parseContainerList(flags.opt("synapse"));

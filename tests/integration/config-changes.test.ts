@@ -5,7 +5,7 @@
 // not. Settings (set, changed, removed) are in traps.test.ts.
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
-import { run } from "../../runner/docker/process";
+import { ProcessError, run } from "../../runner/docker/process";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { connect, logicalContent, snapshotCluster } from "../fixtures/snapshot";
@@ -199,6 +199,38 @@ describe("config changes on a serving stack: done for real, or refused before an
         // Set back, the stack is as it was.
         await up({ version: "15" });
         assert.equal(await containerId(OLD), id);
+    });
+
+    it("a Docker engine on another machine (DOCKER_HOST): every step refuses before it runs; nothing changes, Synapse is not stopped", async () => {
+        const synapse = `${PREFIX}synapse`;
+        await run("docker", ["run", "-d", "--name", synapse, "--entrypoint", "sleep", `${TEST_IMAGE}:15`, "600"]);
+        try {
+            const id = await containerId(OLD);
+            const backupDir = path.join(scratch, "remote-backups");
+            const remote = { DOCKER_HOST: "ssh://admin@127.0.0.1:1" };
+            for (const [step, ...flags] of [
+                ["dump", "--old", OLD, "--backup-dir", backupDir, "--synapse", synapse],
+                ["preflight", "--old", OLD, "--backup-dir", backupDir, "--synapse", synapse],
+                ["serve", "--container", OLD, "--network", `${PREFIX}net`, "--alias", "db"],
+            ]) {
+                await assert.rejects(
+                    run("./bin/synapse-pg", [step, ...flags], { env: remote }),
+                    (err: ProcessError) => {
+                        assert.equal(
+                            err.stderrTail,
+                            `synapse-pg ${step}: Docker is reached at ssh://admin@127.0.0.1:1, not through a socket on this machine, but the steps read and write the database host's folders (postgres:backupDir, postgres:dataRoot) on the machine they run on, so nothing was run: run pulumi up on the database host itself, with DOCKER_HOST and docker:host unset (a remote Docker engine is not supported yet).`,
+                        );
+                        return true;
+                    },
+                );
+            }
+            assert.equal(await containerState(synapse), "running", "Synapse was not stopped");
+            assert.equal(await containerId(OLD), id);
+            assert.equal(await containerState(OLD), "running");
+            await assert.rejects(fs.stat(backupDir), /ENOENT/, "no backup folder was made");
+        } finally {
+            await run("docker", ["rm", "-f", synapse]);
+        }
     });
 
     it("WAL archiving on in the old cluster: the standby and the staging copy archive nothing; the output says the new cluster archives after the switch", async () => {

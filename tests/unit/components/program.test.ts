@@ -905,6 +905,18 @@ describe("bad stack config is refused before anything is declared", () => {
             "pw",
             'postgres:settings is "{"shared_buffers":"lots"}" but has shared_buffers = "lots", which must be a size like 512MB or 2GB (the container\'s shared memory follows it)',
         ],
+        [
+            "a Docker engine on another machine (docker:host)",
+            { version: "15", "docker:host": "ssh://admin@matrix.example.org" },
+            "pw",
+            'docker:host is "ssh://admin@matrix.example.org", an engine that may be on another machine, but the steps read and write the database host\'s folders (postgres:backupDir, postgres:dataRoot) on the machine that runs pulumi up: run pulumi up on the database host itself, with docker:host unset (a remote Docker engine is not supported yet)',
+        ],
+        [
+            "docker:host naming another local socket, which the steps would not use",
+            { version: "15", "docker:host": "unix:///run/user/1000/docker.sock" },
+            "pw",
+            'docker:host is "unix:///run/user/1000/docker.sock" but the steps do not read docker:host: unset it and export DOCKER_HOST=unix:///run/user/1000/docker.sock in the shell that runs pulumi up (the Docker provider reads it too)',
+        ],
     ];
     for (const [what, config, password, message] of cases) {
         it(`refuses ${what}`, async () => {
@@ -915,6 +927,11 @@ describe("bad stack config is refused before anything is declared", () => {
             });
         });
     }
+
+    it("takes docker:host naming the default local socket, the one the steps reach", async () => {
+        const declared = await declare({ version: "15", "docker:host": "unix:///var/run/docker.sock" });
+        assert.ok(declared.find("pg15"));
+    });
 
     it("lists every problem at once", async () => {
         await assert.rejects(declare({ version: "x", port: "0" }), (err: Error) => {
