@@ -18,6 +18,8 @@ export const TOOL_OF_LABEL = "synapse-postgres.tool-of";
 export const SET_ASIDE_FROM_LABEL = "synapse-postgres.set-aside-from";
 /** The image whose binaries a binaries volume holds. */
 export const BINARIES_OF_LABEL = "synapse-postgres.binaries-of";
+/** On the container an unpack of an old image exports from (its lock): <host>:<pid> of the step unpacking. */
+export const UNPACKED_BY_LABEL = "synapse-postgres.unpacked-by";
 
 /** The short-lived containers and volumes the steps make, by their ROLE_LABEL. */
 export type Role = "staging" | "standby" | "fence" | "start-check" | "rehearsal" | "count";

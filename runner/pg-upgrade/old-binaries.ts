@@ -2,11 +2,13 @@
 // image the old cluster runs. Its file system is unpacked once per image id into a volume, and each program runs
 // through the old image's own dynamic loader and libraries, inside the new image (found by reading the old
 // postgres's ELF header), so the two C libraries never mix.
+import * as os from "node:os";
 import { Readable, Writable } from "node:stream";
 import { ContainerInfo } from "../docker/containers";
 import { run, runPiped } from "../docker/process";
 import { StepError } from "../step-error";
-import { BINARIES_OF_LABEL, MANAGED_LABEL } from "../names";
+import { BINARIES_OF_LABEL, MANAGED_LABEL, UNPACKED_BY_LABEL } from "../names";
+import { sleep } from "../host";
 
 /** Where the old image's file system is mounted in the helper containers, and the wrappers of its binaries. */
 export const OLD_ROOT = "/synapse-pg-old-root";
@@ -54,30 +56,7 @@ export async function oldBinaries(old: ContainerInfo, newImage: string, major?: 
             volume,
         ]);
     }
-    let found: { bindir: string; loader: string } | undefined = await helper.read(COMPLETE).then(
-        (t) => JSON.parse(t),
-        () => undefined,
-    );
-    if (!found) {
-        await unpackImage(old.imageId, `synapse-pg-export-${id}`, helper);
-        const bindir = await findBindir(helper, (await imageEnv(old.imageId)).PATH ?? "");
-        const loader = await findLoader(helper, bindir);
-        for (const program of OLD_PROGRAMS) {
-            // pg_ctl finds postgres beside itself, so it must believe it lives among the wrappers; postgres finds
-            // its share and lib folders from its real place in the old image's tree.
-            const argv0 = program === "pg_ctl" ? `${WRAPPERS}/${program}` : `${OLD_ROOT}${bindir}/${program}`;
-            const libraryPath = libraryDirs(loader)
-                .map((d) => `${OLD_ROOT}${d}`)
-                .join(":");
-            await helper.write(
-                `${WRAPPERS}/${program}`,
-                `#!/bin/sh\nexec '${OLD_ROOT}${loader}' --library-path '${libraryPath}' --argv0 '${argv0}' '${OLD_ROOT}${bindir}/${program}' "$@"\n`,
-            );
-        }
-        found = { bindir, loader };
-        // Written last: a volume without it is unpacked again.
-        await helper.write(`${OLD_ROOT}/${COMPLETE}`, JSON.stringify(found) + "\n");
-    }
+    const found = await unpackedOnce(old.imageId, `synapse-pg-export-${id}`, helper);
     const { stdout } = await helper.run([`${WRAPPERS}/postgres`, "-V"], "postgres").catch((err: Error) => {
         throw new StepError(
             `The old image's PostgreSQL cannot run inside ${newImage} (${err.message.split("\n").pop()}), so pg_upgrade cannot be used with these two images; set postgres:method to directory (dump and restore) and run pulumi up again.`,
@@ -89,7 +68,7 @@ export async function oldBinaries(old: ContainerInfo, newImage: string, major?: 
             `The old image's binaries say "${version}", not PostgreSQL ${major} as the old server runs; set postgres:method to directory.`,
         );
     }
-    return { volume, ...found!, version };
+    return { volume, ...found, version };
 }
 
 /** Throw-away containers of the new image with the old image's file system mounted at OLD_ROOT. */
@@ -135,23 +114,115 @@ class OldRootHelper {
 }
 
 /** `docker export` of a created (never started) container of the old image, streamed into tar in the volume. */
-async function unpackImage(imageId: string, holder: string, helper: OldRootHelper): Promise<void> {
+type Unpacked = { bindir: string; loader: string };
+
+/** Another unpack of the same image may run (a rehearsal beside a prepare, two stacks on one host): one at a time. */
+const UNPACK_WAIT_ROUNDS = 150;
+const UNPACK_WAIT_MS = 2000;
+
+/**
+ * The old image unpacked into the volume once. The export's holder container is the lock: made by whoever
+ * unpacks, removed when done. A holder left by a process that is gone (killed on this host) is taken over at
+ * once; another one is waited for, bounded.
+ */
+async function unpackedOnce(imageId: string, holder: string, helper: OldRootHelper): Promise<Unpacked> {
+    for (let round = 0; round < UNPACK_WAIT_ROUNDS; round++) {
+        const found = await readComplete(helper);
+        if (found) return found;
+        if (await claimHolder(holder, imageId)) {
+            try {
+                return (await readComplete(helper)) ?? (await unpackInto(holder, imageId, helper));
+            } finally {
+                await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
+            }
+        }
+        await sleep(UNPACK_WAIT_MS);
+    }
+    throw new StepError(
+        `Another step has been unpacking the old image's binaries for ${(UNPACK_WAIT_ROUNDS * UNPACK_WAIT_MS) / 60000} minutes (the container "${holder}" exists); if none runs, remove it with docker rm -f ${holder} and run pulumi up again.`,
+    );
+}
+
+async function readComplete(helper: OldRootHelper): Promise<Unpacked | undefined> {
+    return helper.read(COMPLETE).then(
+        (t) => JSON.parse(t) as Unpacked,
+        () => undefined,
+    );
+}
+
+/** Creates the holder (the lock); one whose creator on this host is gone is removed first. False: another holds it. */
+async function claimHolder(holder: string, imageId: string): Promise<boolean> {
+    const owner = `${os.hostname()}:${process.pid}`;
+    const create = () =>
+        run("docker", [
+            "create",
+            "--name",
+            holder,
+            "--network",
+            "none",
+            "--label",
+            `${UNPACKED_BY_LABEL}=${owner}`,
+            imageId,
+        ]);
+    try {
+        await create();
+        return true;
+    } catch (err) {
+        if (!/Conflict|already in use/.test((err as Error).message)) throw err;
+    }
+    const { stdout } = await run("docker", [
+        "inspect",
+        "-f",
+        `{{index .Config.Labels "${UNPACKED_BY_LABEL}"}}`,
+        holder,
+    ]).catch(() => ({ stdout: "" }));
+    const [host, pid] = stdout.trim().split(":");
+    if (host !== os.hostname() || processAlive(Number(pid))) return false;
     // -v removes only the holder's own, empty anonymous volume (the image's VOLUME), never a named one.
     await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
-    await run("docker", ["create", "--name", holder, "--network", "none", imageId]);
+    return create().then(
+        () => true,
+        () => false,
+    );
+}
+
+function processAlive(pid: number): boolean {
+    if (!Number.isInteger(pid) || pid <= 0) return false;
     try {
-        await runPiped(
-            (stdout) =>
-                run("docker", ["export", holder], { stdout }).catch((err: Error) => {
-                    throw new StepError(
-                        `docker export of the old image ${imageId.slice(0, 19)} failed: ${err.message}`,
-                    );
-                }),
-            (stdin) => helper.run(["tar", "-x", "-f", "-", "-C", OLD_ROOT], "root", { stdin, writable: true }),
-        );
-    } finally {
-        await run("docker", ["rm", "-f", "-v", holder]).catch(() => undefined);
+        process.kill(pid, 0);
+        return true;
+    } catch (err) {
+        return (err as NodeJS.ErrnoException).code === "EPERM";
     }
+}
+
+/** Exports the holder's file system into the volume, then writes the wrappers and, last, the completion file. */
+async function unpackInto(holder: string, imageId: string, helper: OldRootHelper): Promise<Unpacked> {
+    await runPiped(
+        (stdout) =>
+            run("docker", ["export", holder], { stdout }).catch((err: Error) => {
+                throw new StepError(`docker export of the old image failed: ${err.message}`);
+            }),
+        (stdin) => helper.run(["tar", "-x", "-f", "-", "-C", OLD_ROOT], "root", { stdin, writable: true }),
+    );
+    const bindir = await findBindir(helper, (await imageEnv(imageId)).PATH ?? "");
+    const loader = await findLoader(helper, bindir);
+    for (const program of OLD_PROGRAMS) {
+        // pg_ctl finds postgres beside itself, so it must believe it lives among the wrappers; postgres finds
+        // its share and lib folders from its real place in the old image's tree.
+        const argv0 = program === "pg_ctl" ? `${WRAPPERS}/${program}` : `${OLD_ROOT}${bindir}/${program}`;
+        const libraryPath = libraryDirs(loader)
+            .map((d) => `${OLD_ROOT}${d}`)
+            .join(":");
+        await helper.write(
+            `${WRAPPERS}/${program}`,
+            `#!/bin/sh\nexec '${OLD_ROOT}${loader}' --library-path '${libraryPath}' --argv0 '${argv0}' '${OLD_ROOT}${bindir}/${program}' "$@"\n`,
+        );
+    }
+    const found = { bindir, loader };
+    // Written last: a volume without it is unpacked again.
+    await helper.write(`${OLD_ROOT}/${COMPLETE}`, JSON.stringify(found) + "\n");
+    return found;
 }
 
 async function imageEnv(imageId: string): Promise<Record<string, string>> {
