@@ -26,6 +26,11 @@ export interface OldBinaries {
     version: string;
 }
 
+/** The container an unpack of the old image exports from, which is also its lock (one per image id). */
+export function unpackLockOf(imageId: string): string {
+    return `synapse-pg-export-${imageId.replace(/^sha256:/, "").slice(0, 16)}`;
+}
+
 /** The volume prepare unpacked the old image into (one per image id). */
 export function binariesVolume(old: ContainerInfo): string {
     return `synapse-pg-binaries-${old.imageId.replace(/^sha256:/, "").slice(0, 16)}`;
@@ -37,7 +42,6 @@ export function binariesVolume(old: ContainerInfo): string {
  * own loader and libraries. Probed: `postgres -V` must answer with the old major inside the new image.
  */
 export async function oldBinaries(old: ContainerInfo, newImage: string, major?: number): Promise<OldBinaries> {
-    const id = old.imageId.replace(/^sha256:/, "").slice(0, 16);
     const volume = binariesVolume(old);
     const helper = new OldRootHelper(volume, newImage);
     if (
@@ -56,7 +60,7 @@ export async function oldBinaries(old: ContainerInfo, newImage: string, major?: 
             volume,
         ]);
     }
-    const found = await unpackedOnce(old.imageId, `synapse-pg-export-${id}`, helper);
+    const found = await unpackedOnce(old.imageId, unpackLockOf(old.imageId), helper);
     const { stdout } = await helper.run([`${WRAPPERS}/postgres`, "-V"], "postgres").catch((err: Error) => {
         throw new StepError(
             `The old image's PostgreSQL cannot run inside ${newImage} (${err.message.split("\n").pop()}), so pg_upgrade cannot be used with these two images; set postgres:method to directory (dump and restore) and run pulumi up again.`,

@@ -6,8 +6,8 @@ import { strict as assert } from "node:assert";
 import * as os from "node:os";
 import { inspectContainer } from "../../runner/docker/containers";
 import { run } from "../../runner/docker/process";
-import { binariesVolume, oldBinaries } from "../../runner/pg-upgrade/old-binaries";
-import { UNPACKED_BY_LABEL } from "../../runner/names";
+import { binariesVolume, oldBinaries, unpackLockOf } from "../../runner/pg-upgrade/old-binaries";
+import { BINARIES_OF_LABEL, UNPACKED_BY_LABEL } from "../../runner/names";
 import { removeTestResources, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
 
 const PREFIX = "sptest-bin-";
@@ -17,11 +17,13 @@ describe("the old image's binaries, unpacked once per image", function () {
     this.timeout(10 * 60 * 1000);
     const cleanUp = async () => {
         await removeTestResources(PREFIX);
-        const { stdout } = await run("docker", ["images", "-q", IMAGE]);
+        const { stdout } = await run("docker", ["image", "inspect", "-f", "{{.Id}}", IMAGE]).catch(() => ({
+            stdout: "",
+        }));
         if (!stdout.trim()) return;
-        const id = stdout.trim().split("\n")[0];
-        await run("docker", ["rm", "-f", `synapse-pg-export-${id.slice(0, 16)}`]).catch(() => undefined);
-        const volumes = await run("docker", ["volume", "ls", "-q", "--filter", `label=synapse-postgres.binaries-of`]);
+        const id = stdout.trim().replace(/^sha256:/, "");
+        await run("docker", ["rm", "-f", unpackLockOf(id)]).catch(() => undefined);
+        const volumes = await run("docker", ["volume", "ls", "-q", "--filter", `label=${BINARIES_OF_LABEL}`]);
         for (const v of volumes.stdout.split("\n").filter((n) => n.includes(id.slice(0, 12)))) {
             // A helper container of a failed unpack may still hold it.
             const users = (await run("docker", ["ps", "-aq", "--filter", `volume=${v}`])).stdout.split("\n");
@@ -47,14 +49,14 @@ describe("the old image's binaries, unpacked once per image", function () {
         for (const b of both) assert.match(b.version, /^postgres \(PostgreSQL\) 15\./);
         assert.deepEqual(both[0], both[1]);
         assert.equal(both[0].volume, binariesVolume(old));
-        const holder = `synapse-pg-export-${old.imageId.replace(/^sha256:/, "").slice(0, 16)}`;
+        const holder = unpackLockOf(old.imageId);
         assert.equal((await inspectContainer(holder)) ?? "gone", "gone", "the lock is released");
     });
 
     it("a lock left by a step that was killed is taken over at once", async () => {
         const old = (await inspectContainer(`${PREFIX}old`))!;
         await run("docker", ["volume", "rm", "-f", binariesVolume(old)]);
-        const holder = `synapse-pg-export-${old.imageId.replace(/^sha256:/, "").slice(0, 16)}`;
+        const holder = unpackLockOf(old.imageId);
         // A pid that no process has: the step that made it is gone.
         const dead = `${os.hostname()}:${2 ** 22 + 1}`;
         await run("docker", ["create", "--name", holder, "--label", `${UNPACKED_BY_LABEL}=${dead}`, IMAGE]);
