@@ -7,13 +7,13 @@ import { run } from "./process";
 import { StepError } from "../step-error";
 
 /** The endpoint the docker CLI uses: DOCKER_HOST when set, else the current context's. */
-export async function dockerEndpoint(): Promise<string> {
+async function dockerEndpoint(): Promise<string> {
     const { stdout } = await run("docker", ["context", "inspect", "--format", "{{.Endpoints.docker.Host}}"]);
     return stdout.trim();
 }
 
 /** A local socket is this machine's engine; anything else is refused with the way out. */
-export function remoteEngineRefusal(endpoint: string): string | undefined {
+function remoteEngineRefusal(endpoint: string): string | undefined {
     if (endpoint.startsWith("unix://")) return undefined;
     return `Docker is reached at ${endpoint}, not through a socket on this machine, but the steps read and write the database host's folders (postgres:backupDir, postgres:dataRoot) on the machine they run on, so nothing was run: run pulumi up on the database host itself, with DOCKER_HOST and docker:host unset (a remote Docker engine is not supported yet).`;
 }

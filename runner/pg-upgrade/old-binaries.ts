@@ -26,14 +26,19 @@ export interface OldBinaries {
     version: string;
 }
 
+/** An image id as the names of the unpack's volume and lock carry it. */
+function shortImageId(imageId: string): string {
+    return imageId.replace(/^sha256:/, "").slice(0, 16);
+}
+
 /** The container an unpack of the old image exports from, which is also its lock (one per image id). */
 export function unpackLockOf(imageId: string): string {
-    return `synapse-pg-export-${imageId.replace(/^sha256:/, "").slice(0, 16)}`;
+    return `synapse-pg-export-${shortImageId(imageId)}`;
 }
 
 /** The volume prepare unpacked the old image into (one per image id). */
 export function binariesVolume(old: ContainerInfo): string {
-    return `synapse-pg-binaries-${old.imageId.replace(/^sha256:/, "").slice(0, 16)}`;
+    return `synapse-pg-binaries-${shortImageId(old.imageId)}`;
 }
 
 /**
@@ -117,7 +122,6 @@ class OldRootHelper {
     }
 }
 
-/** `docker export` of a created (never started) container of the old image, streamed into tar in the volume. */
 type Unpacked = { bindir: string; loader: string };
 
 /** Another unpack of the same image may run (a rehearsal beside a prepare, two stacks on one host): one at a time. */
@@ -200,7 +204,10 @@ function processAlive(pid: number): boolean {
     }
 }
 
-/** Exports the holder's file system into the volume, then writes the wrappers and, last, the completion file. */
+/**
+ * `docker export` of the holder (a created, never started container of the old image) streamed into tar in the
+ * volume, then the wrappers and, last, the completion file.
+ */
 async function unpackInto(holder: string, imageId: string, helper: OldRootHelper): Promise<Unpacked> {
     await runPiped(
         (stdout) =>
