@@ -1,15 +1,8 @@
-// The machine the runner runs on: its clock, a folder's free space, a file written whole or not at all, and
-// sizes as people read them.
-import { promises as fs } from "node:fs";
+// The machine the runner runs on: its clock, and sizes as people read them. The database host's folders are in
+// host/folders.ts.
 
 export function sleep(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Free bytes for an unprivileged writer in `dir`. */
-export async function freeBytes(dir: string): Promise<number> {
-    const s = await fs.statfs(dir);
-    return s.bavail * s.bsize;
 }
 
 export function formatBytes(n: number): string {
@@ -20,10 +13,4 @@ export function formatBytes(n: number): string {
         i++;
     }
     return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
-
-export async function writeFileAtomic(file: string, text: string): Promise<void> {
-    const tmp = `${file}.partial`;
-    await fs.writeFile(tmp, text, { mode: 0o600 });
-    await fs.rename(tmp, file);
 }

@@ -32,5 +32,8 @@ export function ourLabels(role: Role): string[] {
 /** The database password reaches every step through this variable, never on a command line. */
 export const PASSWORD_ENV = "SYNAPSE_PG_PASSWORD";
 
+/** "engine": every step reaches the database host's folders through Docker, also when the engine runs here. */
+export const HOST_FOLDERS_ENV = "SYNAPSE_PG_HOST_FOLDERS";
+
 /** The oldest PostgreSQL major current Synapse runs on: neither the source's nor the target's may be older. */
 export const MIN_MAJOR = 14;

@@ -5,7 +5,7 @@
 //
 // What an upgrade leaves before it can be switched back and forth: a dump in the backup folder (dump methods, from
 // their second step), and in the new data location a marker saying how it was made (restore, or prepare).
-import { promises as fs } from "node:fs";
+import { hostFolders } from "../host/folders";
 import { DumpMethod } from "../dump/dump";
 import { DataLocation } from "../target/layout";
 import { locationExists, readTargetState } from "../target/markers";
@@ -49,12 +49,7 @@ export async function methodUnderway(input: MethodUnderwayInput): Promise<Method
             [`${input.dumpName}.sql`, "dumpall"],
             [`${input.dumpName}.sql.partial`, "dumpall"],
         ] as const) {
-            if (
-                await fs.stat(path.join(input.backupDir, file)).then(
-                    () => true,
-                    () => false,
-                )
-            ) {
+            if (await (await hostFolders()).stat(path.join(input.backupDir, file))) {
                 return { method, why: `the backup folder holds the dump ${file}` };
             }
         }

@@ -1,9 +1,9 @@
 // preflight: everything that can be known before Synapse's database is touched. It changes nothing but creating
 // postgres:backupDir when that is missing; each problem is one sentence saying what is wrong and what to do.
 import { requireUpgradeWhereItBegan } from "../target/where-it-began";
-import { promises as fs } from "node:fs";
 import { checkBackupSpace, ensureBackupDir } from "../dump/dump";
-import { formatBytes, freeBytes } from "../host";
+import { formatBytes } from "../host";
+import { hostFolders } from "../host/folders";
 import { run } from "../docker/process";
 import { ContainerInfo, inspectContainer, requireContainer, runWithData, superuserOf } from "../docker/containers";
 import { query, whenAccepting } from "../docker/psql";
@@ -88,19 +88,20 @@ export async function checkSpace(
     databasesBytes: number,
     needs: SpaceNeeds = {},
 ): Promise<void> {
+    const host = await hostFolders();
     const newDir =
         input.targetData.kind === "volume"
             ? (await run("docker", ["info", "--format", "{{.DockerRootDir}}"])).stdout.trim()
             : await nearestExisting(input.targetData.path);
-    const newFs = await fs.stat(newDir);
+    const newFs = await host.stat(newDir);
     let backupOnSameDisk = false;
     if (input.backupDir) {
         await checkBackupSpace(input.backupDir, databasesBytes);
-        backupOnSameDisk = (await fs.stat(input.backupDir)).dev === newFs.dev;
+        backupOnSameDisk = (await host.stat(input.backupDir))?.device === newFs?.device;
     }
     const parts = newClusterNeeds(databasesBytes, needs, backupOnSameDisk);
     const need = parts.reduce((sum, [, n]) => sum + n, 0);
-    const free = await freeBytes(newDir);
+    const free = await host.freeBytes(newDir);
     if (free < need) {
         const counted = parts.map(([what, n]) => `${formatBytes(n)} for ${what}`).join(", ");
         throw new StepError(
@@ -117,15 +118,9 @@ async function dataBytes(data: DataLocation, major: number, image: string): Prom
 }
 
 async function nearestExisting(dir: string): Promise<string> {
+    const host = await hostFolders();
     for (let d = dir; ; d = path.dirname(d)) {
-        if (
-            await fs.stat(d).then(
-                () => true,
-                () => false,
-            )
-        )
-            return d;
-        if (d === path.dirname(d)) return d;
+        if ((await host.stat(d)) || d === path.dirname(d)) return d;
     }
 }
 

@@ -2,11 +2,11 @@
 // before the maintenance window. A consistent dump of the live old cluster (pg_dump's snapshot; Synapse is not
 // stopped), a restore into a throw-away container and volume of the target major, the config check, verify, and
 // a report. The old cluster is only read. Without --keep everything the rehearsal created is removed.
-import { promises as fs } from "node:fs";
 import { Readable } from "node:stream";
 import { copyConfig } from "../config/copy-config";
 import { databasesSize, dumpCluster } from "../dump/dump";
-import { formatBytes, freeBytes } from "../host";
+import { formatBytes } from "../host";
+import { hostFolders } from "../host/folders";
 import {
     ContainerInfo,
     inspectContainer,
@@ -29,7 +29,6 @@ import { StepError } from "../step-error";
 import { readMarkerIn, readTargetState } from "../target/markers";
 import { verifyClusters } from "./verify";
 import { MANAGED_LABEL, ourLabels } from "../names";
-import * as os from "node:os";
 import * as path from "node:path";
 
 export interface RehearseInput {
@@ -130,7 +129,7 @@ export async function rehearse(input: RehearseInput): Promise<RehearsalReport> {
             await removeStandby(standbyContainerName(r.name)).catch(() => undefined);
             await removeRehearsal(r.source, `${r.source}-data`);
         }
-        await fs.rm(r.work, { recursive: true, force: true });
+        await (await hostFolders()).remove(r.work);
     }
 }
 
@@ -152,8 +151,8 @@ async function startRehearsal(input: RehearseInput): Promise<Rehearsal> {
     const databasesBytes = await databasesSize(input.container, user);
     const name = `${input.container}-rehearsal-${input.to}`;
     const volume = `${name}-data`;
-    const work = await fs.mkdtemp(path.join(os.tmpdir(), "synapse-pg-rehearsal-"));
-    await fs.chmod(work, 0o700);
+    const host = await hostFolders();
+    const work = await host.makeTempDir("synapse-pg-rehearsal-");
     await removeRehearsal(name, volume);
     // Its own copy needs room like the real upgrade's: refused before anything is written, not a full disk later.
     const where = {
@@ -161,7 +160,7 @@ async function startRehearsal(input: RehearseInput): Promise<Rehearsal> {
         backupDir: input.physical ? undefined : work,
     };
     await checkSpace(where, databasesBytes, { restoreWal: !input.physical }).catch(async (err) => {
-        await fs.rm(work, { recursive: true, force: true });
+        await host.remove(work);
         throw err;
     });
     await run("docker", ["volume", "create", ...ourLabels("rehearsal"), volume]);
@@ -353,7 +352,7 @@ async function knownProblems(input: RehearseInput, user: string, databasesBytes:
         );
     }
     if (input.backupDir) {
-        const free = await freeBytes(input.backupDir).catch(() => -1);
+        const free = await (await hostFolders()).freeBytes(input.backupDir).catch(() => -1);
         if (free < 0) problems.push(`The backup folder ${input.backupDir} does not exist.`);
         else if (free < databasesBytes)
             problems.push(

@@ -3,8 +3,10 @@
 // serving container of the new major is declared by Pulumi and created only after verify and cutover.
 // A failed or interrupted restore is thrown away and redone: it only ever held a copy of the old data.
 import { requireUpgradeWhereItBegan } from "../target/where-it-began";
-import { createReadStream } from "node:fs";
-import { checkDump, DumpManifest } from "./dump";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { checkDump, DumpManifest } from "./manifest";
+import { hostFolders } from "../host/folders";
 import { formatBytes } from "../host";
 import { DumpFilter, FilterCounts } from "./filter";
 import { containerLogTail, inspectContainer, removeContainer, startContainer } from "../docker/containers";
@@ -247,6 +249,30 @@ function psqlArgs(input: RestoreInput, superuser: string, database: string): str
     ];
 }
 
+/**
+ * A file of the dump, read where the dump is (the database host's backupDir), through `filter` into psql. psql's
+ * own error (ON_ERROR_STOP) is the one reported, not the broken pipe it leaves the reader with.
+ */
+async function loadFile(
+    file: string,
+    filter: DumpFilter,
+    psql: string[],
+    onBytes?: (n: number) => void,
+): Promise<void> {
+    const counter = new Transform({
+        transform(chunk: Buffer, _enc, done) {
+            onBytes?.(chunk.length);
+            done(null, chunk);
+        },
+    });
+    const [read, passed, loaded] = await Promise.allSettled([
+        (await hostFolders()).readInto(file, counter),
+        pipeline(counter, filter),
+        run("docker", psql, { stdin: filter }),
+    ]);
+    for (const r of [loaded, read, passed]) if (r.status === "rejected") throw r.reason;
+}
+
 /** Turns a failed load into the step's one sentence; the old cluster is never involved in a restore. */
 function restoreFailed(input: RestoreInput, what: string, err: unknown): never {
     if (err instanceof ProcessError) {
@@ -265,11 +291,9 @@ async function loadScript(input: RestoreInput, manifest: DumpManifest): Promise<
     const su = manifest.source.superuser;
     const progress = new Progress("restore", manifest.bytes);
     let bytes = 0;
-    const source = createReadStream(input.dumpPath);
-    source.on("data", (chunk) => progress.update((bytes += chunk.length)));
     const filter = new DumpFilter(su);
     try {
-        await run("docker", psqlArgs(input, su, "postgres"), { stdin: source.pipe(filter) });
+        await loadFile(input.dumpPath, filter, psqlArgs(input, su, "postgres"), (n) => progress.update((bytes += n)));
     } catch (err) {
         restoreFailed(input, `the script after ${formatBytes(bytes)} of ${formatBytes(manifest.bytes)}`, err);
     }
@@ -290,9 +314,7 @@ async function loadDirectory(input: RestoreInput, manifest: DumpManifest): Promi
     };
     const globals = new DumpFilter(su);
     try {
-        await run("docker", psqlArgs(input, su, "postgres"), {
-            stdin: createReadStream(path.join(input.dumpPath, "globals.sql")).pipe(globals),
-        });
+        await loadFile(path.join(input.dumpPath, "globals.sql"), globals, psqlArgs(input, su, "postgres"));
     } catch (err) {
         restoreFailed(input, "the roles (globals.sql)", err);
     }

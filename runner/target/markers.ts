@@ -1,7 +1,7 @@
 // The new cluster's data location (volume or host folder) and the marker file that says what we did to it.
 // The marker lets every step tell our own work (safe to redo) from data we did not create (never touched), and
 // data that has served Synapse (kept aside, never discarded) from a staging copy that never did.
-import { promises as fs } from "node:fs";
+import { hostFolders } from "../host/folders";
 import { DataLocation, dataLayout, formatDataLocation } from "./layout";
 import { ContainerInfo, containersUsing, ourContainer, removeContainer, runWithData } from "../docker/containers";
 import { copyFileOut, writeFileIn } from "../docker/files";
@@ -60,10 +60,7 @@ export async function locationExists(data: DataLocation): Promise<boolean> {
               () => true,
               () => false,
           )
-        : fs.stat(data.path).then(
-              () => true,
-              () => false,
-          );
+        : (await hostFolders()).stat(data.path).then(Boolean);
 }
 
 export async function readTargetState(data: DataLocation, major: number, image: string): Promise<TargetState> {
@@ -170,7 +167,7 @@ export async function setAside(data: DataLocation, major: number, image: string)
     const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
     if (data.kind === "folder") {
         const aside = `${data.path}.reverted-${stamp}`;
-        await fs.rename(data.path, aside);
+        await (await hostFolders()).rename(data.path, aside);
         return aside;
     }
     const aside = `${data.name}-reverted-${stamp}`;
