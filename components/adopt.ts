@@ -3,9 +3,12 @@
 // `synapse-pg inspect`, which only reads.
 import * as command from "@pulumi/command";
 import { AdoptedFacts } from "../runner/checks/inspect";
-import { stepLine } from "./command-line";
+import { stepEnvironment, stepLine } from "./command-line";
 
-export async function readAdopted(container: string): Promise<AdoptedFacts> {
-    const result = await command.local.run({ command: stepLine("inspect", { container }) });
+export async function readAdopted(container: string, dockerHost?: string): Promise<AdoptedFacts> {
+    const result = await command.local.run({
+        command: stepLine("inspect", { container }),
+        environment: stepEnvironment(dockerHost),
+    });
     return JSON.parse(result.stdout.trim().split("\n").pop()!);
 }

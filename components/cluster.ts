@@ -4,7 +4,7 @@ import * as command from "@pulumi/command";
 import * as docker from "@pulumi/docker";
 import * as pulumi from "@pulumi/pulumi";
 import { DataLocation, dataLayout, formatDataLocation, HEALTHCHECK_INTERVAL_SECONDS } from "../runner/target/layout";
-import { stepCommand } from "./command-line";
+import { stepCommand, stepEnvironment } from "./command-line";
 import { serverCommand, shmSizeFor } from "../runner/config/server-command";
 import { CLUSTER_LABEL, MANAGED_LABEL, PASSWORD_ENV } from "../runner/names";
 
@@ -25,6 +25,8 @@ export interface ClusterArgs {
     /** Bootstrap superuser and database, used by the image only on first start of an empty data location. */
     user: pulumi.Input<string>;
     database: pulumi.Input<string>;
+    /** docker:host: where the cluster's steps reach Docker. */
+    dockerHost?: string;
     /** The bootstrap superuser's password: a secret, passed only in the container's environment. */
     password: pulumi.Input<string>;
     /** initdb arguments for a first start. */
@@ -124,7 +126,7 @@ export class Cluster extends pulumi.ComponentResource {
         });
         return new command.local.Command(
             `${name}-check-settings`,
-            { create, triggers: [JSON.stringify(settings)] },
+            { create, environment: stepEnvironment(args.dockerHost), triggers: [JSON.stringify(settings)] },
             { parent: this },
         );
     }
@@ -162,7 +164,7 @@ export class Cluster extends pulumi.ComponentResource {
                     ...synapse,
                 }),
                 // Every input that replaces the container; the password as a secret (compared in the step's env).
-                environment: { [PASSWORD_ENV]: pulumi.secret(args.password) },
+                environment: stepEnvironment(args.dockerHost, { [PASSWORD_ENV]: pulumi.secret(args.password) }),
                 triggers: [
                     args.image,
                     JSON.stringify(settings),
@@ -188,6 +190,7 @@ export class Cluster extends pulumi.ComponentResource {
         return new command.local.Command(
             `${name}-serve`,
             {
+                environment: stepEnvironment(args.dockerHost),
                 create: stepCommand("serve", {
                     container,
                     network: args.network,

@@ -8,6 +8,19 @@ import * as pulumi from "@pulumi/pulumi";
  */
 export const STEP_RUNNER = "./bin/synapse-pg";
 
+/**
+ * A step's environment: the Docker engine the provider uses (docker:host), which the step runner reaches as the
+ * docker CLI does, through DOCKER_HOST, and the step's own variables. Undefined when there are none, so a stack
+ * without docker:host declares its commands as before.
+ */
+export function stepEnvironment<T extends pulumi.Input<string> = string>(
+    dockerHost: string | undefined,
+    own: Record<string, T> = {},
+): Record<string, T | string> | undefined {
+    const env = { ...(dockerHost ? { DOCKER_HOST: dockerHost } : {}), ...own };
+    return Object.keys(env).length ? env : undefined;
+}
+
 export function shellQuote(value: string): string {
     return /^[A-Za-z0-9_@%+=:,./-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`;
 }

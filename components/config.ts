@@ -69,6 +69,8 @@ export interface StackConfig {
     dropAccessRules: string[];
     /** The bootstrap superuser's (and Synapse's) password: a secret all the way to the container. */
     password: pulumi.Output<string>;
+    /** docker:host, given to every step as DOCKER_HOST; unset: the docker CLI's own (DOCKER_HOST, context). */
+    dockerHost?: string;
 }
 
 /** Current Synapse releases need PostgreSQL 14 or newer. */
@@ -275,21 +277,14 @@ export function parseConfig(
     dockerHost?: string,
 ): StackConfig {
     const result = schema.safeParse(raw);
-    const problems: string[] = unknownKeys.map(
-        (k) =>
-            `${k} is not a setting of this program (a typo?); the postgres: keys are ${[...CONFIG_KEYS, "password"].join(", ")}`,
-    );
-    const engine = dockerHostProblem(dockerHost);
-    if (engine) problems.push(engine);
-    if (!result.success) {
-        for (const issue of result.error.issues) {
-            const key = String(issue.path[0]);
-            const given = raw[key as keyof RawConfig];
-            problems.push(
-                `postgres:${key}${given === undefined ? "" : ` is "${given}" but`} ${issue.message.replace(/^is /, given === undefined ? "is " : "")}`,
-            );
-        }
-    }
+    const problems = [
+        ...unknownKeys.map(
+            (k) =>
+                `${k} is not a setting of this program (a typo?); the postgres: keys are ${[...CONFIG_KEYS, "password"].join(", ")}`,
+        ),
+        ...[dockerHostProblem(dockerHost)].filter((p): p is string => p !== undefined),
+        ...(result.success ? [] : result.error.issues.map((issue) => schemaProblem(raw, issue))),
+    ];
     if (password === undefined) {
         problems.push(
             "postgres:password is required: set it with `pulumi config set --secret postgres:password <password>`",
@@ -326,6 +321,7 @@ export function parseConfig(
         dropSettings: c.dropSettings ?? [],
         dropAccessRules: c.dropAccessRules ?? [],
         password: password!,
+        dockerHost: dockerHost || undefined,
     });
 }
 
@@ -342,15 +338,19 @@ export function readConfig(): StackConfig {
     return parseConfig(raw, cfg.getSecret("password"), unknown, new pulumi.Config("docker").get("host"));
 }
 
+function schemaProblem(raw: RawConfig, issue: z.ZodIssue): string {
+    const key = String(issue.path[0]);
+    const given = raw[key as keyof RawConfig];
+    return `postgres:${key}${given === undefined ? "" : ` is "${given}" but`} ${issue.message.replace(/^is /, given === undefined ? "is " : "")}`;
+}
+
 /**
- * The Docker provider's docker:host. The steps reach Docker as the docker CLI does (DOCKER_HOST, else the local
- * socket) and use this machine's folders, so only the default local socket is taken (runner/docker/engine.ts).
+ * The Docker provider's docker:host, which every step is given as DOCKER_HOST: this machine's socket, or another
+ * machine's engine over SSH or TCP (the steps then reach its folders through it, runner/host/choose.ts).
  */
 function dockerHostProblem(host: string | undefined): string | undefined {
-    if (!host || host === "unix:///var/run/docker.sock") return undefined;
-    if (host.startsWith("unix://"))
-        return `docker:host is "${host}" but the steps do not read docker:host: unset it and export DOCKER_HOST=${host} in the shell that runs pulumi up (the Docker provider reads it too)`;
-    return `docker:host is "${host}", an engine that may be on another machine, but the steps read and write the database host's folders (postgres:backupDir, postgres:dataRoot) on the machine that runs pulumi up: run pulumi up on the database host itself, with docker:host unset (a remote Docker engine is not supported yet)`;
+    if (!host || /^(unix|ssh|tcp):\/\/./.test(host)) return undefined;
+    return `docker:host is "${host}" but it must be a unix://, ssh:// or tcp:// address of a Docker engine (for example ssh://admin@matrix.example.org)`;
 }
 
 /** "a,b" or '["a","b"]' (what `pulumi config set --path` writes) into names; undefined when unreadable. */

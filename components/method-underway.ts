@@ -4,7 +4,7 @@
 import * as command from "@pulumi/command";
 import { DataLocation, formatDataLocation } from "../runner/target/layout";
 import { MethodUnderway } from "../runner/checks/method-underway";
-import { stepLine } from "./command-line";
+import { stepEnvironment, stepLine } from "./command-line";
 
 export async function readMethodUnderway(args: {
     data: DataLocation;
@@ -12,6 +12,7 @@ export async function readMethodUnderway(args: {
     image: string;
     backupDir?: string;
     dumpName: string;
+    dockerHost?: string;
 }): Promise<MethodUnderway> {
     const result = await command.local.run({
         command: stepLine("method-underway", {
@@ -20,6 +21,7 @@ export async function readMethodUnderway(args: {
             image: args.image,
             ...(args.backupDir ? { "backup-dir": args.backupDir, name: args.dumpName } : {}),
         }),
+        environment: stepEnvironment(args.dockerHost),
     });
     return JSON.parse(result.stdout.trim().split("\n").pop()!);
 }

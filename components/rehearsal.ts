@@ -2,7 +2,7 @@
 // `synapse-pg rehearse` against the live old cluster and keeps its JSON report as the stack output.
 import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
-import { stepCommand } from "./command-line";
+import { stepCommand, stepEnvironment } from "./command-line";
 import { PASSWORD_ENV } from "../runner/names";
 
 export interface RehearsalArgs {
@@ -11,6 +11,8 @@ export interface RehearsalArgs {
     /** The major and image to rehearse the upgrade to. */
     toMajor: number;
     toImage: pulumi.Input<string>;
+    /** docker:host: where the rehearsal reaches Docker. */
+    dockerHost?: string;
     /** The role and database Synapse uses, and their password (secret, environment only). */
     loginUser: pulumi.Input<string>;
     loginDatabase: pulumi.Input<string>;
@@ -40,7 +42,7 @@ export class Rehearsal extends pulumi.ComponentResource {
                     ...(args.backupDir ? { "backup-dir": args.backupDir } : {}),
                     ...(args.method === "pg_upgrade" ? { method: "pg_upgrade" } : {}),
                 }).apply((line) => `${line} --json`),
-                environment: { [PASSWORD_ENV]: pulumi.secret(args.password) },
+                environment: stepEnvironment(args.dockerHost, { [PASSWORD_ENV]: pulumi.secret(args.password) }),
                 triggers: [args.attempt],
             },
             { parent: this },

@@ -30,7 +30,7 @@ export interface StackOutputs {
 /** The whole program: config, the adopted container if any, the method, the declarations, the outputs. */
 export async function declareProgram(): Promise<Record<string, unknown>> {
     const config = readConfig();
-    const adopted = config.adopt ? await readAdopted(config.adopt) : undefined;
+    const adopted = config.adopt ? await readAdopted(config.adopt, config.dockerHost) : undefined;
     const method = config.method ?? (await defaultMethod(config, adopted));
     return stackOutputs(declareStack({ ...config, method }, adopted));
 }
@@ -48,6 +48,7 @@ async function defaultMethod(cfg: StackConfig, adopted?: AdoptedFacts): Promise<
         image: plan.toImage,
         backupDir: cfg.backupDir,
         dumpName: plan.name,
+        dockerHost: cfg.dockerHost,
     });
     return underway.method ?? "pg_upgrade";
 }
@@ -117,6 +118,7 @@ function commonArgs(cfg: StackConfig, adopted?: AdoptedFacts) {
         synapseContainers: cfg.synapseContainers,
         revertAcceptLoss: cfg.revertAcceptLoss,
         settings: cfg.settings,
+        dockerHost: cfg.dockerHost,
     };
 }
 
@@ -149,6 +151,7 @@ function declareRehearsal(cfg: StackConfig, common: CommonArgs, from: From, adop
         backupDir: cfg.backupDir,
         method: cfg.method ?? "pg_upgrade",
         attempt: cfg.attempt,
+        dockerHost: cfg.dockerHost,
     });
     return { activeVersion: from.text, hostAlias: common.hostAlias, containers: [], rehearsal: rehearsal.report };
 }
@@ -210,6 +213,7 @@ function declareUpgrade(cfg: StackConfig, common: CommonArgs, from: From, adopte
         ...{ fromContainer: old.containerName, toMajor: target, toImage, toData, stagingContainer: names.staging },
         ...{ backupDir: cfg.backupDir, method, synapseContainers: cfg.synapseContainers, attempt: cfg.attempt },
         ...{ loginUser: common.user, loginDatabase: common.database, password: cfg.password },
+        dockerHost: cfg.dockerHost,
         ...{ settings: cfg.settings, dropSettings: cfg.dropSettings, dropAccessRules: cfg.dropAccessRules },
         after: [old.container, cluster.volume].filter((r): r is NonNullable<typeof r> => r !== undefined),
     });

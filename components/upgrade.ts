@@ -5,7 +5,7 @@ import * as command from "@pulumi/command";
 import * as pulumi from "@pulumi/pulumi";
 import { dumpPathOf, DumpMethod } from "../runner/dump/dump";
 import { DataLocation, formatDataLocation } from "../runner/target/layout";
-import { shellQuote, stepCommand } from "./command-line";
+import { shellQuote, stepEnvironment, stepCommand } from "./command-line";
 import { PASSWORD_ENV } from "../runner/names";
 
 /** directory and dumpall dump and restore; pg_upgrade keeps the data files (see runner/pg-upgrade/upgrade.ts, runner/pg-upgrade/standby.ts). */
@@ -26,6 +26,8 @@ export interface MajorUpgradeArgs {
     /** The role and database Synapse logs in with, checked by verify with the password. */
     loginUser: pulumi.Input<string>;
     loginDatabase: pulumi.Input<string>;
+    /** docker:host: where every step reaches Docker. */
+    dockerHost?: string;
     /** Secret; reaches the steps only through their environment. */
     password: pulumi.Input<string>;
     /** postgres:settings for the new cluster: checked by copy-config against the copied files. */
@@ -89,6 +91,7 @@ export class MajorUpgrade extends pulumi.ComponentResource {
             `${name}-${step}`,
             {
                 ...line,
+                environment: stepEnvironment(args.dockerHost, line.environment),
                 create: stopsSynapse
                     ? pulumi.interpolate`${line.create} --synapse ${shellQuote(synapse)}`
                     : line.create,

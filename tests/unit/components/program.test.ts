@@ -906,16 +906,10 @@ describe("bad stack config is refused before anything is declared", () => {
             'postgres:settings is "{"shared_buffers":"lots"}" but has shared_buffers = "lots", which must be a size like 512MB or 2GB (the container\'s shared memory follows it)',
         ],
         [
-            "a Docker engine on another machine (docker:host)",
-            { version: "15", "docker:host": "ssh://admin@matrix.example.org" },
+            "a docker:host that is not the address of a Docker engine",
+            { version: "15", "docker:host": "matrix.example.org" },
             "pw",
-            'docker:host is "ssh://admin@matrix.example.org", an engine that may be on another machine, but the steps read and write the database host\'s folders (postgres:backupDir, postgres:dataRoot) on the machine that runs pulumi up: run pulumi up on the database host itself, with docker:host unset (a remote Docker engine is not supported yet)',
-        ],
-        [
-            "docker:host naming another local socket, which the steps would not use",
-            { version: "15", "docker:host": "unix:///run/user/1000/docker.sock" },
-            "pw",
-            'docker:host is "unix:///run/user/1000/docker.sock" but the steps do not read docker:host: unset it and export DOCKER_HOST=unix:///run/user/1000/docker.sock in the shell that runs pulumi up (the Docker provider reads it too)',
+            'docker:host is "matrix.example.org" but it must be a unix://, ssh:// or tcp:// address of a Docker engine (for example ssh://admin@matrix.example.org)',
         ],
     ];
     for (const [what, config, password, message] of cases) {
@@ -928,9 +922,22 @@ describe("bad stack config is refused before anything is declared", () => {
         });
     }
 
-    it("takes docker:host naming the default local socket, the one the steps reach", async () => {
-        const declared = await declare({ version: "15", "docker:host": "unix:///var/run/docker.sock" });
-        assert.ok(declared.find("pg15"));
+    it("gives docker:host to every step as DOCKER_HOST, beside the password where a step has it", async () => {
+        const host = "ssh://admin@matrix.example.org";
+        for (const config of [{ ...DEPLOY_15, settings: '{"work_mem":"16MB"}' }, UPGRADE_17]) {
+            const declared = await declare({ ...config, "docker:host": host });
+            const commands = declared.resources.filter((r) => r.type === "command:local:Command");
+            assert.ok(commands.length >= 3, declared.names().join(", "));
+            for (const c of commands) {
+                const env = unwrapSecrets(c.inputs).environment ?? {};
+                assert.equal(env.DOCKER_HOST, host, `${c.name}'s environment`);
+            }
+        }
+        const upgrade = await declare({ ...UPGRADE_17, "docker:host": host });
+        assert.equal(plain(upgrade, "upgrade-15-to-17-dump").environment.SYNAPSE_PG_PASSWORD, "synapse-secret");
+        // Without it, no step names an engine: the docker CLI's own choice (DOCKER_HOST, a context) holds.
+        const local = await declare(UPGRADE_17);
+        for (const r of local.resources) assert.equal(unwrapSecrets(r.inputs).environment?.DOCKER_HOST, undefined);
     });
 
     it("lists every problem at once", async () => {
