@@ -3,7 +3,8 @@
 // Passwords come only from the environment (SYNAPSE_PG_PASSWORD), never from a flag.
 import { liftFence } from "../switch/fence";
 import { PASSWORD_ENV } from "../names";
-import { requireLocalEngine } from "../docker/engine";
+import { dockerEndpoint, engineLost, isLocalEndpoint, requireReachable } from "../docker/engine";
+import { chooseHostFolders } from "../host/choose";
 import { ProcessError } from "../docker/process";
 import { StepError } from "../step-error";
 import { parseContainerList, startSynapse, stopSynapse } from "../switch/synapse";
@@ -57,9 +58,11 @@ async function backToOldCluster(old: string | undefined, synapse: string[]): Pro
 async function runStep(name: string, step: Step, argv: string[], out: Out): Promise<void> {
     let flags: Flags | undefined;
     let synapse: string[] = [];
-    // Before the step's own try: with another machine's engine, not even Synapse is started again.
+    let endpoint: string;
+    // Before the step's own try: with an engine it cannot reach, not even Synapse is started again.
     try {
-        await requireLocalEngine();
+        endpoint = await dockerEndpoint();
+        if (!isLocalEndpoint(endpoint)) await requireReachable(endpoint);
     } catch (err) {
         console.error(`synapse-pg ${name}: ${(err as Error).message}`);
         process.exitCode = 1;
@@ -67,6 +70,12 @@ async function runStep(name: string, step: Step, argv: string[], out: Out): Prom
     }
     try {
         flags = parseFlags(flagsOf(step), argv);
+        const engineHere = isLocalEndpoint(endpoint);
+        chooseHostFolders(
+            engineHere,
+            [flags.opt("old"), flags.opt("container"), flags.opt("new")],
+            [flags.opt("image")],
+        );
         synapse = parseContainerList(flags.opt("synapse"));
         if (step.stopsSynapse === "before" && synapse.length) {
             const stopped = await stopSynapse(synapse);
@@ -74,6 +83,13 @@ async function runStep(name: string, step: Step, argv: string[], out: Out): Prom
         }
         await step.run(flags, out);
     } catch (err) {
+        // Nothing more can be done on an engine that no longer answers, not even starting Synapse again.
+        const lost = isLocalEndpoint(endpoint) ? undefined : await engineLost(endpoint);
+        if (lost) {
+            console.error(`synapse-pg ${name}: ${lost}`);
+            process.exitCode = 1;
+            return;
+        }
         let message =
             err instanceof StepError || err instanceof ProcessError
                 ? err.message

@@ -1,24 +1,45 @@
-// Where the Docker engine is. The steps read and write the database host's folders (postgres:backupDir, a
-// postgres:dataRoot folder, pg_upgrade's flag, the rehearsal's work folder) with this machine's file system and
-// bind-mount them into containers, so the engine must run here: an engine on another machine (docker:host,
-// DOCKER_HOST or a docker context naming ssh:// or tcp://) would get our containers while the folders are written
-// on the wrong machine. Until the steps do every host path through the engine, that is refused before anything runs.
-import { run } from "./process";
+// Where the Docker engine is: on this machine (a unix socket) or on another one (ssh:// or tcp://, from
+// DOCKER_HOST, which the program sets from docker:host, or from a docker context). Decides how the steps reach the
+// database host's folders (host/choose.ts): a remote engine's folders are on its machine, not on this one.
+import { ProcessError, run } from "./process";
 import { StepError } from "../step-error";
 
 /** The endpoint the docker CLI uses: DOCKER_HOST when set, else the current context's. */
-async function dockerEndpoint(): Promise<string> {
+export async function dockerEndpoint(): Promise<string> {
     const { stdout } = await run("docker", ["context", "inspect", "--format", "{{.Endpoints.docker.Host}}"]);
     return stdout.trim();
 }
 
-/** A local socket is this machine's engine; anything else is refused with the way out. */
-function remoteEngineRefusal(endpoint: string): string | undefined {
-    if (endpoint.startsWith("unix://")) return undefined;
-    return `Docker is reached at ${endpoint}, not through a socket on this machine, but the steps read and write the database host's folders (postgres:backupDir, postgres:dataRoot) on the machine they run on, so nothing was run: run pulumi up on the database host itself, with DOCKER_HOST and docker:host unset (a remote Docker engine is not supported yet).`;
+/** A local socket is this machine's engine (a socket forwarded from elsewhere: set SYNAPSE_PG_HOST_FOLDERS=engine). */
+export function isLocalEndpoint(endpoint: string): boolean {
+    return endpoint.startsWith("unix://") || endpoint.startsWith("npipe://");
 }
 
-export async function requireLocalEngine(): Promise<void> {
-    const refusal = remoteEngineRefusal(await dockerEndpoint());
-    if (refusal) throw new StepError(refusal);
+/**
+ * One round trip to an engine on another machine before a step does anything: unreachable (ssh refused, a wrong
+ * key, no docker there), the step fails in one sentence before it stops Synapse or touches a container.
+ */
+export async function requireReachable(endpoint: string): Promise<void> {
+    try {
+        await run("docker", ["version", "--format", "{{.Server.Version}}"]);
+    } catch (err) {
+        const said = err instanceof ProcessError ? err.stderrTail : (err as Error).message;
+        // The docker CLI wraps ssh's own words in a long sentence of its own; ssh's are the ones that help.
+        const why = said.match(/stderr=(.*)$/s)?.[1]?.trim() || said.trim().split("\n").pop();
+        throw new StepError(`The Docker engine at ${endpoint} cannot be reached, so nothing was run: ${why}`);
+    }
+}
+
+/**
+ * After a failure against an engine on another machine: when the engine no longer answers, the step's one sentence
+ * says the connection was lost (undefined while it answers). What the step began stays as a killed step leaves it.
+ */
+export async function engineLost(endpoint: string): Promise<string | undefined> {
+    try {
+        await requireReachable(endpoint);
+        return undefined;
+    } catch (err) {
+        const why = (err as Error).message.replace(/^.*so nothing was run: /s, "");
+        return `The connection to the Docker engine at ${endpoint} was lost during the step (${why}); nothing was switched: once it answers again, pulumi up again finishes or redoes what the step began.`;
+    }
 }
