@@ -2,7 +2,8 @@
 # Builds the test stand-ins for the official postgres image, synapse-pg-test/postgres:<major>, from Debian's own
 # packages (no registry can be reached here): debootstrap of the release that ships that major, then docker import.
 #   15 <- bookworm, 17 <- trixie, 18 <- forky
-# and a real Synapse, synapse-pg-test/synapse, from Debian sid's matrix-synapse (images/synapse/start.py).
+# and a real Synapse, synapse-pg-test/synapse, from Debian sid's matrix-synapse (images/synapse/start.py), and a
+# Docker engine reached over SSH, synapse-pg-test/engine (images/engine/start.sh).
 # Arguments: the majors and/or "synapse" to build (default: all). The Debian archive is the one this machine's
 # apt uses (scripts/debian-mirror.sh).
 # A built image carries a label with the hash of this script and the entrypoint; a second run with the same
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 CACHE=${SYNAPSE_PG_IMAGE_CACHE:-/var/cache/synapse-pg-test}
 MIRROR=$(bash scripts/debian-mirror.sh)
-TARGETS=${*:-15 17 18 synapse}
+TARGETS=${*:-15 17 18 synapse engine}
 mkdir -p "$CACHE"
 
 # The image label follows everything that shapes an image; the cached root file system only what goes into it.
@@ -146,13 +147,47 @@ build_synapse() {
 	echo "build-test-images: built $tag from sid ($(synapse_version "$tarball"))"
 }
 
+# The "database host" of the remote-engine tests: Docker and an SSH server on bookworm, started privileged with a
+# volume for its /var/lib/docker (images/engine/start.sh). About 3 minutes and 300 MB fresh.
+build_engine() {
+	local tag=synapse-pg-test/engine hash tarball rootfs ctx
+	hash=$(cat scripts/build-test-images.sh images/engine/start.sh | sha256sum | cut -c1-16)
+	is_current "$tag" "$hash" && return 0
+	tarball="$CACHE/rootfs-bookworm-engine-1.tar"
+	if [ ! -s "$tarball" ]; then
+		rootfs=$(mktemp -d "$CACHE/rootfs-bookworm-engine.XXXX")
+		echo "build-test-images: debootstrap bookworm with docker.io and openssh-server (a few minutes)"
+		debootstrap_into "$rootfs" bookworm docker.io,openssh-server,iproute2,procps bookworm-engine || return 1
+		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
+		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+		rm -rf "$rootfs"
+	fi
+	ctx=$(mktemp -d)
+	mkdir -p "$ctx/usr/local/bin"
+	install -m 0755 images/engine/start.sh "$ctx/usr/local/bin/engine-start"
+	cp "$tarball" "$ctx.tar" && tar -C "$ctx" -rf "$ctx.tar" ./usr/local/bin/engine-start
+	docker import \
+		--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		--change "VOLUME /var/lib/docker" \
+		--change "EXPOSE 22" \
+		--change "LABEL synapse-pg-test.inputs=$hash" \
+		--change 'ENTRYPOINT ["/usr/local/bin/engine-start"]' \
+		"$ctx.tar" "$tag" >/dev/null
+	rm -rf "$ctx" "$ctx.tar"
+	echo "build-test-images: built $tag from bookworm"
+}
+
 synapse_version() {
 	tar -xOf "$1" ./var/lib/dpkg/status | awk '/^Package: matrix-synapse$/ { found = 1 } found && /^Version:/ { print "matrix-synapse " $2; exit }'
 }
 
 pids=()
 for target in $TARGETS; do
-	if [ "$target" = synapse ]; then build_synapse & else build_one "$target" & fi
+	case "$target" in
+		synapse) build_synapse & ;;
+		engine) build_engine & ;;
+		*) build_one "$target" & ;;
+	esac
 	pids+=($!)
 done
 status=0
