@@ -35,6 +35,8 @@ export interface StackConfig {
     adopt?: string;
     /** Host folder for dumps; required while upgradeFrom is set. */
     backupDir?: string;
+    /** A folder on the machine that runs pulumi up for a second copy of each dump, checked against its sha256. */
+    backupCopyDir?: string;
     /**
      * How the data moves: pg_upgrade (pg_upgrade --link on a standby copy made before the downtime, or --copy of
      * the old data; the fastest), directory (parallel dump and restore) or dumpall (the guide's single script).
@@ -135,6 +137,13 @@ const schema = z
         backupDir: z
             .string()
             .regex(/^\/[^\s:]*$/, "must be an absolute host folder without spaces or colons, like /srv/synapse/backups")
+            .optional(),
+        backupCopyDir: z
+            .string()
+            .regex(
+                /^\/[^\s:]*$/,
+                "must be an absolute folder on the machine that runs pulumi up, without spaces or colons, like /home/admin/synapse-dumps",
+            )
             .optional(),
         // No default here: unset means pg_upgrade for a new upgrade, and the method of an upgrade already under way
         // (stack.ts asks the step runner), so that stacks mid-upgrade under the old default are not re-planned.
@@ -309,6 +318,7 @@ export function parseConfig(
         hostAlias: c.hostAlias,
         adopt: c.adopt,
         backupDir: c.backupDir,
+        backupCopyDir: c.backupCopyDir,
         method: c.method,
         synapseContainers: c.synapseContainers ?? [],
         attempt: Number(c.attempt),

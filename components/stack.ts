@@ -184,6 +184,11 @@ function declareUpgrade(cfg: StackConfig, common: CommonArgs, from: From, adopte
             `Invalid stack configuration:\n  - postgres:backupDir is required while upgrading from ${from.major} with method ${method}: the host folder the dump is written to`,
         );
     }
+    if (cfg.backupCopyDir !== undefined && method === "pg_upgrade") {
+        throw new Error(
+            `Invalid stack configuration:\n  - postgres:backupCopyDir is set but method pg_upgrade writes no dump to copy: set postgres:method to directory or dumpall, or remove backupCopyDir`,
+        );
+    }
     const old = new Cluster(`pg${from.major}`, {
         ...common,
         adopt: adopted?.container,
@@ -211,7 +216,8 @@ function declareUpgrade(cfg: StackConfig, common: CommonArgs, from: From, adopte
     });
     const upgrade = new MajorUpgrade(name, {
         ...{ fromContainer: old.containerName, toMajor: target, toImage, toData, stagingContainer: names.staging },
-        ...{ backupDir: cfg.backupDir, method, synapseContainers: cfg.synapseContainers, attempt: cfg.attempt },
+        ...{ backupDir: cfg.backupDir, backupCopyDir: cfg.backupCopyDir, method },
+        ...{ synapseContainers: cfg.synapseContainers, attempt: cfg.attempt },
         ...{ loginUser: common.user, loginDatabase: common.database, password: cfg.password },
         dockerHost: cfg.dockerHost,
         ...{ settings: cfg.settings, dropSettings: cfg.dropSettings, dropAccessRules: cfg.dropAccessRules },

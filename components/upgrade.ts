@@ -22,6 +22,8 @@ export interface MajorUpgradeArgs {
     stagingContainer: string;
     /** Host folder for the dump (dump methods only). */
     backupDir?: string;
+    /** A folder where pulumi up runs for a checked copy of the dump (dump methods only). */
+    backupCopyDir?: string;
     method: UpgradeMethod;
     /** The role and database Synapse logs in with, checked by verify with the password. */
     loginUser: pulumi.Input<string>;
@@ -172,8 +174,9 @@ function sharedLines(args: MajorUpgradeArgs, readsInPreflight: Record<string, pu
 function dumpLines(args: MajorUpgradeArgs, dumpName: string, backupFile: string): Partial<Record<Step, StepLine>> {
     const old = args.fromContainer;
     const newCluster = { image: args.toImage, data: formatDataLocation(args.toData), major: args.toMajor };
+    const copy: Record<string, string> = args.backupCopyDir ? { "backup-copy-dir": args.backupCopyDir } : {};
     return {
-        ...sharedLines(args, args.backupDir ? { "backup-dir": args.backupDir } : {}),
+        ...sharedLines(args, { ...(args.backupDir ? { "backup-dir": args.backupDir } : {}), ...copy }),
         dump: {
             // The new major's pg_dump, as PostgreSQL recommends for upgrades.
             create: stepCommand("dump", {
@@ -182,6 +185,7 @@ function dumpLines(args: MajorUpgradeArgs, dumpName: string, backupFile: string)
                 name: dumpName,
                 method: args.method,
                 "tool-image": args.toImage,
+                ...copy,
             }),
             environment: secretEnv(args),
         },

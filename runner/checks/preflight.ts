@@ -1,6 +1,7 @@
 // preflight: everything that can be known before Synapse's database is touched. It changes nothing but creating
 // postgres:backupDir when that is missing; each problem is one sentence saying what is wrong and what to do.
 import { requireUpgradeWhereItBegan } from "../target/where-it-began";
+import { checkCopyDir } from "../dump/copy";
 import { checkBackupSpace, ensureBackupDir } from "../dump/dump";
 import { formatBytes } from "../host";
 import { hostFolders } from "../host/folders";
@@ -25,6 +26,8 @@ export interface PreflightInput {
     targetData: DataLocation;
     /** backupDir, to check free space for the dump. */
     backupDir?: string;
+    /** backupCopyDir, on the machine the step runs on: created, and checked for space for the dump's copy. */
+    backupCopyDir?: string;
     /** The staging container prepare made (method pg_upgrade): its marker is read through it, quickly. */
     staging?: string;
     /** Synapse's login and postgres:password: the new cluster gets the old one's password hashes. */
@@ -185,6 +188,7 @@ export async function preflight(input: PreflightInput): Promise<PreflightResult>
             ? await dataBytes(input.targetData, input.targetMajor, input.targetImage)
             : 0;
     await checkSpace(input, databasesBytes, { restoreWal: input.backupDir !== undefined, setAsideBytes });
+    if (input.backupCopyDir) await checkCopyDir(input.backupCopyDir, databasesBytes);
     const state = describeTarget(input, target);
     return {
         sourceVersion: version.text,

@@ -7,6 +7,7 @@ import { formatBytes } from "../host";
 import { requireContainer, resumeStaging, superuserOf } from "../docker/containers";
 import { runPgUpgrade } from "../pg-upgrade/upgrade";
 import { preflight } from "../checks/preflight";
+import { copyDump } from "../dump/copy";
 import { restoreCluster } from "../dump/restore";
 import { StepError } from "../step-error";
 import { parseContainerList, requireCopyAfterSynapse } from "../switch/synapse";
@@ -32,6 +33,10 @@ export const DOWNTIME: Record<string, Step> = {
             image: { help: "the image of the new major", was: ["target-image"] },
             data: { ...NEW_CLUSTER.data, was: ["target-data"] },
             "backup-dir": { help: "where the dump will go, to check its free space", optional: true },
+            "backup-copy-dir": {
+                help: "where the dump's copy will go on this machine, to check its free space",
+                optional: true,
+            },
             new: {
                 help: "the staging container prepare made (method pg_upgrade), read instead of the data location",
                 optional: true,
@@ -57,6 +62,7 @@ export const DOWNTIME: Record<string, Step> = {
                 targetImage: f.str("image"),
                 targetData: parseDataLocation(f.str("data")),
                 backupDir: f.opt("backup-dir"),
+                backupCopyDir: f.opt("backup-copy-dir"),
                 staging: f.opt("new"),
             });
             if (f.on("json")) return out(JSON.stringify(r, null, 2));
@@ -79,6 +85,10 @@ export const DOWNTIME: Record<string, Step> = {
                 optional: true,
             },
             "tool-image": { help: "image whose pg_dump to use (default: the old container's)", optional: true },
+            "backup-copy-dir": {
+                help: "a folder on this machine for a second copy of the dump, checked against the manifest's sha256",
+                optional: true,
+            },
         },
         async run(f, out) {
             const r = await dumpCluster({
@@ -98,6 +108,9 @@ export const DOWNTIME: Record<string, Step> = {
                 out(
                     `dump: the old cluster runs image ${r.manifest.source.pinned}; a revert is checked to run exactly this one.`,
                 );
+            const copyDir = f.opt("backup-copy-dir");
+            if (copyDir !== undefined)
+                out(`dump: copied to ${await copyDump(r.path, r.manifest, copyDir)} on this machine, sha256 matched`);
             out(r.path);
         },
     },

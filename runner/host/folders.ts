@@ -52,6 +52,8 @@ export interface HostFolders {
     readInto(file: string, sink: Writable): Promise<void>;
     /** `source` into a new 0600 file. */
     writeFrom(file: string, source: Readable): Promise<void>;
+    /** A tar stream of `root` (a file or a folder) into `sink`, its entries named from root's basename. */
+    readTree(root: string, sink: Writable): Promise<void>;
 }
 
 let current: HostFolders | undefined;

@@ -5,6 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { run } from "../docker/process";
 import { HashedFile, HostFolders, HostStat } from "./folders";
 
 async function stat(p: string): Promise<HostStat | undefined> {
@@ -85,5 +86,8 @@ export const LOCAL_FOLDERS: HostFolders = {
     },
     async writeFrom(file: string, source: Readable) {
         await pipeline(source, createWriteStream(file, { mode: 0o600 }));
+    },
+    async readTree(root: string, sink: Writable) {
+        await run("tar", ["-C", path.dirname(root), "-cf", "-", path.basename(root)], { stdout: sink });
     },
 };

@@ -134,4 +134,8 @@ export class EngineFolders implements HostFolders {
     async writeFrom(file: string, source: Readable): Promise<void> {
         await this.sh(`umask 077; cat > "$1"`, [file], { stdin: source });
     }
+
+    async readTree(root: string, sink: Writable): Promise<void> {
+        await this.sh(`cd "$(dirname "$1")"; tar -cf - "$(basename "$1")"`, [root], { stdout: sink });
+    }
 }

@@ -6,7 +6,9 @@ import { promises as fs } from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { PassThrough, Readable, Writable } from "node:stream";
-import { HostFolders } from "../../runner/host/folders";
+import { copyDump } from "../../runner/dump/copy";
+import { DumpManifest } from "../../runner/dump/manifest";
+import { HostFolders, useHostFolders } from "../../runner/host/folders";
 import { LOCAL_FOLDERS } from "../../runner/host/local";
 import { EngineFolders } from "../../runner/host/through-engine";
 import { requireDockerAndImages, TEST_IMAGE } from "./docker-env";
@@ -108,6 +110,26 @@ describe("the database host's folders, through this machine or through the engin
             await host.remove(path.join(root, "not-there"));
             await assert.rejects(fs.stat(base));
             await assert.rejects(fs.stat(temp));
+        });
+
+        it(`${way}: the dump copied to this machine (backupCopyDir) is the dump, file for file`, async () => {
+            const names = ["dump/db0/empty.dat", "dump/db0/toc.dat", "dump/globals.sql"];
+            const sums = await LOCAL_FOLDERS.hash(names.map((n) => path.join(root, n)));
+            const files = sums.map((h, i) => ({ path: names[i], bytes: h.bytes, sha256: h.sha256 }));
+            const manifest = { dump: "dump", files, bytes: binary.length + 15 } as DumpManifest;
+            const copies = path.join(root, `copies-${way.replace(/\W+/g, "-")}`);
+            useHostFolders(host);
+            try {
+                assert.equal(await copyDump(path.join(root, "dump"), manifest, copies), path.join(copies, "dump"));
+            } finally {
+                useHostFolders(LOCAL_FOLDERS);
+            }
+            const copied = await LOCAL_FOLDERS.hash(names.map((n) => path.join(copies, n)));
+            assert.deepEqual(
+                copied.map((h) => h.sha256),
+                sums.map((h) => h.sha256),
+            );
+            assert.deepEqual((await fs.readdir(copies)).sort(), ["dump", "dump.json"]);
         });
     }
 });

@@ -1,14 +1,17 @@
 // pulumi up from a workstation against the database host's Docker engine over SSH (docker:host ssh://...): the
 // whole lifecycle runs on the other machine's engine and file system. Deploy 15 into a dataRoot folder there, upgrade
-// to 17 by dump (the connection lost half-way, then the upgrade run again), revert, upgrade again by pg_upgrade (the reverted 17 set aside beside itself there), retire 15.
+// to 17 by dump (the connection lost half-way, then the upgrade run again; the dump also copied to this machine), revert, upgrade again by pg_upgrade (the reverted 17 set aside beside itself there), retire 15.
 // The data is compared row for row through an SSH tunnel to the published port; the folders the config names must
 // exist on the engine's machine and never on this one.
 import { strict as assert } from "node:assert";
 import { promises as fs } from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { declare } from "../fixtures/pulumi-graph";
 import { seedSynapse } from "../fixtures/seed";
 import { ClusterSnapshot, logicalContent, snapshotCluster } from "../fixtures/snapshot";
 import { run } from "../../runner/docker/process";
+import { LOCAL_FOLDERS } from "../../runner/host/local";
 import { sleep } from "../../runner/host";
 import { Applier } from "./applier";
 import { containerState, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
@@ -45,6 +48,8 @@ describe("a Docker engine on another machine, over SSH (docker:host): upgrade, r
     const login = { port: TUNNEL, user: "synapse", password: PASSWORD };
     const applier = new Applier();
     let base: Record<string, string>;
+    /** postgres:backupCopyDir: a folder of this machine, the workstation's copy of the dump. */
+    let copies: string;
     const up = async (config: Record<string, string>) => applier.up(await declare({ ...base, ...config }, PASSWORD));
     const onEngineHost = (script: string) => engine!.onHost(script);
     /** The connection cut a second after the step's process started (bounded: 60 s to see it start). */
@@ -66,6 +71,7 @@ describe("a Docker engine on another machine, over SSH (docker:host): upgrade, r
             throw new Error(`${ENGINE_IMAGE} is missing: run npm run images (scripts/build-test-images.sh engine).`);
         });
         assert.ok(await absentHere(ROOT), `${ROOT} exists on this machine before the test; remove it`);
+        copies = path.join(await fs.mkdtemp(path.join(os.tmpdir(), PREFIX)), "copies");
         engine = await startRemoteEngine(PREFIX, [15, 17]);
         Object.assign(process.env, engine.env);
         await run("docker", ["network", "create", `${PREFIX}net`]);
@@ -87,6 +93,7 @@ describe("a Docker engine on another machine, over SSH (docker:host): upgrade, r
             else process.env[k] = v;
         }
         await engine?.remove();
+        if (copies) await fs.rm(path.dirname(copies), { recursive: true, force: true });
     });
 
     it("deploys 15 into a dataRoot folder of the engine's machine", async () => {
@@ -100,7 +107,7 @@ describe("a Docker engine on another machine, over SSH (docker:host): upgrade, r
     });
 
     it("upgrades 15 -> 17 by dump with the SSH connection lost during the dump: that step fails in one sentence and nothing is lost; reconnected, pulumi up again completes", async () => {
-        const config = { version: "17", upgradeFrom: "15", method: "directory" };
+        const config = { version: "17", upgradeFrom: "15", method: "directory", backupCopyDir: copies };
         const cutting = cutDuring("dump");
         await assert.rejects(up(config), (err: Error & { stderr?: string }) => {
             assert.match(err.message, /synapse-pg dump/, err.message);
@@ -132,7 +139,25 @@ describe("a Docker engine on another machine, over SSH (docker:host): upgrade, r
             manifest.files.map((f: any) => `${f.sha256}  ${f.path}`),
             "the manifest's sums are those of the files on the engine's machine",
         );
+        await assertCopyHere(manifest);
     });
+
+    /** The workstation's copy: the engine's manifest, and files whose sums (taken here) it lists; all private. */
+    async function assertCopyHere(manifest: { files: { path: string; sha256: string }[] }): Promise<void> {
+        const copied = JSON.parse(await fs.readFile(path.join(copies, "upgrade-15-to-17.json"), "utf8"));
+        assert.deepEqual(copied, manifest, "the copy's manifest is the engine's");
+        const files = await LOCAL_FOLDERS.listFiles(path.join(copies, "upgrade-15-to-17"));
+        assert.deepEqual(files, manifest.files.map((f) => path.join(copies, f.path)).sort());
+        const hashed = await LOCAL_FOLDERS.hash(manifest.files.map((f) => path.join(copies, f.path)));
+        assert.deepEqual(
+            hashed.map((h) => h.sha256),
+            manifest.files.map((f) => f.sha256),
+        );
+        const modes = async (p: string) => ((await fs.stat(p)).mode & 0o777).toString(8);
+        const named = ["", "/upgrade-15-to-17", "/upgrade-15-to-17.json", "/upgrade-15-to-17/globals.sql"];
+        assert.deepEqual(await Promise.all(named.map((n) => modes(copies + n))), ["700", "700", "600", "600"]);
+        assert.deepEqual((await fs.readdir(copies)).sort(), ["upgrade-15-to-17", "upgrade-15-to-17.json"]);
+    }
 
     it("reverts to 15: the old cluster serves exactly the data it had", async () => {
         await up({ version: "15" });

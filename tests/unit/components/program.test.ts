@@ -483,6 +483,15 @@ describe("dump method", () => {
         );
         assert.equal(d.outputs.backupFile, `${BACKUPS}/upgrade-15-to-17.sql`);
     });
+
+    it("copies the dump to postgres:backupCopyDir: preflight checks that folder's space, dump copies and checks", async () => {
+        const d = await declare({ ...UPGRADE_17, backupCopyDir: "/home/admin/dumps" });
+        const copy = " --backup-copy-dir /home/admin/dumps";
+        assert.ok(d.byName("upgrade-15-to-17-preflight").inputs.create.includes(` --backup-dir ${BACKUPS}${copy} `));
+        assert.ok(d.byName("upgrade-15-to-17-dump").inputs.create.endsWith(`--tool-image postgres:17-alpine${copy}`));
+        for (const step of ["restore", "copy-config", "verify", "cutover"])
+            assert.ok(!d.byName(`upgrade-15-to-17-${step}`).inputs.create.includes(copy), step);
+    });
 });
 
 describe("postgres:dropSettings", () => {
@@ -904,6 +913,18 @@ describe("bad stack config is refused before anything is declared", () => {
             { version: "15", settings: '{"shared_buffers":"lots"}' },
             "pw",
             'postgres:settings is "{"shared_buffers":"lots"}" but has shared_buffers = "lots", which must be a size like 512MB or 2GB (the container\'s shared memory follows it)',
+        ],
+        [
+            "a relative backupCopyDir",
+            { version: "17", upgradeFrom: "15", method: "directory", backupDir: BACKUPS, backupCopyDir: "copies" },
+            "pw",
+            'postgres:backupCopyDir is "copies" but must be an absolute folder on the machine that runs pulumi up, without spaces or colons, like /home/admin/synapse-dumps',
+        ],
+        [
+            "a backupCopyDir with method pg_upgrade, which writes no dump",
+            { version: "17", upgradeFrom: "15", method: "pg_upgrade", backupCopyDir: "/home/admin/dumps" },
+            "pw",
+            "postgres:backupCopyDir is set but method pg_upgrade writes no dump to copy: set postgres:method to directory or dumpall, or remove backupCopyDir",
         ],
         [
             "a docker:host that is not the address of a Docker engine",
