@@ -114,27 +114,38 @@ build_one() {
 	echo "build-test-images: built $tag from $release"
 }
 
+# A debootstrap of <release> with <packages>, made once and cached as <tarball> (apt's caches left out).
+cache_rootfs() {
+	local tarball=$1 release=$2 packages=$3 label=$4 rootfs
+	[ -s "$tarball" ] && return 0
+	rootfs=$(mktemp -d "$CACHE/rootfs-$label.XXXX")
+	echo "build-test-images: debootstrap $release with $packages (a few minutes)"
+	debootstrap_into "$rootfs" "$release" "$packages" "$label" || return 1
+	rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
+	tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+	rm -rf "$rootfs"
+}
+
+# A copy of <tarball> with <script> as /usr/local/bin/<name>, since docker import has no COPY; prints its path.
+with_entrypoint() {
+	local tarball=$1 script=$2 name=$3 ctx
+	ctx=$(mktemp -d)
+	mkdir -p "$ctx/usr/local/bin"
+	install -m 0755 "$script" "$ctx/usr/local/bin/$name"
+	cp "$tarball" "$ctx.tar" && tar -C "$ctx" -rf "$ctx.tar" "./usr/local/bin/$name"
+	rm -rf "$ctx"
+	echo "$ctx.tar"
+}
+
 # A real Synapse: debootstrap does not resolve virtual packages, so python3-cffi-backend is named; psycopg2 is
 # only a recommendation of the package. About 5 minutes and 430 MB fresh.
 build_synapse() {
-	local tag=synapse-pg-test/synapse hash tarball rootfs
+	local tag=synapse-pg-test/synapse hash tarball image
 	hash=$(cat scripts/build-test-images.sh images/synapse/start.py | sha256sum | cut -c1-16)
 	is_current "$tag" "$hash" && return 0
 	tarball="$CACHE/rootfs-sid-synapse-1.tar"
-	if [ ! -s "$tarball" ]; then
-		rootfs=$(mktemp -d "$CACHE/rootfs-sid-synapse.XXXX")
-		echo "build-test-images: debootstrap sid with matrix-synapse (about 5 minutes)"
-		debootstrap_into "$rootfs" sid matrix-synapse,python3-cffi-backend,python3-psycopg2 sid-synapse || return 1
-		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
-		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
-		rm -rf "$rootfs"
-	fi
-	local ctx
-	ctx=$(mktemp -d)
-	# The entrypoint goes in with the import's root file system: docker import has no COPY.
-	mkdir -p "$ctx/usr/local/bin"
-	install -m 0755 images/synapse/start.py "$ctx/usr/local/bin/synapse-test-start"
-	cp "$tarball" "$ctx.tar" && tar -C "$ctx" -rf "$ctx.tar" ./usr/local/bin/synapse-test-start
+	cache_rootfs "$tarball" sid matrix-synapse,python3-cffi-backend,python3-psycopg2 sid-synapse || return 1
+	image=$(with_entrypoint "$tarball" images/synapse/start.py synapse-test-start)
 	docker import \
 		--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
 		--change "ENV LANG=C.UTF-8" \
@@ -142,38 +153,28 @@ build_synapse() {
 		--change "EXPOSE 8008" \
 		--change "LABEL synapse-pg-test.inputs=$hash" \
 		--change 'ENTRYPOINT ["/usr/local/bin/synapse-test-start"]' \
-		"$ctx.tar" "$tag" >/dev/null
-	rm -rf "$ctx" "$ctx.tar"
+		"$image" "$tag" >/dev/null
+	rm -f "$image"
 	echo "build-test-images: built $tag from sid ($(synapse_version "$tarball"))"
 }
 
-# The "database host" of the remote-engine tests: Docker and an SSH server on bookworm, started privileged with a
-# volume for its /var/lib/docker (images/engine/start.sh). About 3 minutes and 300 MB fresh.
+# The "database host" of the remote-engine tests: Docker and an SSH server on bookworm, started with a volume for
+# its /var/lib/docker (images/engine/start.sh). About 3 minutes and 300 MB fresh.
 build_engine() {
-	local tag=synapse-pg-test/engine hash tarball rootfs ctx
+	local tag=synapse-pg-test/engine hash tarball image
 	hash=$(cat scripts/build-test-images.sh images/engine/start.sh | sha256sum | cut -c1-16)
 	is_current "$tag" "$hash" && return 0
 	tarball="$CACHE/rootfs-bookworm-engine-1.tar"
-	if [ ! -s "$tarball" ]; then
-		rootfs=$(mktemp -d "$CACHE/rootfs-bookworm-engine.XXXX")
-		echo "build-test-images: debootstrap bookworm with docker.io and openssh-server (a few minutes)"
-		debootstrap_into "$rootfs" bookworm docker.io,openssh-server,iproute2,procps bookworm-engine || return 1
-		rm -rf "$rootfs/var/cache/apt/archives"/*.deb "$rootfs/var/lib/apt/lists"/*
-		tar -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
-		rm -rf "$rootfs"
-	fi
-	ctx=$(mktemp -d)
-	mkdir -p "$ctx/usr/local/bin"
-	install -m 0755 images/engine/start.sh "$ctx/usr/local/bin/engine-start"
-	cp "$tarball" "$ctx.tar" && tar -C "$ctx" -rf "$ctx.tar" ./usr/local/bin/engine-start
+	cache_rootfs "$tarball" bookworm docker.io,openssh-server,iproute2,procps bookworm-engine || return 1
+	image=$(with_entrypoint "$tarball" images/engine/start.sh engine-start)
 	docker import \
 		--change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
 		--change "VOLUME /var/lib/docker" \
 		--change "EXPOSE 22" \
 		--change "LABEL synapse-pg-test.inputs=$hash" \
 		--change 'ENTRYPOINT ["/usr/local/bin/engine-start"]' \
-		"$ctx.tar" "$tag" >/dev/null
-	rm -rf "$ctx" "$ctx.tar"
+		"$image" "$tag" >/dev/null
+	rm -f "$image"
 	echo "build-test-images: built $tag from bookworm"
 }
 
