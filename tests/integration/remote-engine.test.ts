@@ -15,7 +15,7 @@ import { LOCAL_FOLDERS } from "../../runner/host/local";
 import { sleep } from "../../runner/host";
 import { Applier } from "./applier";
 import { containerState, requireDockerAndImages, TEST_IMAGE } from "./docker-env";
-import { ENGINE_IMAGE, RemoteEngine, startRemoteEngine } from "./remote-engine";
+import { ENGINE_IMAGE, HERE, RemoteEngine, startRemoteEngine } from "./remote-engine";
 
 const PREFIX = "sptest-remote-";
 const PASSWORD = "remote-Pässword-1";
@@ -26,6 +26,17 @@ const TUNNEL = 25492;
 const ROOT = "/srv/sptest-remote";
 const DATA_ROOT = `${ROOT}/data`;
 const BACKUPS = `${ROOT}/backups`;
+
+/** The Pulumi CLI as first-run.sh calls it: a stack whose docker:host is STUB_ENGINE; `up` only says where it ran. */
+const PULUMI_STUB = `#!/bin/sh
+case "$*" in
+  whoami|"stack select --create dev"|"config get postgres:password") ;;
+  "config get docker:host") echo "$STUB_ENGINE" ;;
+  "config get postgres:network") echo "$STUB_NETWORK" ;;
+  up) echo "up against $DOCKER_HOST" >> "$STUB_LOG" ;;
+  *) echo "unexpected: pulumi $*" >&2; exit 1 ;;
+esac
+`;
 
 /** ps on this machine: whether a step's process runs now. */
 async function stepRunning(step: string): Promise<boolean> {
@@ -94,6 +105,24 @@ describe("a Docker engine on another machine, over SSH (docker:host): upgrade, r
         }
         await engine?.remove();
         if (copies) await fs.rm(path.dirname(copies), { recursive: true, force: true });
+    });
+
+    it("first-run.sh makes Synapse's network on the stack's engine (docker:host), not on this machine", async () => {
+        const bin = await fs.mkdtemp(path.join(os.tmpdir(), `${PREFIX}pulumi-`));
+        const network = `${PREFIX}first-run`;
+        await fs.writeFile(path.join(bin, "pulumi"), PULUMI_STUB, { mode: 0o755 });
+        const env = { PATH: `${bin}:${engine!.env.PATH}`, DOCKER_HOST: "", STUB_NETWORK: network };
+        try {
+            await run("bash", ["scripts/first-run.sh"], {
+                env: { ...env, STUB_ENGINE: engine!.dockerHost, STUB_LOG: path.join(bin, "log") },
+            });
+            assert.equal(await fs.readFile(path.join(bin, "log"), "utf8"), `up against ${engine!.dockerHost}\n`);
+            await run("docker", ["network", "inspect", network]);
+            await assert.rejects(run("docker", ["network", "inspect", network], { env: HERE }), / not found/);
+        } finally {
+            await run("docker", ["network", "rm", network], { env: HERE }).catch(() => undefined);
+            await fs.rm(bin, { recursive: true, force: true });
+        }
     });
 
     it("deploys 15 into a dataRoot folder of the engine's machine", async () => {

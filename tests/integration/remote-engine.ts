@@ -13,7 +13,7 @@ import { TEST_IMAGE } from "./docker-env";
 
 export const ENGINE_IMAGE = "synapse-pg-test/engine";
 /** This machine's engine, named explicitly: the suite points DOCKER_HOST at the other one. */
-const HERE = { DOCKER_HOST: "unix:///var/run/docker.sock" };
+export const HERE = { DOCKER_HOST: "unix:///var/run/docker.sock" };
 
 export interface RemoteEngine {
     /** ssh://root@127.0.0.1:<port> */
