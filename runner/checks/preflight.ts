@@ -1,5 +1,6 @@
 // preflight: everything that can be known before Synapse's database is touched. It changes nothing but creating
-// postgres:backupDir when that is missing; each problem is one sentence saying what is wrong and what to do.
+// postgres:backupDir (and backupCopyDir) when missing; each problem is one sentence saying what is wrong and what
+// to do.
 import { requireUpgradeWhereItBegan } from "../target/where-it-began";
 import { checkCopyDir } from "../dump/copy";
 import { checkBackupSpace, ensureBackupDir } from "../dump/dump";
