@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, set up and run: Pulumi's local file backend, the stack (STACK, default dev), the Docker network
 # Synapse uses (when missing, on the stack's engine: docker:host), the database password as a Pulumi secret (asked
-# once, or SYNAPSE_PG_PASSWORD), then `pulumi up`. Safe to run again: what exists is kept. Pulumi asks for PULUMI_CONFIG_PASSPHRASE to encrypt secrets.
+# once, or SYNAPSE_PG_PASSWORD), then `pulumi up`. Safe to run again: what exists is kept. Pulumi asks for
+# PULUMI_CONFIG_PASSPHRASE to encrypt secrets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -59,10 +59,12 @@ async function runStep(name: string, step: Step, argv: string[], out: Out): Prom
     let flags: Flags | undefined;
     let synapse: string[] = [];
     let endpoint: string;
+    let engineHere: boolean;
     // Before the step's own try: with an engine it cannot reach, not even Synapse is started again.
     try {
         endpoint = await dockerEndpoint();
-        if (!isLocalEndpoint(endpoint)) await requireReachable(endpoint);
+        engineHere = isLocalEndpoint(endpoint);
+        if (!engineHere) await requireReachable(endpoint);
     } catch (err) {
         console.error(`synapse-pg ${name}: ${(err as Error).message}`);
         process.exitCode = 1;
@@ -70,7 +72,6 @@ async function runStep(name: string, step: Step, argv: string[], out: Out): Prom
     }
     try {
         flags = parseFlags(flagsOf(step), argv);
-        const engineHere = isLocalEndpoint(endpoint);
         chooseHostFolders(
             engineHere,
             [flags.opt("old"), flags.opt("container"), flags.opt("new")],
@@ -84,7 +85,7 @@ async function runStep(name: string, step: Step, argv: string[], out: Out): Prom
         await step.run(flags, out);
     } catch (err) {
         // Nothing more can be done on an engine that no longer answers, not even starting Synapse again.
-        const lost = isLocalEndpoint(endpoint) ? undefined : await engineLost(endpoint);
+        const lost = engineHere ? undefined : await engineLost(endpoint);
         if (lost) {
             console.error(`synapse-pg ${name}: ${lost}`);
             process.exitCode = 1;

@@ -15,19 +15,26 @@ export function isLocalEndpoint(endpoint: string): boolean {
     return endpoint.startsWith("unix://") || endpoint.startsWith("npipe://");
 }
 
+/** Undefined when the engine answers; else why not, in ssh's own words where it gave them. */
+async function whyUnreachable(): Promise<string | undefined> {
+    try {
+        await run("docker", ["version", "--format", "{{.Server.Version}}"]);
+        return undefined;
+    } catch (err) {
+        const said = err instanceof ProcessError ? err.stderrTail : (err as Error).message;
+        // The docker CLI wraps ssh's own words in a long sentence of its own; ssh's are the ones that help.
+        return said.match(/stderr=(.*)$/s)?.[1]?.trim() || (said.trim().split("\n").pop() ?? "");
+    }
+}
+
 /**
  * One round trip to an engine on another machine before a step does anything: unreachable (ssh refused, a wrong
  * key, no docker there), the step fails in one sentence before it stops Synapse or touches a container.
  */
 export async function requireReachable(endpoint: string): Promise<void> {
-    try {
-        await run("docker", ["version", "--format", "{{.Server.Version}}"]);
-    } catch (err) {
-        const said = err instanceof ProcessError ? err.stderrTail : (err as Error).message;
-        // The docker CLI wraps ssh's own words in a long sentence of its own; ssh's are the ones that help.
-        const why = said.match(/stderr=(.*)$/s)?.[1]?.trim() || said.trim().split("\n").pop();
+    const why = await whyUnreachable();
+    if (why !== undefined)
         throw new StepError(`The Docker engine at ${endpoint} cannot be reached, so nothing was run: ${why}`);
-    }
 }
 
 /**
@@ -35,11 +42,7 @@ export async function requireReachable(endpoint: string): Promise<void> {
  * says the connection was lost (undefined while it answers). What the step began stays as a killed step leaves it.
  */
 export async function engineLost(endpoint: string): Promise<string | undefined> {
-    try {
-        await requireReachable(endpoint);
-        return undefined;
-    } catch (err) {
-        const why = (err as Error).message.replace(/^.*so nothing was run: /s, "");
-        return `The connection to the Docker engine at ${endpoint} was lost during the step (${why}); nothing was switched: once it answers again, pulumi up again finishes or redoes what the step began.`;
-    }
+    const why = await whyUnreachable();
+    if (why === undefined) return undefined;
+    return `The connection to the Docker engine at ${endpoint} was lost during the step (${why}); nothing was switched: once it answers again, pulumi up again finishes or redoes what the step began.`;
 }
